@@ -1,0 +1,1 @@
+"""Evaluation: metrics, sweeps against peers, reports, and the trained reference models (zoo)."""

@@ -1,3 +1,37 @@
-"""dit-cache: training-free caching for diffusers DiTs."""
+"""dit-cache: training-free caching for the diffusion transformers of Hugging Face diffusers pipelines.
+
+import dit_cache
+dit_cache.apply(pipe, "teacache")          # or dit_cache.MagCache(threshold=0.12, max_skip=3)
+image = pipe(prompt).images[0]
+print(dit_cache.stats(pipe))
+dit_cache.remove(pipe)
+"""
+
+from .adapters import ModelSpec, register_adapter, supported_classes
+from .api import apply, cached, is_applied, remove, stats
+from .calibration import Profile, ProfileError
+from .config import FORA, FBCache, MagCache, PolicyConfig, Schedule, TeaCache, policy_names
+from .stats import Stats
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "FBCache",
+    "FORA",
+    "MagCache",
+    "ModelSpec",
+    "PolicyConfig",
+    "Profile",
+    "ProfileError",
+    "Schedule",
+    "Stats",
+    "TeaCache",
+    "apply",
+    "cached",
+    "is_applied",
+    "policy_names",
+    "register_adapter",
+    "remove",
+    "stats",
+    "supported_classes",
+]

@@ -1,0 +1,16 @@
+"""FLUX.1 (FluxTransformer2DModel): 19 double-stream blocks then 38 single-stream blocks, both returning
+(encoder, hidden). The pipeline passes the timestep divided by 1000."""
+
+from .spec import BlockGroup, ModelSpec, adanorm_indicator
+
+SPEC = ModelSpec(
+    name="flux",
+    class_names=("FluxTransformer2DModel",),
+    groups=(
+        BlockGroup("transformer_blocks", hidden_index=1, encoder_index=0, mlp=("ff", "ff_context")),
+        BlockGroup("single_transformer_blocks", hidden_index=1, encoder_index=0, mlp=("proj_mlp",)),
+    ),
+    indicator=adanorm_indicator("norm1"),
+    indicator_doc="transformer_blocks[0].norm1(hidden_states, emb=temb): the modulated image input",
+    timestep_scale=1000.0,
+)

@@ -1,0 +1,154 @@
+"""Model knowledge as data: where a transformer's blocks are, what they take and return, which submodules do the
+attention and MLP work, and how to read TeaCache's cheap indicator.
+
+A `ModelSpec` describes one family; `BlockGroup` one `nn.ModuleList` of blocks. Nothing here re-implements a model's
+forward: the hooks only need to find the blocks, read two or three of their arguments and rebuild their return value.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ArgReader:
+    """Reads a named argument of a call from `args`/`kwargs`, by the callee's signature (computed once)."""
+
+    def __init__(self, fn: Callable) -> None:
+        params = list(inspect.signature(fn).parameters.values())
+        self._positions = {
+            p.name: i
+            for i, p in enumerate(params)
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        }
+
+    def get(self, name: str | None, args: tuple, kwargs: dict, default: Any = None) -> Any:
+        if name is None:
+            return default
+        if name in kwargs:
+            return kwargs[name]
+        pos = self._positions.get(name)
+        if pos is not None and pos < len(args):
+            return args[pos]
+        return default
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """One list of blocks, e.g. Flux's `single_transformer_blocks`.
+
+    `hidden_index` / `encoder_index`: where the image stream and the text (encoder) stream sit in the tuple a block
+    returns; `hidden_index=None` means the block returns the hidden tensor itself. `attention`, `cross_attention` and
+    `mlp` name the block's submodules whose calls are the block's work (missing ones, like SD3's last `ff_context`,
+    are ignored block by block).
+    """
+
+    attr: str
+    hidden_index: int | None
+    encoder_index: int | None = None
+    attention: tuple[str, ...] = ("attn",)
+    cross_attention: tuple[str, ...] = ()
+    mlp: tuple[str, ...] = ("ff",)
+    hidden_arg: str = "hidden_states"
+    encoder_arg: str | None = "encoder_hidden_states"
+
+    @property
+    def work_modules(self) -> tuple[str, ...]:
+        return self.attention + self.cross_attention + self.mlp
+
+    def split_output(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden, encoder) of a block's return value."""
+        if self.hidden_index is None or isinstance(output, torch.Tensor):
+            return output, None
+        encoder = output[self.encoder_index] if self.encoder_index is not None else None
+        return output[self.hidden_index], encoder
+
+    def make_output(self, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
+        """A return value in this block's layout."""
+        if self.hidden_index is None:
+            return hidden
+        size = 1 + max(self.hidden_index, self.encoder_index if self.encoder_index is not None else 0)
+        out: list[Any] = [None] * size
+        out[self.hidden_index] = hidden
+        if self.encoder_index is not None:
+            out[self.encoder_index] = encoder
+        return tuple(out)
+
+
+# indicator(first_block, call) -> a tensor whose change between steps predicts the change of the output (TeaCache).
+IndicatorFn = Callable[[nn.Module, "BlockCall"], torch.Tensor]
+
+
+@dataclass
+class BlockCall:
+    """The arguments of one block call, read lazily by name."""
+
+    args: tuple
+    kwargs: dict
+    reader: ArgReader
+    group: BlockGroup
+
+    def get(self, name: str | None, default: Any = None) -> Any:
+        return self.reader.get(name, self.args, self.kwargs, default)
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.get(self.group.hidden_arg)
+
+    @property
+    def encoder(self) -> torch.Tensor | None:
+        return self.get(self.group.encoder_arg)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What dit_cache knows about one transformer family.
+
+    `timestep_scale`: the pipeline's scheduler timestep is the transformer's `timestep` argument times this
+    (Flux and Qwen-Image pipelines pass `t / 1000`). `cfg_batch_order`: the order of the two halves of a batch when
+    the pipeline batches classifier-free guidance (diffusers concatenates negative first).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    groups: tuple[BlockGroup, ...]
+    indicator: IndicatorFn
+    indicator_doc: str
+    timestep_scale: float = 1.0
+    timestep_arg: str = "timestep"
+    cfg_batch_order: tuple[str, str] = ("uncond", "cond")
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def blocks(self, transformer: nn.Module) -> list[tuple[BlockGroup, int, nn.Module]]:
+        """(group, index in group, block) in execution order."""
+        found = []
+        for group in self.groups:
+            modules = getattr(transformer, group.attr, None)
+            if modules is None:
+                continue
+            found.extend((group, i, block) for i, block in enumerate(modules))
+        return found
+
+
+def temb_indicator(arg: str = "temb") -> IndicatorFn:
+    """Indicator = a block argument that only depends on the timestep (e.g. Wan's projected timestep embedding)."""
+
+    def read(block: nn.Module, call: BlockCall) -> torch.Tensor:
+        return call.get(arg)
+
+    return read
+
+
+def adanorm_indicator(norm: str = "norm1") -> IndicatorFn:
+    """Indicator = the first block's timestep-modulated image input, `block.<norm>(hidden, emb=temb)[0]`."""
+
+    def read(block: nn.Module, call: BlockCall) -> torch.Tensor:
+        return getattr(block, norm)(call.hidden, emb=call.get("temb"))[0]
+
+    return read

@@ -1,0 +1,176 @@
+"""The per-transformer runtime: it sees every transformer call, block call and work-submodule call through the hooks,
+keeps the per-branch state, hands each place to the policy and records what happened.
+
+Reset rules: all state is dropped when a call's step does not advance past the last step seen for its branch (a new
+pipeline call, or one restarted after an interruption), when the step count changes, and after an exception inside a
+transformer call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .adapters import ArgReader, BlockCall, BlockGroup, ModelSpec
+from .state import CallInfo, StepLocator, branch_of
+from .stats import StepRecord
+
+if TYPE_CHECKING:
+    from .policies.base import Policy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockSlot:
+    """One block in execution order, with what the hooks need to read its arguments and count its work."""
+
+    index: int
+    group: BlockGroup
+    module: nn.Module
+    reader: ArgReader
+    work: dict[str, nn.Module] = field(default_factory=dict)  # attention / MLP submodules present in this block
+
+    @property
+    def units(self) -> int:
+        return len(self.work)
+
+
+def build_slots(transformer: nn.Module, spec: ModelSpec) -> list[BlockSlot]:
+    slots = []
+    for group, _, block in spec.blocks(transformer):
+        work = {}
+        for name in group.work_modules:
+            sub = getattr(block, name, None)
+            if isinstance(sub, nn.Module):
+                work[name] = sub
+        slots.append(BlockSlot(len(slots), group, block, ArgReader(block.forward), work))
+    return slots
+
+
+class CacheEngine:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        name: str,
+        spec: ModelSpec,
+        slots: list[BlockSlot],
+        policy: Policy,
+        locator: StepLocator,
+        process_group: Any = None,
+    ) -> None:
+        self.transformer = transformer
+        self.name = name
+        self.spec = spec
+        self.slots = slots
+        self.policy = policy
+        self.locator = locator
+        self.process_group = process_group
+        self.total_units = sum(slot.units for slot in slots)
+        self.reader = ArgReader(transformer.forward)
+        self.states: dict[str, Any] = {}
+        self.last_step: dict[str, int] = {}
+        self.num_steps: int | None = None
+        self.records: list[StepRecord] = []
+        self.call: CallInfo | None = None
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+    def reset(self) -> None:
+        self.states.clear()
+        self.last_step.clear()
+        self.num_steps = None
+        self.call = None
+        self.policy.reset()
+
+    def begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
+        branch, fields = branch_of(context)
+        timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
+        self.call = CallInfo(branch=branch, timestep=timestep, **fields)
+
+    def end_call(self) -> None:
+        call, self.call = self.call, None
+        if call is None or not call.prepared:
+            return
+        self.records.append(
+            StepRecord(
+                transformer=self.name,
+                branch=call.branch,
+                step=call.step,
+                sigma=call.sigma,
+                decision=call.decision,
+                indicator=call.indicator,
+                computed_units=self.total_units - call.skipped_units,
+                total_units=self.total_units,
+            )
+        )
+
+    # ---------------------------------------------------------------------------------------------- places
+    def run_block(self, slot: BlockSlot, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        call = self.call
+        if call is None:  # a block called outside the transformer's forward: nothing to decide
+            return forward(*args, **kwargs)
+        block_call = BlockCall(args, kwargs, slot.reader, slot.group)
+        if not call.prepared and slot.index == self.policy.decision_block:
+            self._prepare(call, slot, block_call)
+        state = self.states.get(call.branch) if call.prepared else None
+        return self.policy.run_block(call, state, slot, forward, block_call)
+
+    def run_submodule(self, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        call = self.call
+        if call is None or not call.prepared:
+            return forward(*args, **kwargs)
+        return self.policy.run_submodule(call, self.states[call.branch], slot, name, forward, args, kwargs)
+
+    # ---------------------------------------------------------------------------------------------- decision
+    def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
+        """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
+        probe = self.policy.probe(call, self.states.get(call.branch), slot, block_call)
+        values = self._read(call, probe)
+        timestep_value = values.pop(0) if self.locator.needs_timestep(call) and call.timestep is not None else None
+        self.locator.locate(call, timestep_value)
+        self._maybe_new_trajectory(call)
+        state = self.states.get(call.branch)
+        if state is None:
+            state = self.states[call.branch] = self.policy.new_state()
+        self.last_step[call.branch] = call.step
+        call.decision = self.policy.decide(call, state, values)
+        call.prepared = True
+
+    def _read(self, call: CallInfo, probe: torch.Tensor | None) -> list[float]:
+        parts = []
+        if self.locator.needs_timestep(call) and call.timestep is not None:
+            t = torch.as_tensor(call.timestep)
+            parts.append(t.detach().float().max().reshape(1))
+        if probe is not None:
+            probe = probe.detach().float().reshape(-1)
+            if self.process_group is not None:
+                probe = self._all_reduce(probe)
+            parts.append(probe)
+        if not parts:
+            return []
+        device = parts[-1].device
+        return torch.cat([p.to(device) for p in parts]).tolist()
+
+    def _all_reduce(self, sums: torch.Tensor) -> torch.Tensor:
+        # Every rank of a context/sequence-parallel group must take the same decision: reduce the partial sums.
+        import torch.distributed as dist
+
+        sums = sums.clone()
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.process_group)
+        return sums
+
+    def _maybe_new_trajectory(self, call: CallInfo) -> None:
+        previous = self.last_step.get(call.branch)
+        restarted = previous is not None and call.step <= previous
+        if restarted or (self.num_steps is not None and call.num_steps != self.num_steps):
+            self.states.clear()
+            self.last_step.clear()
+            self.policy.reset()
+        if not self.last_step:  # first call of a pipeline call: stats describe this call from here on
+            self.records = []
+        self.num_steps = call.num_steps

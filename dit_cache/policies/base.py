@@ -1,0 +1,83 @@
+"""The policy contract and the registry that maps a config class to its policy (adding a policy touches one file)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters import BlockCall, ModelSpec
+from ..config import PolicyConfig
+from ..engine import BlockSlot
+from ..state import COMPUTE, CallInfo
+
+_POLICIES: dict[type[PolicyConfig], type[Policy]] = {}
+
+
+def policy_for(config_cls: type[PolicyConfig]):
+    """Class decorator: the policy that runs configs of `config_cls`."""
+
+    def wrap(cls: type[Policy]) -> type[Policy]:
+        _POLICIES[config_cls] = cls
+        return cls
+
+    return wrap
+
+
+def policy_class(config: PolicyConfig) -> type[Policy]:
+    for cls in type(config).__mro__:
+        if cls in _POLICIES:
+            return _POLICIES[cls]
+    raise TypeError(f"no policy is registered for {type(config).__name__}")
+
+
+@dataclass
+class ModelContext:
+    """What a policy knows of the model it runs on."""
+
+    transformer: nn.Module
+    spec: ModelSpec
+    slots: list[BlockSlot]
+
+
+class Policy:
+    """Decides, per (branch, step, place), compute / reuse / forecast, and owns the per-branch state it needs.
+
+    Hooks call, in order: `probe` once per transformer call at block `decision_block` (device values to read with the
+    step, in the same host sync), `decide` with those values, then `run_block` for every block and `run_submodule`
+    for every attention/MLP submodule (only when `uses_submodules`).
+    """
+
+    decision_block: int = 0
+    uses_submodules: bool = False
+
+    def __init__(self, config: PolicyConfig, model: ModelContext) -> None:
+        self.config = config
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return self.config.policy_name
+
+    def new_state(self) -> Any:
+        return None
+
+    def reset(self) -> None:
+        """Drop anything kept outside the per-branch states (called with every state reset)."""
+
+    def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
+        return None
+
+    def decide(self, call: CallInfo, state: Any, values: list[float]) -> str:
+        return COMPUTE
+
+    def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:
+        return forward(*block.args, **block.kwargs)
+
+    def run_submodule(
+        self, call: CallInfo, state: Any, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
+    ) -> Any:
+        return forward(*args, **kwargs)

@@ -1,0 +1,113 @@
+"""Where a transformer call sits: its CFG branch and its denoising step, read from what the pipeline passes.
+
+The branch comes from diffusers' `cache_context` ("cond", "uncond", "cond_uncond"...) or is "batch" when the pipeline
+sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one). The step comes from the context's
+`step_index` when the pipeline gives one (Wan), else from matching the `timestep` argument against the pipeline
+scheduler's timesteps. Calls are never counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+COMPUTE, REUSE, FORECAST = "computed", "reused", "forecast"
+NO_CONTEXT_BRANCH = "batch"
+
+
+@dataclass
+class CallInfo:
+    """One transformer call: its place in the trajectory and what the policy decided for it."""
+
+    branch: str
+    timestep: torch.Tensor | None
+    step_index: int | None = None  # from the pipeline's cache_context, if it sets one
+    num_steps: int | None = None
+    sigma: float | None = None
+    step: int | None = None
+    sigmas: list[float] | None = None  # every step's sigma of this trajectory, when the scheduler tells
+    prepared: bool = False
+    decision: str = COMPUTE
+    indicator: float | None = None
+    skipped_units: int = 0
+    payload: Any = None  # what a policy's probe hands to its decision
+    stack_input: tuple | None = None  # (hidden, encoder) entering the first block
+    segment_input: tuple | None = None  # (hidden, encoder) entering the cached segment
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def last_step(self) -> int:
+        return self.num_steps - 1
+
+
+def branch_of(context: Any) -> tuple[str, dict]:
+    """Branch name and step fields of a diffusers cache context (a CacheContext, a plain name, or None)."""
+    if context is None:
+        return NO_CONTEXT_BRANCH, {}
+    if isinstance(context, str):
+        return context, {}
+    fields = {
+        "step_index": getattr(context, "step_index", None),
+        "num_steps": getattr(context, "num_inference_steps", None),
+        "sigma": getattr(context, "sigma", None),
+    }
+    return str(getattr(context, "name", NO_CONTEXT_BRANCH)), fields
+
+
+class StepLocator:
+    """Turns a call's timestep into (step, num_steps, sigma) using the pipeline's scheduler.
+
+    `scheduler_source` returns the scheduler the pipeline currently uses (it may be swapped after `apply`).
+    The scheduler's timesteps are copied to the host once per `set_timesteps` (a new tensor each time).
+    """
+
+    def __init__(self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0) -> None:
+        self._scheduler_source = scheduler_source
+        self._scale = timestep_scale
+        self._cache_key: tuple | None = None
+        self._timesteps: list[float] = []
+        self._sigmas: list[float] | None = None
+
+    def needs_timestep(self, call: CallInfo) -> bool:
+        return call.step_index is None or call.num_steps is None or call.sigma is None
+
+    def _scheduler_tables(self) -> tuple[list[float], list[float] | None] | None:
+        scheduler = self._scheduler_source() if self._scheduler_source else None
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None or len(timesteps) == 0:
+            return None
+        sigmas = getattr(scheduler, "sigmas", None)
+        key = (id(timesteps), getattr(timesteps, "_version", None), id(sigmas))
+        if key != self._cache_key:
+            self._timesteps = [float(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
+            self._sigmas = None
+            if sigmas is not None and len(sigmas) >= len(self._timesteps):
+                self._sigmas = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()][: len(self._timesteps)]
+            self._cache_key = key
+        return self._timesteps, self._sigmas
+
+    def locate(self, call: CallInfo, timestep_value: float | None) -> None:
+        tables = self._scheduler_tables()
+        if tables is not None:
+            timesteps, sigmas = tables
+            call.sigmas = sigmas
+        if call.step_index is not None and call.num_steps is not None:
+            call.step = call.step_index
+        elif tables is not None and timestep_value is not None:
+            t = timestep_value * self._scale
+            call.step = min(range(len(timesteps)), key=lambda i: abs(timesteps[i] - t))
+            call.num_steps = len(timesteps)
+        else:
+            raise RuntimeError(
+                "dit_cache cannot tell which denoising step this transformer call is: the pipeline set no "
+                "cache_context with step_index and no scheduler is known. Apply dit_cache to the pipeline "
+                "(dit_cache.apply(pipe, ...)) or pass scheduler=pipe.scheduler when applying to a bare transformer."
+            )
+        if call.sigma is None:
+            if call.sigmas is not None and call.step < len(call.sigmas):
+                call.sigma = call.sigmas[call.step]
+            elif timestep_value is not None:
+                call.sigma = timestep_value * self._scale / 1000.0

@@ -1,0 +1,91 @@
+"""What a cached pipeline call computed, reused and forecast, per transformer, CFG branch and step."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    transformer: str
+    branch: str
+    step: int
+    sigma: float | None
+    decision: str  # "computed", "reused" or "forecast"
+    indicator: float | None  # the value the decision was taken on (policy-specific), if any
+    computed_units: int  # attention and MLP calls actually run in this call
+    total_units: int  # attention and MLP calls of an uncached call
+
+
+class Stats:
+    """Records of the last pipeline call. `compute_fraction`: the share of the uncached run's attention and MLP
+    calls that were actually computed (reused or forecast outputs count as not computed)."""
+
+    def __init__(self, records: list[StepRecord], policy: str = "") -> None:
+        self.records = sorted(records, key=lambda r: (r.transformer, r.step, r.branch))
+        self.policy = policy
+
+    @property
+    def compute_fraction(self) -> float:
+        total = sum(r.total_units for r in self.records)
+        return sum(r.computed_units for r in self.records) / total if total else 1.0
+
+    @property
+    def calls(self) -> int:
+        return len(self.records)
+
+    def count(self, decision: str) -> int:
+        return sum(r.decision == decision for r in self.records)
+
+    def decisions(self, transformer: str | None = None, branch: str | None = None) -> list[str]:
+        return [
+            r.decision
+            for r in self.records
+            if (transformer is None or r.transformer == transformer) and (branch is None or r.branch == branch)
+        ]
+
+    def computed_steps(self, branch: str | None = None, transformer: str | None = None) -> list[int]:
+        return [
+            r.step
+            for r in self.records
+            if r.decision == "computed"
+            and (branch is None or r.branch == branch)
+            and (transformer is None or r.transformer == transformer)
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "compute_fraction": self.compute_fraction,
+            "records": [asdict(r) for r in self.records],
+        }
+
+    def table(self) -> str:
+        header = ("transformer", "branch", "step", "sigma", "decision", "indicator", "work")
+        rows = [
+            (
+                r.transformer,
+                r.branch,
+                str(r.step),
+                "-" if r.sigma is None else f"{r.sigma:.4f}",
+                r.decision,
+                "-" if r.indicator is None else f"{r.indicator:.4g}",
+                f"{r.computed_units}/{r.total_units}",
+            )
+            for r in self.records
+        ]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        summary = (
+            f"{self.policy or 'dit_cache'}: {self.calls} transformer calls, {self.count('computed')} computed, "
+            f"{self.count('reused')} reused, {self.count('forecast')} forecast; "
+            f"compute fraction {self.compute_fraction:.3f}"
+        )
+        return "\n".join([*lines, summary])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return f"Stats(policy={self.policy!r}, calls={self.calls}, compute_fraction={self.compute_fraction:.3f})"

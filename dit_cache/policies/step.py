@@ -120,7 +120,8 @@ class SegmentPolicy(Policy):
                 f"{self.name}: the cached blocks change the hidden-state shape ({tuple(hidden_in.shape)} -> "
                 f"{tuple(hidden_out.shape)}); this model needs an adapter whose segment keeps the layout"
             )
-        old = state.residual or (None, None)
+        # Write into the previous residual's buffer, unless autograd is recording (in-place would break it).
+        old = state.residual if state.residual is not None and not torch.is_grad_enabled() else (None, None)
         hidden_res = kernels.store_residual(hidden_out, hidden_in, old[0])
         encoder_res = None
         if encoder_out is not None and encoder_in is not None and encoder_out.shape == encoder_in.shape:

@@ -1,0 +1,179 @@
+"""Every supported family through its real diffusers pipeline (tiny random config): "never reuse" settings are
+bitwise equal to the unpatched pipeline, remove() restores it exactly, calls are repeatable, aggressive settings cut
+the compute, CFG on and off, exceptions leave no state."""
+
+import pytest
+import torch
+
+import dit_cache
+from dit_cache.calibration import Profile, model_fingerprint
+from dit_cache.testing import FAMILIES, run, tiny_pipeline
+
+pytestmark = pytest.mark.pipeline
+STEPS = 8
+
+
+def _mag_profile(transformer, ratio=1.02) -> Profile:
+    profile = Profile(fingerprint=model_fingerprint(transformer))
+    profile.branches["cond"] = {"mag_ratio": [1.0] + [ratio] * (STEPS - 1)}
+    return profile
+
+
+def _never(transformer) -> dict:
+    return {
+        "teacache": dict(threshold=0.0),
+        "magcache": dict(threshold=0.0, profile=_mag_profile(transformer)),
+        "fbcache": dict(threshold=0.0),
+        "fora": dict(interval=1),
+        "schedule": dict(steps=tuple(range(STEPS))),
+    }
+
+
+def _aggressive(transformer) -> dict:
+    return {
+        "teacache": dict(threshold=10.0),
+        "magcache": dict(threshold=1.0, max_skip=3, retention=0.1, profile=_mag_profile(transformer)),
+        "fbcache": dict(threshold=10.0),
+        "fora": dict(interval=3),
+        "schedule": dict(steps=(0, 3, 6)),
+    }
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_pipe(request):
+    return request.param, tiny_pipeline(request.param)
+
+
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+def test_never_reuse_is_bitwise_uncached_and_remove_restores(family_pipe, cfg):
+    family, pipe = family_pipe
+    baseline = run(pipe, family, cfg=cfg, steps=STEPS)
+    for policy, options in _never(pipe.transformer).items():
+        dit_cache.apply(pipe, policy, **options)
+        out = run(pipe, family, cfg=cfg, steps=STEPS)
+        stats = dit_cache.stats(pipe)
+        dit_cache.remove(pipe)
+        assert torch.equal(out, baseline), f"{family} {policy}: never-reuse output differs from uncached"
+        assert stats.compute_fraction == 1.0
+        calls_per_step = 2 if cfg and family in ("flux", "wan", "hunyuan_video", "qwenimage") else 1
+        assert stats.calls == STEPS * calls_per_step
+        assert torch.equal(run(pipe, family, cfg=cfg, steps=STEPS), baseline), f"{family} {policy}: remove()"
+
+
+@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache", "fora", "schedule"])
+def test_aggressive_setting_cuts_compute_with_bounded_change(family_pipe, policy):
+    family, pipe = family_pipe
+    baseline = run(pipe, family, cfg=True, steps=STEPS)
+    dit_cache.apply(pipe, policy, **_aggressive(pipe.transformer)[policy])
+    try:
+        first = run(pipe, family, cfg=True, steps=STEPS)
+        stats = dit_cache.stats(pipe)
+        second = run(pipe, family, cfg=True, steps=STEPS)
+    finally:
+        dit_cache.remove(pipe)
+    assert stats.compute_fraction < 0.7
+    assert torch.equal(first, second), "two calls with the same seed must match (state is reset per call)"
+    change = float((first - baseline).abs().mean() / baseline.abs().mean())
+    assert 0 < change < 0.5
+    assert torch.equal(run(pipe, family, cfg=True, steps=STEPS), baseline)
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def test_exception_inside_a_call_leaves_no_state(family_pipe):
+    family, pipe = family_pipe
+    dit_cache.apply(pipe, "teacache", threshold=10.0)
+    try:
+        fresh = run(pipe, family, cfg=True, steps=STEPS)
+        calls = {"n": 0}
+
+        def explode(module, args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise _Boom("simulated failure in the middle of a call")
+
+        last_block = pipe.transformer._dit_cache.engine.slots[-1].module
+        handle = last_block.register_forward_pre_hook(explode)  # raised inside the transformer's forward
+        with pytest.raises(_Boom):
+            run(pipe, family, cfg=True, steps=STEPS)
+        handle.remove()
+        assert pipe.transformer._dit_cache.engine.states == {}
+        assert torch.equal(run(pipe, family, cfg=True, steps=STEPS), fresh)
+
+        original_step, steps = pipe.scheduler.step, {"n": 0}
+
+        def failing_step(*args, **kwargs):  # an exception outside the transformer, mid-trajectory
+            steps["n"] += 1
+            if steps["n"] == 4:
+                raise _Boom("interrupted between steps")
+            return original_step(*args, **kwargs)
+
+        pipe.scheduler.step = failing_step
+        try:
+            with pytest.raises(_Boom):
+                run(pipe, family, cfg=True, steps=STEPS)
+        finally:
+            del pipe.scheduler.step
+        assert torch.equal(run(pipe, family, cfg=True, steps=STEPS), fresh)
+    finally:
+        dit_cache.remove(pipe)
+
+
+def test_wan22_two_transformers_get_one_state_each():
+    import diffusers
+
+    from dit_cache.testing import FAMILIES
+
+    torch.manual_seed(0)
+    make = FAMILIES["wan"].make_transformer
+    pipe = diffusers.WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+        transformer=make().eval(),
+        transformer_2=make().eval(),
+        boundary_ratio=0.5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    baseline = run(pipe, "wan", cfg=True, steps=STEPS)
+    dit_cache.apply(pipe, "teacache", threshold=0.0)
+    assert torch.equal(run(pipe, "wan", cfg=True, steps=STEPS), baseline)
+    stats = dit_cache.stats(pipe)
+    high = stats.computed_steps(branch="cond", transformer="transformer")
+    low = stats.computed_steps(branch="cond", transformer="transformer_2")
+    assert high and low and max(high) < min(low) and sorted(high + low) == list(range(STEPS))
+    dit_cache.remove(pipe)
+    dit_cache.apply(pipe, "fora", interval=2)
+    run(pipe, "wan", cfg=True, steps=STEPS)
+    stats = dit_cache.stats(pipe)
+    dit_cache.remove(pipe)
+    # each transformer starts its own interval at its first step
+    assert stats.computed_steps("cond", "transformer_2")[0] == min(low)
+
+
+def test_builtin_profile_serves_another_step_count():
+    """A model with FLUX.1-dev's layout gets the published MagCache ratios (28 steps) resampled to 10 steps."""
+    pipe = tiny_pipeline("flux", layers=19, single_layers=38, guidance_embeds=True)
+    inputs = dict(cfg=False, steps=10)
+    baseline = run(pipe, "flux", **inputs)
+    with dit_cache.cached(pipe, "magcache"):
+        patch = pipe.transformer._dit_cache
+        assert patch.engine.policy.profile.name == "flux.1-dev"
+        out = run(pipe, "flux", **inputs)
+        stats = dit_cache.stats(pipe)
+    assert stats.calls == 10 and 0 < stats.compute_fraction < 1
+    assert not torch.equal(out, baseline)
+    with dit_cache.cached(pipe, "teacache"):
+        assert pipe.transformer._dit_cache.engine.policy.threshold == 0.6  # FLUX's published default
+        run(pipe, "flux", **inputs)
+
+
+def test_builtin_profile_of_another_model_is_refused_with_both_fingerprints():
+    pipe = tiny_pipeline("wan")
+    with pytest.raises(dit_cache.ProfileError, match="flux.1-dev") as err:
+        dit_cache.apply(pipe, "magcache", profile="flux.1-dev")
+    assert "WanTransformer3DModel" in str(err.value) and "FluxTransformer2DModel" in str(err.value)
+    assert not dit_cache.is_applied(pipe)

@@ -10,7 +10,7 @@ dit_cache.remove(pipe)
 from .adapters import ModelSpec, register_adapter, supported_classes
 from .api import apply, cached, is_applied, remove, stats
 from .calibration import Profile, ProfileError
-from .config import FORA, FBCache, MagCache, PolicyConfig, Schedule, TeaCache, policy_names
+from .config import FORA, FBCache, LeMiCa, MagCache, PolicyConfig, Schedule, TeaCache, policy_names
 from .stats import Stats
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FBCache",
     "FORA",
+    "LeMiCa",
     "MagCache",
     "ModelSpec",
     "PolicyConfig",

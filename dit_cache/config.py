@@ -240,3 +240,20 @@ class Schedule(PolicyConfig):
             raise ValueError(
                 f"schedule: step {steps[-1]} is out of range for num_steps={self.num_steps} (valid: 0..{self.num_steps - 1})"
             )
+
+
+@register_config("lemica")
+@dataclass(frozen=True)
+class LeMiCa(PolicyConfig):
+    """LeMiCa (Gao et al. 2025): a fixed schedule that computes exactly `budget` steps (or the budget that gives
+    `speedup`), chosen on a profile's edge weights by the lexicographic-minimax path; reuse in between."""
+
+    speedup: float | None = None
+    budget: int | None = None
+    profile: Any = None
+
+    def __post_init__(self):
+        _check_speedup("lemica", self.speedup)
+        _check_int("lemica", "budget", self.budget, low=2)
+        if self.speedup is not None and self.budget is not None:
+            raise ValueError("lemica: give speedup or budget, not both")

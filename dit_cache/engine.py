@@ -81,21 +81,23 @@ class CacheEngine:
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def reset(self) -> None:
-        self.states.clear()
+        """Drop all state (diffusers also calls this, through the hook, at the end of every pipeline call)."""
+        self.policy.reset(self.states)
+        self.states = {}
         self.last_step.clear()
         self.num_steps = None
         self.call = None
-        self.policy.reset()
 
     def begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
         branch, fields = branch_of(context)
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)
 
-    def end_call(self) -> None:
+    def end_call(self, output: Any = None) -> Any:
         call, self.call = self.call, None
         if call is None or not call.prepared:
-            return
+            return output
+        output = self.policy.finish(call, self.states[call.branch], output)
         self.records.append(
             StepRecord(
                 transformer=self.name,
@@ -108,6 +110,7 @@ class CacheEngine:
                 total_units=self.total_units,
             )
         )
+        return output
 
     # ---------------------------------------------------------------------------------------------- places
     def run_block(self, slot: BlockSlot, forward: Callable, args: tuple, kwargs: dict) -> Any:
@@ -168,9 +171,9 @@ class CacheEngine:
         previous = self.last_step.get(call.branch)
         restarted = previous is not None and call.step <= previous
         if restarted or (self.num_steps is not None and call.num_steps != self.num_steps):
-            self.states.clear()
+            self.policy.reset(self.states)
+            self.states = {}
             self.last_step.clear()
-            self.policy.reset()
         if not self.last_step:  # first call of a pipeline call: stats describe this call from here on
             self.records = []
         self.num_steps = call.num_steps

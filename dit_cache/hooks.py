@@ -48,8 +48,7 @@ class TransformerHook(ModelHook):
         except BaseException:
             self.engine.reset()  # an interrupted call leaves nothing behind
             raise
-        self.engine.end_call()
-        return output
+        return self.engine.end_call(output)
 
     def reset_state(self, module: nn.Module) -> nn.Module:
         self.engine.reset()

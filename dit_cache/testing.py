@@ -380,3 +380,57 @@ def run(pipe, family: str, **kw) -> torch.Tensor:
         if hasattr(out, attr):
             return torch.as_tensor(getattr(out, attr))
     return torch.as_tensor(out[0])
+
+
+# ------------------------------------------------------------------------------------------------ with text encoders
+TINY_VOCAB = (
+    "a an the red green blue yellow white black circle square triangle star on over with stripes dots checker "
+    "plain moving left right up down big small cat dog tree house car sky sea"
+).split()
+
+
+def word_tokenizer(max_length: int = 77, words=TINY_VOCAB):
+    """A word-level fast tokenizer over `words`, built offline (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2}
+    vocab.update({w: i + 3 for i, w in enumerate(dict.fromkeys(words))})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="</s>", model_max_length=max_length
+    )
+
+
+def tiny_text_flux(seed: int = 0, **transformer_kwargs: Any):
+    """A FluxPipeline with a tiny transformer, tiny random CLIP and T5 text encoders and a word tokenizer: it takes
+    text prompts (`max_sequence_length=16` is set by `TINY_TEXT_CALL`) and runs offline."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = word_tokenizer()
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, eos_token_id=2, pad_token_id=0,
+        )
+    ).eval()  # fmt: skip
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+    ).eval()
+    pipe = diffusers.FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+        vae=None,
+        text_encoder=clip,
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=word_tokenizer(16),
+        transformer=_flux(**transformer_kwargs).eval(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_TEXT_CALL = {"height": 64, "width": 64, "max_sequence_length": 16}

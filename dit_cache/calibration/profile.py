@@ -51,6 +51,8 @@ class Profile:
     branches: per CFG branch ("cond", "uncond", "batch"), per-step lists on the branch's "grid".
     policies: per policy, fitted numbers and defaults ({"teacache": {"coefficients": [...], "threshold": ...}}).
     arrays: large tensors (per-block traces, LeMiCa edge weights), saved as safetensors.
+    records: the raw per-prompt numbers the aggregates were built from (their large arrays are in `arrays` under
+        "records/<index>/..."), so shards can be merged and thresholds replayed per prompt.
     """
 
     fingerprint: dict
@@ -60,6 +62,7 @@ class Profile:
     branches: dict[str, dict[str, list]] = field(default_factory=dict)
     policies: dict[str, dict] = field(default_factory=dict)
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)  # per calibration prompt: its raw per-step numbers
     source: str | None = None
     format_version: int = PROFILE_FORMAT_VERSION
 
@@ -133,6 +136,7 @@ class Profile:
             "branches": self.branches,
             "policies": self.policies,
             "arrays": sorted(self.arrays),
+            "records": self.records,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -199,6 +203,7 @@ class Profile:
             grid_kind=data.get("grid_kind", "position"),
             branches=data.get("branches", {}),
             policies=data.get("policies", {}),
+            records=data.get("records", []),
             source=source,
         )
 
@@ -207,6 +212,7 @@ class Profile:
         clone.branches = copy.deepcopy(self.branches)
         clone.policies = copy.deepcopy(self.policies)
         clone.arrays = dict(self.arrays)
+        clone.records = copy.deepcopy(self.records)
         return clone
 
 

@@ -65,3 +65,21 @@ def resample_ratios(ratios: Sequence[float], src: Sequence[float], dst: Sequence
     out[0] = 1.0
     out[1:] = np.exp(np.diff(at_dst))
     return out
+
+
+def resample_increments(increments: Sequence[float | None], src: Sequence[float], dst: Sequence[float]) -> np.ndarray:
+    """Per-step changes (entry k: change from step k-1 to k; entry 0 unused) at another step count: the cumulative
+    change is interpolated and differenced, so a coarser grid sees proportionally larger per-step changes."""
+    steps = np.array([0.0 if v is None or not np.isfinite(v) else v for v in increments], dtype=np.float64)
+    steps[0] = 0.0
+    at_dst = resample(np.cumsum(steps), src, dst)
+    out = np.zeros(len(at_dst))
+    out[1:] = np.diff(at_dst)
+    return out
+
+
+def resample_matrix(matrix: np.ndarray, src: Sequence[float], dst: Sequence[float]) -> np.ndarray:
+    """Bilinear resampling of a (steps x steps) matrix indexed by the grid on both axes."""
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = np.stack([np.interp(dst, src, m[:, j]) for j in range(m.shape[1])], axis=1)
+    return np.stack([np.interp(dst, src, rows[i, :]) for i in range(rows.shape[0])], axis=0)

@@ -47,8 +47,8 @@ class Policy:
     """Decides, per (branch, step, place), compute / reuse / forecast, and owns the per-branch state it needs.
 
     Hooks call, in order: `probe` once per transformer call at block `decision_block` (device values to read with the
-    step, in the same host sync), `decide` with those values, then `run_block` for every block and `run_submodule`
-    for every attention/MLP submodule (only when `uses_submodules`).
+    step, in the same host sync), `decide` with those values, then `run_block` for every block, `run_submodule`
+    for every attention/MLP submodule (only when `uses_submodules`), and `finish` with the transformer's output.
     """
 
     decision_block: int = 0
@@ -65,8 +65,8 @@ class Policy:
     def new_state(self) -> Any:
         return None
 
-    def reset(self) -> None:
-        """Drop anything kept outside the per-branch states (called with every state reset)."""
+    def reset(self, states: dict[str, Any]) -> None:
+        """Called with the per-branch states about to be dropped (end of a pipeline call, a restart, an error)."""
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         return None
@@ -81,3 +81,7 @@ class Policy:
         self, call: CallInfo, state: Any, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
         return forward(*args, **kwargs)
+
+    def finish(self, call: CallInfo, state: Any, output: Any) -> Any:
+        """Sees (and may replace) the transformer's return value at the end of a prepared call."""
+        return output

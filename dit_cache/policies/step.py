@@ -15,9 +15,12 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..calibration import resolve_profile
-from ..config import FBCache, MagCache, PolicyConfig, Schedule, TeaCache
+from ..calibration import ProfileError, resolve_profile
+from ..calibration.resample import resample_increments, resample_matrix
+from ..config import FBCache, LeMiCa, MagCache, PolicyConfig, Schedule, TeaCache
 from ..engine import BlockSlot
+from ..schedulers.budget import ValuesFor, replay_fraction, search_threshold
+from ..schedulers.lemica import ScheduleError, budget_for_speedup, solve_lexminimax
 from ..state import COMPUTE, REUSE, CallInfo
 from .base import ModelContext, Policy, policy_for
 
@@ -64,6 +67,8 @@ class SegmentPolicy(Policy):
         self.decision_block = start
         self.segment_units = sum(slot.units for slot in model.slots[self.start : self.end])
         self.max_skip = getattr(config, "max_skip", None)
+        self.speedup = getattr(config, "speedup", None)
+        self._tuned: dict[tuple, float] = {}
 
     def new_state(self) -> Any:
         return self.state_class()
@@ -82,6 +87,8 @@ class SegmentPolicy(Policy):
         pass
 
     def decide(self, call: CallInfo, state: Any, values: list[float]) -> str:
+        if self.speedup is not None:
+            self.threshold = self.threshold_for(call.num_steps, call.sigmas)
         self.observe(call, state, values)
         decision = COMPUTE if self.forced(call, state) else self.rule(call, state)
         if decision == COMPUTE:
@@ -91,6 +98,46 @@ class SegmentPolicy(Policy):
         else:
             state.skips += 1
         return decision
+
+    # ------------------------------------------------------------------------------------------------ speedup
+    def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
+        """(branch, values_for) per recorded trajectory, resampled to `num_steps`; policies with a threshold and
+        a profile override this."""
+        raise ValueError(f"{self.name}: speedup targets are not supported by this policy")
+
+    def threshold_for(self, num_steps: int, sigmas: list[float] | None) -> float:
+        """The threshold whose replayed compute fraction is closest to 1 / speedup, for this step count."""
+        key = (num_steps, tuple(sigmas) if sigmas else None)
+        if key not in self._tuned:
+            traces = self.replay_traces(num_steps, sigmas)
+            speedup, self.speedup = self.speedup, None  # the replay runs `decide` without tuning again
+
+            def fraction_at(threshold: float) -> float:
+                self.threshold = threshold
+                return replay_fraction(self, traces, num_steps, sigmas)
+
+            try:
+                target = 1.0 / speedup
+                best = search_threshold(fraction_at, target)
+                floor = fraction_at(1e12)
+                if floor > target + 0.05:
+                    raise ValueError(
+                        f"{self.name}: speedup={speedup} is above what this policy can reach on this profile at "
+                        f"{num_steps} steps (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
+                        "ask for less, or loosen max_skip / retention / front_blocks"
+                    )
+                self._tuned[key] = best
+            finally:
+                self.speedup = speedup
+        return self._tuned[key]
+
+    def _traced_profile(self, profile, key: str):
+        if profile is None or not profile.records:
+            raise ProfileError(
+                f"{self.name}: speedup= needs a calibrated profile with per-prompt traces ({key}); record one with "
+                "`dit-cache calibrate` and pass profile=PATH (see docs/calibration.md)"
+            )
+        return profile
 
     # ------------------------------------------------------------------------------------------------ mechanism
     def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:
@@ -169,6 +216,36 @@ class TeaCachePolicy(SegmentPolicy):
             default = IDENTITY_DEFAULT_THRESHOLD
             self.warmup = 0.0
         self.threshold = config.threshold if config.threshold is not None else default
+        if self.speedup is not None:
+            self._check_speedup_source(data)
+
+    def _check_speedup_source(self, data: dict | None) -> None:
+        table = (data or {}).get("threshold_speedups")
+        if self.profile is not None and self.profile.records:
+            return
+        if table:  # published threshold -> speedup pairs: interpolate instead of replaying
+            pairs = sorted((float(s), float(t)) for t, s in table.items())
+            speeds, thresholds = zip(*pairs)
+            if not speeds[0] <= self.speedup <= speeds[-1]:
+                raise ValueError(
+                    f"teacache: speedup={self.speedup} is outside the published range {speeds[0]}-{speeds[-1]}x of "
+                    f"profile {self.profile.name!r}; calibrate this model for other targets"
+                )
+            self.threshold = float(np.interp(self.speedup, speeds, thresholds))
+            self.speedup = None
+            return
+        self._traced_profile(self.profile, "TeaCache indicator changes")
+
+    def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
+        profile = self.profile
+        dst = profile.call_grid(num_steps, sigmas)
+        traces = []
+        for record in profile.records:
+            for branch, data in record["branches"].items():
+                grid = profile.branches[branch]["grid"]
+                x = resample_increments(data["x"], grid, dst)
+                traces.append((branch, lambda step, state, x=x: [x[step], 1.0] if step > 0 else []))
+        return traces
 
     def rescale(self, distance: float) -> float:
         # Published polynomials go negative outside their fitted range: clamp at 0.
@@ -228,9 +305,16 @@ class MagCachePolicy(SegmentPolicy):
         defaults = self.profile.policies.get("magcache", {})
         self.threshold = config.threshold if config.threshold is not None else defaults.get("threshold", 0.12)
         self.max_steps = config.max_skip if config.max_skip is not None else defaults.get("max_skip", 2)
+        if self.speedup is not None and config.max_skip is None:
+            # long enough runs of reuse for the target (K is the paper's cap on consecutive skips)
+            self.max_steps = max(self.max_steps, math.ceil(2 * self.speedup))
         self.retention = config.retention if config.retention is not None else defaults.get("retention", 0.2)
         self.max_skip = None  # the rule's k <= K is the cap
         self._ratios: dict[tuple, np.ndarray] = {}
+
+    def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
+        branches = [b for b, data in self.profile.branches.items() if "mag_ratio" in data]
+        return [(b, lambda step, state: []) for b in branches]
 
     def ratios(self, call: CallInfo) -> np.ndarray:
         key = (call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
@@ -267,6 +351,30 @@ class FBCachePolicy(SegmentPolicy):
     def __init__(self, config: FBCache, model: ModelContext) -> None:
         super().__init__(config, model, start=config.front_blocks, back=config.back_blocks)
         self.threshold = config.threshold
+        self.profile = None
+        if self.speedup is not None:
+            self.profile = self._traced_profile(
+                resolve_profile(config.profile, model.transformer, "fbcache"), "first-block residual distances"
+            )
+            if config.front_blocks != 1:
+                raise ValueError("fbcache: speedup targets are calibrated for front_blocks=1")
+
+    def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
+        profile = self.profile
+        dst = profile.call_grid(num_steps, sigmas)
+        traces = []
+        for record in profile.records:
+            for branch in record["branches"]:
+                pairs = profile.arrays[f"records/{record['index']}/{branch}/fb_pairs"].numpy()
+                full = np.tril(pairs, -1) + np.tril(pairs, -1).T  # symmetric, so interpolation sees both sides
+                matrix = resample_matrix(full, profile.branches[branch]["grid"], dst)
+
+                def values_for(step, state, matrix=matrix):
+                    last = state.last_computed
+                    return [] if last is None else [float(matrix[step, last]), 1.0]
+
+                traces.append((branch, values_for))
+        return traces
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         front = block.hidden - call.stack_input[0]
@@ -311,11 +419,12 @@ class SchedulePolicy(SegmentPolicy):
 
     def __init__(self, config: Schedule, model: ModelContext) -> None:
         super().__init__(config, model)
+        self.steps, self.written_for = tuple(config.steps), config.num_steps
         self._mapped: dict[int, frozenset[int]] = {}
 
     def steps_for(self, num_steps: int) -> frozenset[int]:
         if num_steps not in self._mapped:
-            self._mapped[num_steps] = map_steps(self.config.steps, self.config.num_steps, num_steps)
+            self._mapped[num_steps] = map_steps(self.steps, self.written_for, num_steps)
         return self._mapped[num_steps]
 
     def rule(self, call: CallInfo, state: SegmentState) -> str:
@@ -324,3 +433,40 @@ class SchedulePolicy(SegmentPolicy):
     def forced(self, call: CallInfo, state: SegmentState) -> bool:
         self.steps_for(call.num_steps)  # a list out of range fails on the first call, before anything is cached
         return super().forced(call, state)
+
+
+@policy_for(LeMiCa)
+class LeMiCaPolicy(SchedulePolicy):
+    """The schedule policy, with its steps solved on the profile's LeMiCa edge weights (or a published schedule)."""
+
+    def __init__(self, config: LeMiCa, model: ModelContext) -> None:
+        SegmentPolicy.__init__(self, config, model)
+        self.speedup = None  # the budget, not a threshold, carries the target here
+        self._mapped = {}
+        self.profile = resolve_profile(config.profile, model.transformer, "lemica", required=True)
+        data = self.profile.policies.get("lemica", {})
+        num_steps = int(data.get("num_steps", 0))
+        edges = self.profile.arrays.get("lemica/edges")
+        if edges is not None:
+            budget = config.budget or budget_for_speedup(num_steps, config.speedup or 2.0)
+            if config.speedup is not None and num_steps / 2 < config.speedup:
+                raise ScheduleError(
+                    f"lemica: speedup={config.speedup} is above what a {num_steps}-step schedule allows "
+                    f"(first and last step computed: at most {num_steps / 2:g}x)"
+                )
+            steps = solve_lexminimax(edges.numpy(), budget)
+        else:
+            schedules = {int(b): s for b, s in data.get("schedules", {}).items()}
+            if not schedules:
+                raise ProfileError(f"profile {self.profile.name!r} has no LeMiCa edge weights; calibrate with --lemica")
+            budget = config.budget or (
+                budget_for_speedup(num_steps, config.speedup) if config.speedup else max(schedules)
+            )
+            if budget not in schedules:
+                raise ScheduleError(
+                    f"lemica: profile {self.profile.name!r} only has published schedules for budgets "
+                    f"{sorted(schedules)} at {num_steps} steps (asked: {budget}); calibrate edge weights for others"
+                )
+            steps = schedules[budget]
+        self.steps, self.written_for = tuple(steps), num_steps
+        self.budget = budget

@@ -1,0 +1,171 @@
+"""From raw per-prompt records to a profile: per-step means and spreads on the sigma grid, TeaCache's polynomial
+with its R², mean per-block traces and LeMiCa edge weights. Merging shards is concatenating records and rebuilding."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .profile import Profile, ProfileError
+from .resample import position_grid, sigma_grid
+
+TEACACHE_DEGREE = 4
+
+
+def fit_polynomial(x: list[float], y: list[float], degree: int = TEACACHE_DEGREE) -> tuple[list[float], float]:
+    """Least-squares polynomial y ~ poly(x) (numpy.poly1d order, highest power first) and its R²."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[keep], ys[keep]
+    distinct = len(np.unique(xs))
+    if distinct < 2:
+        return [0.0] * (degree - 1) + [1.0, 0.0], 0.0
+    deg = min(degree, distinct - 1)
+    coefficients = np.polyfit(xs, ys, deg)
+    predicted = np.polyval(coefficients, xs)
+    total = float(np.sum((ys - ys.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((ys - predicted) ** 2)) / total if total > 0 else 1.0
+    padded = [0.0] * (degree - deg) + [float(c) for c in coefficients]
+    return padded, r2
+
+
+def pairs_matrix(pairs: list[list[float]]) -> torch.Tensor:
+    """Lower-triangular (steps x steps) matrix from per-step lists of distances to every earlier step."""
+    n = len(pairs)
+    matrix = torch.zeros(n, n, dtype=torch.float32)
+    for t, row in enumerate(pairs):
+        if row:
+            matrix[t, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return matrix
+
+
+def _finite_mean(rows: list[list[float | None]]) -> tuple[list[float], list[float]]:
+    array = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step with no finite value (the first) is expected
+        mean = np.nanmean(np.where(np.isfinite(array), array, np.nan), axis=0)
+        std = np.nanstd(np.where(np.isfinite(array), array, np.nan), axis=0)
+    return np.nan_to_num(mean).tolist(), np.nan_to_num(std).tolist()
+
+
+def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A prompt's record as JSON-sized numbers plus the large arrays (fb pairs, per-block traces) to store apart."""
+    small = {k: v for k, v in record.items() if k != "branches"}
+    small["branches"], arrays = {}, {}
+    prefix = f"records/{record['index']}"
+    for branch, data in record["branches"].items():
+        small["branches"][branch] = {k: data[k] for k in ("steps", "sigma", "x", "y", "mag_ratio")}
+        for key in ("fb_pairs", "res_pairs"):
+            arrays[f"{prefix}/{branch}/{key}"] = pairs_matrix(data[key])
+        for key in ("block_input_change", "block_residual_change"):
+            rows = data[key]
+            width = max((len(r) for r in rows), default=0)
+            table = torch.full((len(rows), width), float("nan"))
+            for i, row in enumerate(rows):
+                if row:
+                    table[i, : len(row)] = torch.tensor([math.nan if v is None else v for v in row])
+            arrays[f"{prefix}/{branch}/{key}"] = table
+    if "lemica" in record:
+        arrays[f"{prefix}/lemica"] = torch.as_tensor(record["lemica"], dtype=torch.float32)
+        small.pop("lemica")
+    return small, arrays
+
+
+def build_profile(
+    fingerprint: dict, sampler: dict, records: list[dict], arrays: dict[str, torch.Tensor], settings: dict
+) -> Profile:
+    """Aggregate per-prompt `records` (JSON part) and their `arrays` into a profile."""
+    records = sorted(records, key=lambda r: r["index"])
+    profile = Profile(fingerprint=fingerprint, sampler=sampler, prompts=len(records), records=records)
+    profile.policies["calibration"] = dict(settings)
+    profile.arrays = dict(arrays)
+    if not records:
+        return profile
+    branches = sorted({b for r in records for b in r["branches"]})
+    xs, ys = [], []
+    for branch in branches:
+        rows = [r["branches"][branch] for r in records if branch in r["branches"]]
+        lengths = {len(row["steps"]) for row in rows}
+        if len(lengths) != 1:
+            raise ProfileError(f"calibration records of branch {branch!r} cover different step counts: {lengths}")
+        sigmas = rows[0]["sigma"]
+        try:
+            grid, kind = sigma_grid(sigmas).tolist(), "sigma"
+        except (ValueError, TypeError):
+            grid, kind = position_grid(len(sigmas)).tolist(), "position"
+        profile.grid_kind = kind
+        ratio_mean, ratio_std = _finite_mean([row["mag_ratio"] for row in rows])
+        x_mean, _ = _finite_mean([row["x"] for row in rows])
+        y_mean, _ = _finite_mean([row["y"] for row in rows])
+        ratio_mean[0] = 1.0
+        profile.branches[branch] = {
+            "grid": grid,
+            "sigma": sigmas,
+            "mag_ratio": ratio_mean,
+            "mag_ratio_std": ratio_std,
+            "indicator_change": x_mean,
+            "output_change": y_mean,
+        }
+        for key in ("fb_pairs", "res_pairs", "block_input_change", "block_residual_change"):
+            stack = [arrays[f"records/{r['index']}/{branch}/{key}"] for r in records if branch in r["branches"]]
+            if stack and all(s.shape == stack[0].shape for s in stack):
+                profile.arrays[f"{branch}/{key}"] = torch.nanmean(torch.stack(stack), dim=0)
+        fb = profile.arrays.get(f"{branch}/fb_pairs")
+        if fb is not None:
+            profile.branches[branch]["fb_change"] = [0.0] + [float(fb[t, t - 1]) for t in range(1, fb.shape[0])]
+        for row in rows:
+            for x, y in zip(row["x"], row["y"]):
+                if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+                    xs.append(x)
+                    ys.append(y)
+    coefficients, r2 = fit_polynomial(xs, ys)
+    profile.policies["teacache"] = {"coefficients": coefficients, "r2": r2, "points": len(xs), "warmup": 0.0}
+    edges = [arrays[f"records/{r['index']}/lemica"] for r in records if f"records/{r['index']}/lemica" in arrays]
+    if edges:
+        profile.arrays["lemica/edges"] = torch.stack(edges).mean(dim=0)
+        profile.policies["lemica"] = {
+            "num_steps": int(edges[0].shape[0]),
+            "mode": settings.get("lemica"),
+            "max_span": settings.get("lemica_max_span"),
+        }
+    return profile
+
+
+def merge_profiles(shards: list[Profile]) -> Profile:
+    """One profile from shards of the same model and settings (refusing anything else, saying why)."""
+    if not shards:
+        raise ProfileError("nothing to merge: no shards given")
+    first = shards[0]
+    for shard in shards[1:]:
+        for what in ("fingerprint", "sampler"):
+            if getattr(shard, what) != getattr(first, what):
+                raise ProfileError(
+                    f"cannot merge {shard.name!r} into {first.name!r}: different {what} "
+                    f"({getattr(shard, what)} vs {getattr(first, what)})"
+                )
+        if shard.policies.get("calibration") != first.policies.get("calibration"):
+            raise ProfileError(
+                f"cannot merge {shard.name!r} into {first.name!r}: different calibration settings "
+                f"({shard.policies.get('calibration')} vs {first.policies.get('calibration')})"
+            )
+    records: dict[int, dict] = {}
+    arrays: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        for record in shard.records:
+            previous = records.get(record["index"])
+            if previous is not None and (previous["prompt"], previous["seed"]) != (record["prompt"], record["seed"]):
+                raise ProfileError(f"shards disagree on calibration job {record['index']}: {previous} vs {record}")
+            records[record["index"]] = record
+        arrays.update({k: v for k, v in shard.arrays.items() if k.startswith("records/")})
+    return build_profile(
+        first.fingerprint, first.sampler, list(records.values()), arrays, first.policies.get("calibration", {})
+    )
+
+
+def record_arrays(profile: Profile, index: int) -> dict[str, Any]:
+    prefix = f"records/{index}/"
+    return {k[len(prefix) :]: v for k, v in profile.arrays.items() if k.startswith(prefix)}

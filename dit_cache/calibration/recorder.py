@@ -1,0 +1,207 @@
+"""The recorder: a policy that computes everything and writes down what the caching policies need to plan.
+
+Per (branch, step) it records, as device scalars read once per pipeline call:
+  x           rel-L1 change of TeaCache's indicator since the previous step
+  y           rel-L1 change of the transformer's output since the previous step
+  mag_ratio   mean over tokens of ||r_t|| / ||r_(t-1)||, r the block-stack residual (MagCache)
+  fb_pairs    rel-L1 between this step's first-block residual and every earlier step's (first-block probe replay)
+  res_pairs   rel-L1 between this step's block-stack residual and every earlier step's (LeMiCa's proxy edges)
+  block_input_change / block_residual_change   per block, rel-L1 change since the previous step
+Per-block and first-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so
+their memory and cost stay small on large models; the MagCache ratio and x, y use every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import kernels
+from ..adapters import BlockCall
+from ..config import PolicyConfig, register_config
+from ..engine import BlockSlot
+from ..policies.base import ModelContext, Policy, policy_for
+from ..state import COMPUTE, CallInfo
+
+MAX_TRACE_TOKENS = 4096
+
+
+def token_subset(x: torch.Tensor) -> torch.Tensor:
+    """An evenly strided subset of at most MAX_TRACE_TOKENS tokens of a (batch, tokens, channels) tensor."""
+    if x.dim() < 3 or x.shape[1] <= MAX_TRACE_TOKENS:
+        return x.detach()
+    stride = -(-x.shape[1] // MAX_TRACE_TOKENS)
+    return x.detach()[:, ::stride].contiguous()
+
+
+def model_output_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return getattr(output, "sample", None)
+
+
+@register_config("recorder")
+@dataclass(frozen=True)
+class Recorder(PolicyConfig):
+    """Computes every step and records trajectory statistics (used by `dit-cache calibrate`)."""
+
+    progress: Any = field(default=None, compare=False)  # called once per newly reached step
+
+
+@dataclass
+class _Trace:
+    previous: dict[str, Any] = field(default_factory=dict)
+    front_history: list[torch.Tensor] = field(default_factory=list)
+    residual_history: list[torch.Tensor] = field(default_factory=list)
+    steps: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@policy_for(Recorder)
+class RecorderPolicy(Policy):
+    def __init__(self, config: Recorder, model: ModelContext) -> None:
+        super().__init__(config, model)
+        self.last_block = len(model.slots) - 1
+        self._reported_steps: set[int] = set()
+        self.finished: dict[str, _Trace] = {}  # the traces of the last pipeline call, kept past its reset
+
+    def new_state(self) -> _Trace:
+        return _Trace()
+
+    def reset(self, states: dict[str, _Trace]) -> None:
+        if states:
+            self.finished = dict(states)
+        self._reported_steps = set()
+
+    def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> None:
+        call.payload = self.model.spec.indicator(slot.module, block).detach()
+        return None
+
+    def decide(self, call: CallInfo, state: _Trace, values: list[float]) -> str:
+        record = state.steps[call.step] = {"sigma": call.sigma, "block_input_change": [], "block_residual_change": []}
+        self._change(state, record, "x", "indicator", call.payload)
+        if self.config.progress is not None and call.step not in self._reported_steps:
+            self._reported_steps.add(call.step)
+            self.config.progress()
+        return COMPUTE
+
+    @staticmethod
+    def _change(state: _Trace, record: dict, key: str, name: str, value: torch.Tensor, *, keep: bool = True) -> None:
+        previous = state.previous.get(name)
+        if previous is not None and previous.shape == value.shape:
+            record[key] = kernels.rel_l1_parts(value, previous)
+        if keep:
+            state.previous[name] = value
+
+    def run_block(self, call: CallInfo, state: _Trace, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:
+        hidden_in = block.hidden
+        output = forward(*block.args, **block.kwargs)
+        hidden_out, _ = slot.group.split_output(output)
+        record = state.steps[call.step]
+        i = slot.index
+        if i == 0:
+            call.stack_input = (hidden_in, block.encoder)
+        sub_in = token_subset(hidden_in)
+        sub_res = token_subset(hidden_out) - sub_in
+        self._append_change(state, record, "block_input_change", f"in{i}", sub_in)
+        self._append_change(state, record, "block_residual_change", f"res{i}", sub_res)
+        if i == 0:
+            if state.front_history:
+                record["fb_pairs"] = torch.stack([kernels.rel_l1_parts(sub_res, h) for h in state.front_history])
+            state.front_history.append(sub_res)
+        if i == self.last_block:
+            residual = (hidden_out - call.stack_input[0]).detach()
+            sub_residual = token_subset(residual)
+            if state.residual_history:
+                record["res_pairs"] = torch.stack(
+                    [kernels.rel_l1_parts(sub_residual, h) for h in state.residual_history]
+                )
+            state.residual_history.append(sub_residual)
+            previous = state.previous.get("residual")
+            if previous is not None and previous.shape == residual.shape:
+                record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
+            state.previous["residual"] = residual
+        return output
+
+    @staticmethod
+    def _append_change(state: _Trace, record: dict, key: str, name: str, value: torch.Tensor) -> None:
+        previous = state.previous.get(name)
+        if previous is not None and previous.shape == value.shape:
+            record[key].append(kernels.rel_l1_parts(value, previous))
+        state.previous[name] = value
+
+    def finish(self, call: CallInfo, state: _Trace, output: Any) -> Any:
+        tensor = model_output_tensor(output)
+        if tensor is not None:
+            self._change(state, state.steps[call.step], "y", "output", tensor.detach())
+        return output
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def collect(states: dict[str, _Trace]) -> dict[str, dict[str, Any]]:
+    """Host copies of one pipeline call's records, per branch (one device-to-host transfer for all of them).
+
+    Per-step lists; None where a value is undefined (the first step has no previous one).
+    """
+    pending: list[torch.Tensor] = []
+
+    def later(t: torch.Tensor) -> int:
+        pending.append(t.detach().float().reshape(-1))
+        return len(pending) - 1
+
+    layout = {}
+    for branch, trace in states.items():
+        steps = sorted(trace.steps)
+        rows = []
+        for s in steps:
+            r = trace.steps[s]
+            rows.append(
+                {
+                    "sigma": r["sigma"],
+                    "x": later(r["x"]) if "x" in r else None,
+                    "y": later(r["y"]) if "y" in r else None,
+                    "mag_ratio": later(r["mag_ratio"]) if "mag_ratio" in r else None,
+                    "fb_pairs": later(r["fb_pairs"]) if "fb_pairs" in r else None,
+                    "res_pairs": later(r["res_pairs"]) if "res_pairs" in r else None,
+                    "block_input_change": [later(p) for p in r["block_input_change"]],
+                    "block_residual_change": [later(p) for p in r["block_residual_change"]],
+                }
+            )
+        layout[branch] = (steps, rows)
+    flat = torch.cat([p.to(pending[0].device) for p in pending]).cpu().tolist() if pending else []
+    offsets, position = [], 0
+    for p in pending:
+        offsets.append(position)
+        position += p.numel()
+
+    def values(index: int) -> list[float]:
+        return flat[offsets[index] : offsets[index] + pending[index].numel()]
+
+    def rel(index: int | None) -> float | None:
+        return None if index is None else _ratio(*values(index))
+
+    result = {}
+    for branch, (steps, rows) in layout.items():
+        result[branch] = {
+            "steps": steps,
+            "sigma": [r["sigma"] for r in rows],
+            "x": [rel(r["x"]) for r in rows],
+            "y": [rel(r["y"]) for r in rows],
+            "mag_ratio": [1.0 if r["mag_ratio"] is None else values(r["mag_ratio"])[0] for r in rows],
+            **{
+                key: [
+                    [] if r[key] is None else [_ratio(*pair) for pair in zip(*[iter(values(r[key]))] * 2)] for r in rows
+                ]
+                for key in ("fb_pairs", "res_pairs")
+            },
+            "block_input_change": [[rel(i) for i in r["block_input_change"]] for r in rows],
+            "block_residual_change": [[rel(i) for i in r["block_residual_change"]] for r in rows],
+        }
+    return result

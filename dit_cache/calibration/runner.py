@@ -1,0 +1,283 @@
+"""Running calibration: uncached generations with the recorder on, one record per (prompt, seed) job, checkpointed
+after every job so an interrupted run resumes where it stopped; sharded over processes by job index."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..api import apply, remove
+from ..config import Schedule
+from .fit import build_profile, merge_profiles, split_record
+from .profile import Profile, ProfileError, model_fingerprint
+from .recorder import Recorder, collect
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What every calibration generation is called with (recorded in the profile; shards must agree on it)."""
+
+    steps: int = 30
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    call_kwargs: dict = field(default_factory=dict)  # extra pipeline arguments, e.g. {"negative_prompt": ""}
+    lemica: str = "proxy"  # "proxy" (free, from the recorded residuals) or "global" (replayed, costly)
+    lemica_max_span: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
+            raise ValueError(f"calibration needs at least 2 steps per generation, got steps={self.steps!r}")
+        if not self.seeds:
+            raise ValueError("calibration needs at least one seed")
+        if self.lemica not in ("proxy", "global"):
+            raise ValueError(f"lemica mode must be 'proxy' or 'global', got {self.lemica!r}")
+        if self.lemica_max_span < 2:
+            raise ValueError(f"lemica_max_span must be >= 2, got {self.lemica_max_span}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["seeds"] = list(self.seeds)
+        return data
+
+    def pipeline_kwargs(self, prompt: str, seed: int, device: Any) -> dict:
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(prompt=prompt, num_inference_steps=self.steps, output_type="latent")
+        for name, value in (
+            ("guidance_scale", self.guidance),
+            ("height", self.height),
+            ("width", self.width),
+            ("num_frames", self.frames),
+        ):
+            if value is not None:
+                kwargs[name] = value
+        kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed)
+        return kwargs
+
+
+def jobs_of(prompts: Sequence[str], seeds: Sequence[int]) -> list[tuple[int, str, int]]:
+    """(index, prompt, seed) for every prompt and seed, in a fixed order."""
+    return [(i * len(seeds) + j, prompt, seed) for i, prompt in enumerate(prompts) for j, seed in enumerate(seeds)]
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """One prompt a line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"prompt file {path} does not exist") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"prompt file {path} has no prompts (one prompt a line)")
+    return prompts
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail now, not after an hour of generation, if `path` cannot be written."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.with_suffix(".json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_suffix(".json.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write the profile to {path}: {e}") from None
+    return path
+
+
+def _sampler(pipe: Any, settings: CalibrationSettings) -> dict:
+    config = dict(getattr(pipe.scheduler, "config", {}) or {})
+    return {
+        "scheduler": type(pipe.scheduler).__name__,
+        "steps": settings.steps,
+        "shift": config.get("shift"),
+        "guidance": settings.guidance,
+    }
+
+
+def calibrate(
+    pipe: Any,
+    prompts: Sequence[str],
+    settings: CalibrationSettings,
+    out: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> Profile:
+    """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
+
+    With `out`, the profile is rewritten atomically after each job; with `resume=True` the jobs already in `out`
+    are skipped. Raises before generating anything if `out` cannot be written or belongs to another calibration.
+    """
+    if not prompts:
+        raise ValueError("calibration needs at least one prompt")
+    if not hasattr(pipe, "transformer") or not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
+        raise ValueError(f"calibration needs a diffusers pipeline with a transformer, got {type(pipe).__name__}")
+    transformer = pipe.transformer
+    fingerprint = model_fingerprint(transformer)
+    sampler = _sampler(pipe, settings)
+    records: list[dict] = []
+    arrays: dict[str, torch.Tensor] = {}
+    path = check_writable(out) if out is not None else None
+    if path is not None and path.exists():
+        if not resume:
+            raise ValueError(
+                f"{path} already exists; pass resume=True (--resume) to continue it or choose another path"
+            )
+        previous = Profile.load(path)
+        if previous.fingerprint != fingerprint or previous.sampler != sampler:
+            raise ProfileError(
+                f"cannot resume {path}: it was recorded for {previous.fingerprint} with {previous.sampler}, "
+                f"this run is {fingerprint} with {sampler}"
+            )
+        if previous.policies.get("calibration") != settings.to_dict():
+            raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
+        records = list(previous.records)
+        arrays = {k: v for k, v in previous.arrays.items() if k.startswith("records/")}
+    done = {r["index"] for r in records}
+    todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
+    bar = _progress_bar(len(todo) * settings.steps, progress, rank)
+    apply(transformer, Recorder(progress=bar.update if bar else None), scheduler=pipe.scheduler)
+    started = time.perf_counter()
+    try:
+        for index, prompt, seed in todo:
+            pipe(**settings.pipeline_kwargs(prompt, seed, transformer.device))
+            record = {"index": index, "prompt": prompt, "seed": seed}
+            engine = transformer._dit_cache.engine
+            record["branches"] = collect(engine.states or engine.policy.finished)
+            if settings.lemica == "global":
+                remove(transformer)
+                try:
+                    record["lemica"] = global_edges(pipe, settings, prompt, seed)
+                finally:
+                    apply(transformer, Recorder(progress=None), scheduler=pipe.scheduler)
+            small, large = split_record(record)
+            records.append(small)
+            arrays.update(large)
+            if path is not None:  # a checkpoint after every job: an interruption loses at most the current one
+                _assemble(fingerprint, sampler, records, arrays, settings).save(path)
+    finally:
+        remove(transformer)
+        if bar:
+            bar.close()
+    logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
+    profile = _assemble(fingerprint, sampler, records, arrays, settings)
+    if path is not None:
+        profile.save(path)
+    return profile
+
+
+def _assemble(fingerprint: dict, sampler: dict, records: list, arrays: dict, settings: CalibrationSettings) -> Profile:
+    profile = build_profile(fingerprint, sampler, records, arrays, settings.to_dict())
+    _add_proxy_edges(profile, settings)
+    return profile
+
+
+def _progress_bar(total: int, enabled: bool, rank: int):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"calibrate[{rank}]" if rank else "calibrate", unit="step")
+
+
+# ---------------------------------------------------------------------------------------------------- LeMiCa edges
+def proxy_edges(profile: Profile, max_span: int) -> np.ndarray:
+    """LeMiCa edge weights estimated from recorded residuals (a proxy, not the paper's global error):
+    w(i, j) = sum over skipped k of rel-L1(r_k, r_i) * (sigma_k - sigma_(k+1)), the first-order error the reused
+    residual adds to the latent, averaged over branches."""
+    matrices = []
+    for branch, data in profile.branches.items():
+        pairs = profile.arrays.get(f"{branch}/res_pairs")
+        if pairs is None:
+            continue
+        d = pairs.numpy()
+        sigma = np.asarray(data.get("sigma") or [], dtype=np.float64)
+        n = d.shape[0]
+        step = np.abs(np.diff(np.append(sigma, 0.0))) if len(sigma) == n else np.full(n, 1.0 / n)
+        w = np.full((n, n), np.inf)
+        for i in range(n):
+            w[i, i + 1 : i + 2] = 0.0
+            total = 0.0
+            for j in range(i + 2, min(n, i + max_span + 1)):
+                total += d[j - 1, i] * step[j - 1]
+                w[i, j] = total
+        matrices.append(w)
+    if not matrices:
+        raise ProfileError("the profile has no residual traces to estimate LeMiCa edges from")
+    return np.mean(matrices, axis=0)
+
+
+def _add_proxy_edges(profile: Profile, settings: CalibrationSettings) -> None:
+    if not profile.records:
+        return
+    proxy = torch.as_tensor(proxy_edges(profile, settings.lemica_max_span), dtype=torch.float32)
+    profile.arrays["lemica/proxy_edges"] = proxy
+    if "lemica/edges" not in profile.arrays:  # global edges, when recorded, take precedence
+        profile.arrays["lemica/edges"] = proxy.clone()
+        profile.policies["lemica"] = {
+            "num_steps": int(proxy.shape[0]),
+            "mode": "proxy",
+            "max_span": settings.lemica_max_span,
+        }
+
+
+def _final_latents(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int) -> torch.Tensor:
+    out = pipe(**settings.pipeline_kwargs(prompt, seed, pipe.transformer.device))
+    for attr in ("images", "frames"):
+        if hasattr(out, attr):
+            return torch.as_tensor(getattr(out, attr)).float()
+    return torch.as_tensor(out[0]).float()
+
+
+def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int) -> np.ndarray:
+    """LeMiCa's edge weights: w(i, j) = rel-L1 of the final latents when only the segment between computed steps i
+    and j reuses the cache (every other step computed), for segments up to `lemica_max_span` steps. Costs about
+    (steps x span) extra generations; each runs through the real pipeline with a dit_cache schedule."""
+    n, span = settings.steps, settings.lemica_max_span
+    reference = _final_latents(pipe, settings, prompt, seed)
+    scale = float(reference.abs().mean()) or 1.0
+    w = np.full((n, n), np.inf)
+    for i in range(n - 1):
+        w[i, i + 1] = 0.0
+        for j in range(i + 2, min(n, i + span + 1)):
+            steps = tuple(k for k in range(n) if not i < k < j)
+            apply(pipe.transformer, Schedule(steps=steps), scheduler=pipe.scheduler)
+            try:
+                cached = _final_latents(pipe, settings, prompt, seed)
+            finally:
+                remove(pipe.transformer)
+            w[i, j] = float((cached - reference).abs().mean()) / scale
+    return w
+
+
+def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Profile:
+    """`dit-cache calibrate merge`: one profile from shard profiles of the same model and settings."""
+    target = check_writable(out)
+    shards = [Profile.load(p) for p in paths]
+    profile = merge_profiles(shards)
+    _add_proxy_edges(profile, settings_from_profile(profile))
+    profile.save(target)
+    return profile
+
+
+def settings_from_profile(profile: Profile) -> CalibrationSettings:
+    data = dict(profile.policies.get("calibration", {}))
+    data["seeds"] = tuple(data.get("seeds", (0,)))
+    return CalibrationSettings(**data)

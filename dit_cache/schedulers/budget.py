@@ -1,0 +1,71 @@
+"""Speedup targets: pick a threshold by replaying a policy's own decision rule on recorded traces.
+
+The replay drives the policy's real `decide` with the values its probe would have measured (taken from the
+profile), so the plan and the run use one rule. The compute fraction is counted in the same units as `stats()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..state import COMPUTE, CallInfo
+
+# values_for(step, state) -> what the probe would have read at that step (e.g. [num, den] of a rel-L1)
+ValuesFor = Callable[[int, Any], list[float]]
+_CACHED = (object(), None)  # stands in for a stored residual during a replay
+
+
+def replay(
+    policy: Any, branch: str, num_steps: int, sigmas: Sequence[float] | None, values_for: ValuesFor
+) -> list[str]:
+    """The decisions `policy` takes on one branch of one trajectory."""
+    state = policy.new_state()
+    decisions = []
+    for step in range(num_steps):
+        call = CallInfo(branch=branch, timestep=None, step=step, num_steps=num_steps)
+        call.sigmas = list(sigmas) if sigmas is not None else None
+        call.sigma = call.sigmas[step] if call.sigmas else None
+        decision = policy.decide(call, state, values_for(step, state))
+        if decision == COMPUTE:
+            state.residual = _CACHED
+        decisions.append(decision)
+    return decisions
+
+
+def replay_fraction(
+    policy: Any, traces: Sequence[tuple[str, ValuesFor]], num_steps: int, sigmas: Sequence[float] | None
+) -> float:
+    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces."""
+    total_units = sum(slot.units for slot in policy.model.slots)
+    segment_share = policy.segment_units / total_units if total_units else 1.0
+    fractions = []
+    for branch, values_for in traces:
+        decisions = replay(policy, branch, num_steps, sigmas, values_for)
+        reused = sum(d != COMPUTE for d in decisions)
+        fractions.append(1.0 - segment_share * reused / num_steps)
+    return sum(fractions) / len(fractions)
+
+
+def search_threshold(fraction_at: Callable[[float], float], target: float, *, iterations: int = 48) -> float:
+    """The threshold whose compute fraction is closest to `target` (ties: the smaller, i.e. safer, threshold).
+
+    fraction_at(threshold) must be (roughly) non-increasing; the search brackets, then bisects.
+    """
+    evaluated: dict[float, float] = {}
+
+    def at(t: float) -> float:
+        if t not in evaluated:
+            evaluated[t] = fraction_at(t)
+        return evaluated[t]
+
+    lo, hi = 0.0, 1e-3
+    while at(hi) > target and hi < 1e6:
+        lo, hi = hi, hi * 4
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if at(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return min(evaluated, key=lambda t: (abs(evaluated[t] - target), t))

@@ -1,0 +1,197 @@
+"""Calibration: the CLI end to end on a tiny text-prompted pipeline, profile round trips, resume and shard merge
+equal to one uninterrupted run, speedup targets, bad input."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+import dit_cache
+from dit_cache.calibration import Profile, ProfileError, model_fingerprint
+from dit_cache.calibration.runner import CalibrationSettings, calibrate, merge_shards
+from dit_cache.cli import main
+from dit_cache.testing import TINY_TEXT_CALL, tiny_text_flux
+
+PROMPTS = ["a red circle on stripes", "a blue square on dots", "a green triangle"]
+SETTINGS = CalibrationSettings(steps=8, call_kwargs=TINY_TEXT_CALL, seeds=(0,))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_text_flux()
+
+
+@pytest.fixture(scope="module")
+def reference(pipe, tmp_path_factory):
+    """One uninterrupted single-process calibration over PROMPTS."""
+    return calibrate(pipe, PROMPTS, SETTINGS, tmp_path_factory.mktemp("ref") / "p.json", progress=False)
+
+
+def _same(a: Profile, b: Profile) -> None:
+    assert a.to_dict() == b.to_dict()
+    assert sorted(a.arrays) == sorted(b.arrays)
+    for key in a.arrays:
+        torch.testing.assert_close(a.arrays[key], b.arrays[key], rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+def test_cli_calibrates_a_factory_pipeline_and_the_profile_drives_policies(tmp_path, monkeypatch, pipe):
+    (tmp_path / "tiny_factory.py").write_text(
+        "from dit_cache.testing import tiny_text_flux\n\ndef make():\n    return tiny_text_flux()\n"
+    )
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["calibrate", "--pipeline", "tiny_factory:make", "--prompts", "prompts.txt", "--steps", "8",
+         "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--out", "out/profile.json"]
+    )  # fmt: skip
+    assert code == 0
+    profile = Profile.load(tmp_path / "out/profile.json", model=pipe.transformer)
+    assert profile.prompts == 3 and profile.grid_kind == "sigma"
+    cond = profile.branches["cond"]
+    assert len(cond["mag_ratio"]) == 8 and cond["mag_ratio"][0] == 1.0
+    assert cond["grid"][0] == 0.0 and cond["grid"][-1] == 1.0
+    assert len(profile.policies["teacache"]["coefficients"]) == 5
+    assert profile.arrays["lemica/edges"].shape == (8, 8)
+    # the profile's numbers are used, not re-derived
+    dit_cache.apply(pipe, "teacache", profile=str(tmp_path / "out/profile.json"))
+    assert pipe.transformer._dit_cache.engine.policy.coefficients == tuple(profile.policies["teacache"]["coefficients"])
+    dit_cache.remove(pipe)
+
+
+def test_profile_save_load_round_trip(reference, tmp_path):
+    path = reference.save(tmp_path / "copy.json")
+    _same(Profile.load(path), reference)
+
+
+def test_resumed_calibration_equals_uninterrupted(pipe, reference, tmp_path):
+    out = tmp_path / "resumed.json"
+    calls = {"n": 0}
+
+    def interrupt(module, args):
+        calls["n"] += 1
+        if calls["n"] == 8 + 5:  # in the middle of the second generation
+            raise KeyboardInterrupt
+
+    handle = pipe.transformer.transformer_blocks[0].register_forward_pre_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            calibrate(pipe, PROMPTS, SETTINGS, out, progress=False)
+    finally:
+        handle.remove()
+    assert Profile.load(out).prompts == 1  # what was recorded before the interruption is kept
+    with pytest.raises(ValueError, match="pass resume=True"):
+        calibrate(pipe, PROMPTS, SETTINGS, out, progress=False)
+    _same(calibrate(pipe, PROMPTS, SETTINGS, out, resume=True, progress=False), reference)
+    assert not dit_cache.is_applied(pipe)
+
+
+def test_shard_merge_equals_single_process(pipe, reference, tmp_path):
+    shards = [
+        calibrate(pipe, PROMPTS, SETTINGS, tmp_path / f"shard{r}.json", rank=r, world_size=2, progress=False)
+        for r in range(2)
+    ]
+    assert [s.prompts for s in shards] == [2, 1]
+    merged = merge_shards([tmp_path / "shard0.json", tmp_path / "shard1.json"], tmp_path / "merged.json")
+    merged.source = reference.source
+    _same(merged, reference)
+    assert main(["calibrate", "merge", str(tmp_path / "shard0.json"), str(tmp_path / "shard1.json"),
+                 "--out", str(tmp_path / "cli.json")]) == 0  # fmt: skip
+    _same(Profile.load(tmp_path / "cli.json"), Profile.load(tmp_path / "merged.json"))
+
+
+def test_merging_shards_of_different_settings_is_refused(pipe, reference, tmp_path):
+    other = calibrate(pipe, PROMPTS[:1], CalibrationSettings(steps=6, call_kwargs=TINY_TEXT_CALL), progress=False)
+    with pytest.raises(ProfileError, match="different sampler"):
+        from dit_cache.calibration.fit import merge_profiles
+
+        merge_profiles([reference, other])
+
+
+@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache", "lemica"])
+def test_speedup_target_uses_the_profile(pipe, reference, policy):
+    """On the calibration prompts, speedup=2 gives a compute fraction near 1/2 (8 steps: coarse granularity)."""
+    fractions = []
+    dit_cache.apply(pipe, policy, speedup=2.0, profile=reference)
+    try:
+        for prompt in PROMPTS:
+            pipe(**SETTINGS.pipeline_kwargs(prompt, 0, None))
+            fractions.append(dit_cache.stats(pipe).compute_fraction)
+    finally:
+        dit_cache.remove(pipe)
+    assert abs(sum(fractions) / len(fractions) - 0.5) <= 0.1
+
+
+def test_speedup_at_another_step_count(pipe, reference):
+    dit_cache.apply(pipe, "magcache", speedup=2.0, profile=reference)
+    try:
+        pipe(prompt=PROMPTS[0], num_inference_steps=16, output_type="latent", **TINY_TEXT_CALL)
+        stats = dit_cache.stats(pipe)
+    finally:
+        dit_cache.remove(pipe)
+    assert stats.calls == 16 and abs(stats.compute_fraction - 0.5) <= 0.1
+
+
+def test_speedup_above_what_the_schedule_allows(pipe, reference):
+    with pytest.raises(ValueError, match="above what a 8-step schedule allows"):
+        dit_cache.apply(pipe, "lemica", speedup=5.0, profile=reference)
+    dit_cache.apply(pipe, "teacache", speedup=7.0, profile=reference)
+    with pytest.raises(ValueError, match="above what this policy can reach"):
+        pipe(prompt=PROMPTS[0], num_inference_steps=8, output_type="latent", **TINY_TEXT_CALL)
+    dit_cache.remove(pipe)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def test_profile_files_that_cannot_be_used(reference, tmp_path, pipe):
+    path = reference.save(tmp_path / "p.json")
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(ProfileError, match="truncated or corrupted"):
+        Profile.load(path)
+    data = json.loads(text)
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match="format version 99"):
+        Profile.load(path)
+    path.write_text(text)
+    (tmp_path / "p.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ProfileError, match="missing or corrupted"):
+        Profile.load(path)
+    other = tiny_text_flux(num_layers=3)
+    reference.save(tmp_path / "q.json")
+    with pytest.raises(ProfileError) as err:
+        Profile.load(tmp_path / "q.json", model=other.transformer)
+    assert str(model_fingerprint(other.transformer)["config_hash"]) in str(err.value)
+    assert reference.fingerprint["config_hash"] in str(err.value)
+
+
+def test_cli_bad_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n# only a comment\n")
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    (tmp_path / "sidefx.py").write_text(
+        textwrap.dedent(
+            """
+            import pathlib
+            def make():
+                pathlib.Path("factory-ran").write_text("")
+                from dit_cache.testing import tiny_text_flux
+                return tiny_text_flux()
+            def nothing():
+                return None
+            """
+        )
+    )
+    base = ["calibrate", "--pipeline", "sidefx:make", "--out", "p.json"]
+    assert main([*base, "--prompts", "missing.txt"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--prompts", "empty.txt"]) == 2
+    assert "has no prompts" in capsys.readouterr().err
+    assert main([*base, "--prompts", "prompts.txt", "--steps", "1"]) == 2
+    assert "at least 2 steps" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["calibrate", "--pipeline", "sidefx:make", "--prompts", "prompts.txt", "--out", "file/p.json"]) == 2
+    assert "cannot write the profile" in capsys.readouterr().err
+    assert not (tmp_path / "factory-ran").exists()  # every error above came before any model was built
+    with pytest.raises(SystemExit, match="returned NoneType, not a diffusers pipeline"):
+        main(["calibrate", "--pipeline", "sidefx:nothing", "--prompts", "prompts.txt", "--out", "p.json"])

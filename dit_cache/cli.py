@@ -82,6 +82,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         call_kwargs=json.loads(args.call_kwargs) if args.call_kwargs else {},
         lemica=args.lemica,
         lemica_max_span=args.lemica_max_span,
+        block_traces=args.block_traces,
     )
     out = check_writable(args.out)  # before loading any model
     rank, world, state = _distributed()
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--call-kwargs", help='extra pipeline arguments as JSON, e.g. \'{"negative_prompt": ""}\'')
     cal.add_argument("--lemica", choices=["proxy", "global"], default="proxy", help="LeMiCa edge weights")
     cal.add_argument("--lemica-max-span", type=int, default=8, help="longest cached segment LeMiCa may use")
+    cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
     cal.add_argument("--device", help="move the pipeline to this device")
     cal.add_argument("--resume", action="store_true", help="continue an interrupted calibration at --out")
     cal.add_argument("--out", required=True, help="profile path (.json; arrays go to .safetensors beside it)")

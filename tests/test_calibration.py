@@ -195,3 +195,12 @@ def test_cli_bad_input(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "factory-ran").exists()  # every error above came before any model was built
     with pytest.raises(SystemExit, match="returned NoneType, not a diffusers pipeline"):
         main(["calibrate", "--pipeline", "sidefx:nothing", "--prompts", "prompts.txt", "--out", "p.json"])
+
+
+def test_block_traces_on_request(pipe):
+    settings = CalibrationSettings(steps=4, call_kwargs=TINY_TEXT_CALL, block_traces=True)
+    profile = calibrate(pipe, PROMPTS[:1], settings, progress=False)
+    table = profile.arrays["cond/block_residual_change"]
+    assert table.shape == (4, 4)  # steps x blocks (2 double + 2 single)
+    assert torch.isnan(table[0]).all() and torch.isfinite(table[1:]).all()
+    assert "cond/block_residual_change" not in calibrate(pipe, PROMPTS[:1], SETTINGS, progress=False).arrays

@@ -63,6 +63,8 @@ def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
             arrays[f"{prefix}/{branch}/{key}"] = pairs_matrix(data[key])
         for key in ("block_input_change", "block_residual_change"):
             rows = data[key]
+            if not any(rows):
+                continue
             width = max((len(r) for r in rows), default=0)
             table = torch.full((len(rows), width), float("nan"))
             for i, row in enumerate(rows):
@@ -111,7 +113,8 @@ def build_profile(
             "output_change": y_mean,
         }
         for key in ("fb_pairs", "res_pairs", "block_input_change", "block_residual_change"):
-            stack = [arrays[f"records/{r['index']}/{branch}/{key}"] for r in records if branch in r["branches"]]
+            keys = [f"records/{r['index']}/{branch}/{key}" for r in records if branch in r["branches"]]
+            stack = [arrays[k] for k in keys if k in arrays]
             if stack and all(s.shape == stack[0].shape for s in stack):
                 profile.arrays[f"{branch}/{key}"] = torch.nanmean(torch.stack(stack), dim=0)
         fb = profile.arrays.get(f"{branch}/fb_pairs")

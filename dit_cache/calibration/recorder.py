@@ -7,8 +7,9 @@ Per (branch, step) it records, as device scalars read once per pipeline call:
   fb_pairs    rel-L1 between this step's first-block residual and every earlier step's (first-block probe replay)
   res_pairs   rel-L1 between this step's block-stack residual and every earlier step's (LeMiCa's proxy edges)
   block_input_change / block_residual_change   per block, rel-L1 change since the previous step
-Per-block and first-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so
-their memory and cost stay small on large models; the MagCache ratio and x, y use every token.
+Per-block traces are recorded only with `block_traces=True` (they cost a few passes per block). Pairwise and
+per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their memory and
+cost stay small on large models; the MagCache ratio and x, y use every token.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..engine import BlockSlot
 from ..policies.base import ModelContext, Policy, policy_for
 from ..state import COMPUTE, CallInfo
 
-MAX_TRACE_TOKENS = 4096
+MAX_TRACE_TOKENS = 1024
 
 
 def token_subset(x: torch.Tensor) -> torch.Tensor:
@@ -51,13 +52,14 @@ class Recorder(PolicyConfig):
     """Computes every step and records trajectory statistics (used by `dit-cache calibrate`)."""
 
     progress: Any = field(default=None, compare=False)  # called once per newly reached step
+    block_traces: bool = False  # per-block input/residual changes (for block-level policies)
 
 
 @dataclass
 class _Trace:
     previous: dict[str, Any] = field(default_factory=dict)
-    front_history: list[torch.Tensor] = field(default_factory=list)
-    residual_history: list[torch.Tensor] = field(default_factory=list)
+    front_history: torch.Tensor | None = None  # (steps so far, *token subset shape)
+    residual_history: torch.Tensor | None = None
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -105,22 +107,17 @@ class RecorderPolicy(Policy):
         i = slot.index
         if i == 0:
             call.stack_input = (hidden_in, block.encoder)
-        sub_in = token_subset(hidden_in)
-        sub_res = token_subset(hidden_out) - sub_in
-        self._append_change(state, record, "block_input_change", f"in{i}", sub_in)
-        self._append_change(state, record, "block_residual_change", f"res{i}", sub_res)
+        if self.config.block_traces or i == 0:
+            sub_in = token_subset(hidden_in)
+            sub_res = token_subset(hidden_out) - sub_in
+        if self.config.block_traces:
+            self._append_change(state, record, "block_input_change", f"in{i}", sub_in)
+            self._append_change(state, record, "block_residual_change", f"res{i}", sub_res)
         if i == 0:
-            if state.front_history:
-                record["fb_pairs"] = torch.stack([kernels.rel_l1_parts(sub_res, h) for h in state.front_history])
-            state.front_history.append(sub_res)
+            record["fb_pairs"], state.front_history = _pairs(sub_res, state.front_history)
         if i == self.last_block:
             residual = (hidden_out - call.stack_input[0]).detach()
-            sub_residual = token_subset(residual)
-            if state.residual_history:
-                record["res_pairs"] = torch.stack(
-                    [kernels.rel_l1_parts(sub_residual, h) for h in state.residual_history]
-                )
-            state.residual_history.append(sub_residual)
+            record["res_pairs"], state.residual_history = _pairs(token_subset(residual), state.residual_history)
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:
                 record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
@@ -139,6 +136,17 @@ class RecorderPolicy(Policy):
         if tensor is not None:
             self._change(state, state.steps[call.step], "y", "output", tensor.detach())
         return output
+
+
+def _pairs(current: torch.Tensor, history: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """[sum|current - h|, sum|h|] for every earlier step's h (one batched pass), and the history with `current`."""
+    current = current.unsqueeze(0)
+    if history is None:
+        return None, current
+    dims = tuple(range(1, history.dim()))
+    num = (history.float() - current.float()).abs().sum(dim=dims)
+    den = history.float().abs().sum(dim=dims)
+    return torch.stack((num, den), dim=1), torch.cat((history, current))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -168,8 +176,8 @@ def collect(states: dict[str, _Trace]) -> dict[str, dict[str, Any]]:
                     "x": later(r["x"]) if "x" in r else None,
                     "y": later(r["y"]) if "y" in r else None,
                     "mag_ratio": later(r["mag_ratio"]) if "mag_ratio" in r else None,
-                    "fb_pairs": later(r["fb_pairs"]) if "fb_pairs" in r else None,
-                    "res_pairs": later(r["res_pairs"]) if "res_pairs" in r else None,
+                    "fb_pairs": later(r["fb_pairs"]) if r.get("fb_pairs") is not None else None,
+                    "res_pairs": later(r["res_pairs"]) if r.get("res_pairs") is not None else None,
                     "block_input_change": [later(p) for p in r["block_input_change"]],
                     "block_residual_change": [later(p) for p in r["block_residual_change"]],
                 }

@@ -36,6 +36,7 @@ class CalibrationSettings:
     call_kwargs: dict = field(default_factory=dict)  # extra pipeline arguments, e.g. {"negative_prompt": ""}
     lemica: str = "proxy"  # "proxy" (free, from the recorded residuals) or "global" (replayed, costly)
     lemica_max_span: int = 8
+    block_traces: bool = False  # per-block traces for block-level policies (a few extra passes per block)
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
@@ -52,9 +53,11 @@ class CalibrationSettings:
         data["seeds"] = list(self.seeds)
         return data
 
-    def pipeline_kwargs(self, prompt: str, seed: int, device: Any) -> dict:
+    def pipeline_kwargs(self, prompt: str | dict, seed: int, device: Any = None) -> dict:
+        """Call arguments of one job; a prompt may be text or a dict of call arguments (e.g. prompt_embeds)."""
         kwargs = dict(self.call_kwargs)
-        kwargs.update(prompt=prompt, num_inference_steps=self.steps, output_type="latent")
+        kwargs.update(prompt if isinstance(prompt, dict) else {"prompt": prompt})
+        kwargs.update(num_inference_steps=self.steps, output_type="latent")
         for name, value in (
             ("guidance_scale", self.guidance),
             ("height", self.height),
@@ -67,7 +70,7 @@ class CalibrationSettings:
         return kwargs
 
 
-def jobs_of(prompts: Sequence[str], seeds: Sequence[int]) -> list[tuple[int, str, int]]:
+def jobs_of(prompts: Sequence[str | dict], seeds: Sequence[int]) -> list[tuple[int, str | dict, int]]:
     """(index, prompt, seed) for every prompt and seed, in a fixed order."""
     return [(i * len(seeds) + j, prompt, seed) for i, prompt in enumerate(prompts) for j, seed in enumerate(seeds)]
 
@@ -153,12 +156,13 @@ def calibrate(
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
     bar = _progress_bar(len(todo) * settings.steps, progress, rank)
-    apply(transformer, Recorder(progress=bar.update if bar else None), scheduler=pipe.scheduler)
+    recorder = Recorder(progress=bar.update if bar else None, block_traces=settings.block_traces)
+    apply(transformer, recorder, scheduler=pipe.scheduler)
     started = time.perf_counter()
     try:
         for index, prompt, seed in todo:
             pipe(**settings.pipeline_kwargs(prompt, seed, transformer.device))
-            record = {"index": index, "prompt": prompt, "seed": seed}
+            record = {"index": index, "prompt": _label(prompt), "seed": seed}
             engine = transformer._dit_cache.engine
             record["branches"] = collect(engine.states or engine.policy.finished)
             if settings.lemica == "global":
@@ -166,7 +170,7 @@ def calibrate(
                 try:
                     record["lemica"] = global_edges(pipe, settings, prompt, seed)
                 finally:
-                    apply(transformer, Recorder(progress=None), scheduler=pipe.scheduler)
+                    apply(transformer, recorder, scheduler=pipe.scheduler)
             small, large = split_record(record)
             records.append(small)
             arrays.update(large)
@@ -181,6 +185,19 @@ def calibrate(
     if path is not None:
         profile.save(path)
     return profile
+
+
+def _label(prompt: str | dict) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(prompt):
+        value = prompt[key]
+        digest.update(key.encode())
+        digest.update(value.cpu().numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode())
+    return f"<call arguments {digest.hexdigest()[:12]}>"
 
 
 def _assemble(fingerprint: dict, sampler: dict, records: list, arrays: dict, settings: CalibrationSettings) -> Profile:

@@ -403,9 +403,10 @@ def word_tokenizer(max_length: int = 77, words=TINY_VOCAB):
     )
 
 
-def tiny_text_flux(seed: int = 0, **transformer_kwargs: Any):
+def tiny_text_flux(seed: int = 0, vae: bool = False, **transformer_kwargs: Any):
     """A FluxPipeline with a tiny transformer, tiny random CLIP and T5 text encoders and a word tokenizer: it takes
-    text prompts (`max_sequence_length=16` is set by `TINY_TEXT_CALL`) and runs offline."""
+    text prompts (`max_sequence_length=16` is set by `TINY_TEXT_CALL`) and runs offline. With `vae=True` it also has
+    a tiny random AutoencoderKL, so it can decode images (output_type "np"/"pil")."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -422,7 +423,7 @@ def tiny_text_flux(seed: int = 0, **transformer_kwargs: Any):
     ).eval()
     pipe = diffusers.FluxPipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
-        vae=None,
+        vae=_tiny_vae() if vae else None,
         text_encoder=clip,
         tokenizer=tokenizer,
         text_encoder_2=t5,
@@ -431,6 +432,16 @@ def tiny_text_flux(seed: int = 0, **transformer_kwargs: Any):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 8), latent_channels=4,
+        norm_num_groups=4, layers_per_block=1, shift_factor=0.0, scaling_factor=1.0,
+    ).eval()  # fmt: skip
 
 
 TINY_TEXT_CALL = {"height": 64, "width": 64, "max_sequence_length": 16}

@@ -1,0 +1,115 @@
+"""What `dit-cache eval` compares: dit_cache policies, the uniform every-k-th-step baseline, and the peers
+(diffusers' built-in caches, cache-dit), each at a speedup target or an explicit setting.
+
+A method spec is `NAME`, `NAME:key=value,key=value` (explicit options) or, with targets, NAME at each target:
+dit_cache policies with a profile use `speedup=`; peers and interval policies are tuned to the target compute
+fraction on the first sample (their own knobs, measured work).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import api
+from ..config import Schedule, config_class, policy_names
+from .counting import WorkCounter
+
+SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica")
+INTERVAL_POLICIES = ("fora",)
+BASELINES = ("uniform",)
+
+
+@dataclass
+class Method:
+    """One row family of the evaluation: how to switch a method on and off and read its compute fraction."""
+
+    key: str  # unique in a results file, e.g. "teacache@2" or "peer:diffusers-fbcache@2"
+    name: str
+    family: str  # "dit_cache", "baseline" or "peer"
+    target: float | None = None
+    options: dict = field(default_factory=dict)
+    available: bool = True
+    reason: str = ""
+    on: Callable[[Any, dict], None] | None = None
+    off: Callable[[Any], None] | None = None
+    counted: bool = False  # compute fraction from WorkCounter (peers) rather than dit_cache.stats
+
+    def label(self) -> str:
+        return self.key
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """`"teacache:threshold=0.2,max_skip=3"` -> ("teacache", {"threshold": 0.2, "max_skip": 3})."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"method option {item!r} in {spec!r} must look like key=value")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name.strip().lower(), options
+
+
+def uniform_steps(num_steps: int, target: float) -> tuple[int, ...]:
+    """Evenly spaced computed steps (first and last included) for a compute share of 1 / target."""
+    budget = min(num_steps, max(2, round(num_steps / target)))
+    return tuple(sorted({int(round(x)) for x in np.linspace(0, num_steps - 1, budget)}))
+
+
+def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Method:
+    name, options = parse_spec(spec)
+    if name in BASELINES:
+        if target is None and "steps" not in options:
+            raise ValueError("the uniform baseline needs a target (--targets) or steps=(...)")
+        steps = options.get("steps") or uniform_steps(num_steps, target)
+        key = f"uniform@{target:g}" if target else spec
+        return Method(key, name, "baseline", target, {"steps": tuple(steps)}, on=_apply_schedule, off=api.remove)
+    if name not in policy_names():
+        raise ValueError(f"unknown method {name!r}; dit_cache policies: {', '.join(policy_names())}; baselines: uniform")
+    key = spec if target is None else f"{name}@{target:g}"
+    method = Method(key, name, "dit_cache", target, dict(options), on=_apply_policy, off=api.remove)
+    if target is not None:
+        fields = {f for f in config_class(name).__dataclass_fields__}
+        if name in INTERVAL_POLICIES:
+            interval = round(target)
+            if not math.isclose(interval, target, abs_tol=0.01):
+                method.available, method.reason = False, f"{name} has integer intervals only; no setting gives {target:g}x"
+            method.options["interval"] = interval
+        elif "speedup" in fields:
+            method.options["speedup"] = target
+            if "profile" in fields and profile is not None and "profile" not in options:
+                method.options["profile"] = profile
+        else:
+            method.available, method.reason = False, f"{name} has no speedup target"
+    return method
+
+
+def _apply_policy(pipe, options: dict) -> None:
+    name = options.pop("__name__")
+    api.apply(pipe, name, **options)
+
+
+def _apply_schedule(pipe, options: dict) -> None:
+    api.apply(pipe, Schedule(steps=options["steps"]))
+
+
+def switch_on(method: Method, pipe) -> None:
+    options = dict(method.options)
+    if method.family == "dit_cache":
+        options["__name__"] = method.name
+    method.on(pipe, options)
+
+
+def compute_fraction(method: Method, pipe, counter: WorkCounter | None, full_calls: int | None) -> float:
+    if method.counted:
+        return counter.calls / full_calls if full_calls else float("nan")
+    return api.stats(pipe).compute_fraction

@@ -1,0 +1,407 @@
+"""The evaluation sweep: the uncached reference once per sample, then every method at every target, each row
+(compute fraction, wall speedup, PSNR, SSIM, LPIPS, temporal consistency, peak memory) appended to a JSON-lines file
+as it finishes, so a rerun resumes; samples sharded over processes under `accelerate launch`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import api
+from .counting import WorkCounter
+from .methods import Method, compute_fraction, ours, switch_on
+from .metrics import compare, lpips_status, to_frames
+from .peers import PeerContext, peer
+
+logger = logging.getLogger(__name__)
+RESULTS = "results.jsonl"
+DEFAULT_POLICIES = ("teacache", "magcache", "fbcache", "fora", "lemica", "uniform")
+
+
+@dataclass
+class EvalPlan:
+    """Everything that defines a results file; a rerun with another plan refuses to append to it."""
+
+    model: str
+    prompts: list[str]
+    samples: int
+    steps: int
+    call_kwargs: dict = field(default_factory=dict)
+    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    peers: list[str] = field(default_factory=list)
+    targets: list[float] = field(default_factory=lambda: [1.5, 2.0, 3.0])
+    runs: int = 3
+    timing_samples: int = 1
+
+    def header(self) -> dict:
+        digest = hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()[:16]
+        return {
+            "model": self.model,
+            "prompts_sha": digest,
+            "steps": self.steps,
+            "call_kwargs": {k: v for k, v in sorted(self.call_kwargs.items()) if _jsonable(v)},
+        }
+
+    def sample(self, index: int) -> tuple[str, int]:
+        return self.prompts[index % len(self.prompts)], index
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def check_output_dir(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to the output directory {out}: {e}") from None
+    return out
+
+
+def read_rows(path: Path) -> tuple[dict | None, list[dict]]:
+    if not path.exists():
+        return None, []
+    header, rows = None, []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:  # a row cut short by an interruption: it is redone
+            continue
+        if "header" in item:
+            header = item["header"]
+        else:
+            rows.append(item)
+    return header, rows
+
+
+class ResultsFile:
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path = path
+        existing, self.rows = read_rows(path)
+        if existing is not None and existing != header:
+            raise ValueError(
+                f"{path} holds results of another model or prompt set ({existing}); this run is {header}. "
+                "Use another --out directory rather than mixing them"
+            )
+        if existing is None:
+            with path.open("a") as f:
+                f.write(json.dumps({"header": header}) + "\n")
+        self.done = {(r["method"], r["sample"]) for r in self.rows}
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)
+        self.done.add((row["method"], row["sample"]))
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+class PeakMemory:
+    """Peak memory while a block runs: CUDA's allocator peak on GPUs, else the process's resident-set growth
+    sampled every millisecond (an estimate: other threads' allocations count too)."""
+
+    def __enter__(self) -> PeakMemory:
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self.peak = _rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.megabytes = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.megabytes = (max(self.peak, _rss()) - self.start) / 2**20
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def generate(pipe, plan: EvalPlan, prompt: str, seed: int) -> np.ndarray:
+    kwargs = dict(plan.call_kwargs, prompt=prompt, num_inference_steps=plan.steps, output_type="np")
+    kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed)
+    out = pipe(**kwargs)
+    result = out.frames if hasattr(out, "frames") else out.images
+    return to_frames(result[0])
+
+
+class TransformerTimer:
+    """Wall time spent inside the pipeline's transformer calls (torch hooks around every transformer's __call__,
+    outside any cache's own hooks), i.e. the part of a call that caching can shorten."""
+
+    def __init__(self, pipe) -> None:
+        self.modules = [m for n, m in pipe.components.items() if n.startswith("transformer") and m is not None]
+        self.seconds = 0.0
+
+    def _start(self, *_):
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        self.seconds += time.perf_counter() - self._t0
+
+    def __enter__(self) -> TransformerTimer:
+        self.seconds = 0.0
+        self._handles = [h for m in self.modules for h in (m.register_forward_pre_hook(self._start),
+                                                             m.register_forward_hook(self._stop))]  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@dataclass
+class Timing:
+    seconds: float | None = None  # median pipeline call
+    transformer_seconds: float | None = None  # median time inside the transformer calls
+    peak_memory_mb: float | None = None
+
+
+def timed_generate(pipe, plan: EvalPlan, prompt: str, seed: int, runs: int) -> tuple[np.ndarray, Timing]:
+    """The output, and with `runs` > 0 the median timings of `runs` calls after a warm-up call."""
+    calls, inside = [], []
+    output, memory = None, None
+    for _ in range(runs + 1 if runs else 1):  # the first run is the warm-up
+        with PeakMemory() as memory, TransformerTimer(pipe) as timer:
+            start = time.perf_counter()
+            output = generate(pipe, plan, prompt, seed)
+            calls.append(time.perf_counter() - start)
+        inside.append(timer.seconds)
+    if not runs:
+        return output, Timing(peak_memory_mb=memory.megabytes)
+    return output, Timing(statistics.median(calls[1:]), statistics.median(inside[1:]), memory.megabytes)
+
+
+# ---------------------------------------------------------------------------------------------------- the sweep
+def build_methods(plan: EvalPlan, profile: Any) -> list[Method]:
+    methods = []
+    for spec in plan.policies:
+        if ":" in spec or not plan.targets:
+            methods.append(ours(spec, None, plan.steps, profile))
+        else:
+            methods += [ours(spec, t, plan.steps, profile) for t in plan.targets]
+    for name in plan.peers:
+        p = peer(name)
+        ok, reason = p.status()
+        for target in plan.targets:
+            methods.append(Method(f"peer:{name}@{target:g}", name, "peer", target, available=ok, reason=reason, counted=True))
+    return methods
+
+
+def evaluate(
+    pipe,
+    plan: EvalPlan,
+    out: str | os.PathLike,
+    *,
+    profile: Any = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) the sweep of `plan`, appending rows to OUT/results.jsonl (OUT/results.rank<r>.jsonl when
+    sharded). Returns the results path."""
+    if plan.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {plan.samples}")
+    out = check_output_dir(out)
+    methods = build_methods(plan, profile)
+    results = ResultsFile(out / (RESULTS if world_size == 1 else f"results.rank{rank}.jsonl"), plan.header())
+    mine = [i for i in range(plan.samples) if i % world_size == rank]
+    lpips_ok, lpips_reason = lpips_status()
+    (out / "refs").mkdir(exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    pipe.set_progress_bar_config(disable=True)
+    total = len(mine) * (1 + len(methods))
+    bar = _bar(total, progress, rank)
+    try:
+        references = {}
+        for i in mine:
+            references[i] = _reference(pipe, plan, results, out, i)
+            _tick(bar)
+        with WorkCounter(pipe) as counter:
+            generate(pipe, plan, *plan.sample(0))
+        full_calls = counter.calls
+        tuning = _load_tuning(out)
+        for method in methods:
+            if not method.available:
+                if (method.key, -1) not in results.done:
+                    results.append({"method": method.key, "sample": -1, "family": method.family, "name": method.name,
+                                    "target": method.target, "skipped": method.reason})  # fmt: skip
+                _tick(bar, len(mine))
+                continue
+            if method.family == "peer":
+                _prepare_peer(method, pipe, plan, profile, full_calls, tuning, out)
+            for i in mine:
+                if (method.key, i) not in results.done:
+                    results.append(
+                        _measure(method, pipe, plan, i, references[i], full_calls, lpips_ok, lpips_reason, out)
+                    )
+                _tick(bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results.path
+
+
+def _bar(total, enabled, rank):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="eval" if rank == 0 else f"eval[{rank}]", unit="run")
+
+
+def _tick(bar, n: int = 1) -> None:
+    if bar is not None:
+        bar.update(n)
+
+
+def _reference(pipe, plan: EvalPlan, results: ResultsFile, out: Path, index: int) -> np.ndarray:
+    path = out / "refs" / f"sample{index}.npy"
+    if ("uncached", index) in results.done and path.exists():
+        return np.load(path)
+    prompt, seed = plan.sample(index)
+    runs = plan.runs if index < plan.timing_samples else 0
+    output, timing = timed_generate(pipe, plan, prompt, seed, runs)
+    np.save(path, output)
+    if index == 0:
+        save_preview(output, out / "samples" / "uncached.png")
+    results.append(
+        {"method": "uncached", "sample": index, "family": "reference", "name": "uncached", "target": 1.0,
+         "prompt": prompt, "seed": seed, "compute_fraction": 1.0, **asdict(timing)}
+    )  # fmt: skip
+    return output
+
+
+def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_reason, out) -> dict:
+    prompt, seed = plan.sample(index)
+    runs = plan.runs if index < plan.timing_samples else 0
+    switch_on(method, pipe)
+    try:
+        with WorkCounter(pipe) as counter:
+            output = generate(pipe, plan, prompt, seed)
+        fraction = compute_fraction(method, pipe, counter, full_calls)
+        timing = timed_generate(pipe, plan, prompt, seed, runs)[1] if runs else Timing()
+    finally:
+        method.off(pipe)
+    quality = compare(reference, output, with_lpips=lpips_ok)
+    if index == 0:
+        save_preview(output, out / "samples" / f"{_file_key(method.key)}.png")
+    row = {
+        "method": method.key, "sample": index, "family": method.family, "name": method.name,
+        "target": method.target, "options": _describe(method.options), "prompt": prompt, "seed": seed,
+        "compute_fraction": fraction, **asdict(timing), **quality,
+    }  # fmt: skip
+    if not lpips_ok:
+        row["lpips_unavailable"] = lpips_reason
+    return row
+
+
+def _describe(options: dict) -> dict:
+    return {k: (v if _jsonable(v) else getattr(v, "source", None) or type(v).__name__) for k, v in options.items()}
+
+
+def _file_key(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in key)
+
+
+def _load_tuning(out: Path) -> dict:
+    path = out / "tuning.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _prepare_peer(method: Method, pipe, plan: EvalPlan, profile, full_calls: int, tuning: dict, out: Path) -> None:
+    p = peer(method.name)
+    ctx = PeerContext(pipe, plan.steps, profile, method.target)
+    if method.key not in tuning:
+
+        def measure(knob) -> float:
+            p.enable(ctx, knob)
+            try:
+                with WorkCounter(pipe) as counter:
+                    generate(pipe, plan, *plan.sample(0))
+            finally:
+                p.disable(pipe)
+            return counter.calls / full_calls
+
+        tuning[method.key] = p.tune(ctx, measure)
+        (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
+    knob = tuning[method.key]
+    knob = tuple(knob) if isinstance(knob, list) else knob
+    method.options = {p.knob: knob}
+    method.on = lambda pipe, options: p.enable(ctx, knob)
+    method.off = p.disable
+
+
+def save_preview(frames: np.ndarray, path: Path) -> None:
+    """An image, or a video's frames side by side, as a PNG."""
+    from PIL import Image
+
+    frames = to_frames(frames)
+    strip = np.concatenate(list(frames), axis=1) if frames.shape[0] > 1 else frames[0]
+    Image.fromarray((np.clip(strip, 0, 1) * 255).round().astype(np.uint8)).save(path)
+
+
+def merge_rank_files(out: str | os.PathLike, world_size: int) -> Path:
+    """Concatenate the per-process results of a sharded run into OUT/results.jsonl (same header required)."""
+    out = Path(out)
+    header, rows = None, {}
+    for r in range(world_size):
+        h, part = read_rows(out / f"results.rank{r}.jsonl")
+        if h is None:
+            raise ValueError(f"missing results of process {r} in {out}")
+        if header is not None and h != header:
+            raise ValueError(f"process {r} evaluated another plan: {h} vs {header}")
+        header = h
+        for row in part:
+            rows[(row["method"], row["sample"])] = row
+    target = out / RESULTS
+    with target.open("w") as f:
+        f.write(json.dumps({"header": header}) + "\n")
+        for key in sorted(rows, key=lambda k: (k[0], k[1])):
+            f.write(json.dumps(rows[key]) + "\n")
+    return target
+
+
+def remove_if_applied(pipe) -> None:
+    if api.is_applied(pipe):
+        api.remove(pipe)

@@ -1,0 +1,153 @@
+"""Evaluation: metrics against hand-computed values, a resumable sweep on a tiny saved pipeline, the report."""
+
+import base64
+import io
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from dit_cache.cli import main
+from dit_cache.eval import metrics
+from dit_cache.eval.runner import RESULTS, EvalPlan, evaluate, read_rows
+from dit_cache.testing import TINY_TEXT_CALL, tiny_text_flux
+
+PROMPTS = ["a red circle", "a blue square on dots"]
+
+
+def test_psnr_ssim_temporal_by_hand():
+    ref = np.zeros((2, 8, 8, 3), dtype=np.float32)
+    test = ref + 0.1  # MSE 0.01 -> 20 dB
+    assert math.isclose(metrics.psnr(ref, test), 20.0, rel_tol=1e-6)
+    assert metrics.psnr(ref, ref) == math.inf
+    assert metrics.frame_psnr(ref, test) == pytest.approx([20.0, 20.0])
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 3)).astype(np.float32)
+    assert metrics.ssim(image, image) == pytest.approx(1.0)
+    assert metrics.ssim(image, 1 - image) < 0.5
+    # the same per-frame offset everywhere: frame differences are identical -> infinite temporal PSNR
+    video = rng.random((3, 8, 8, 3)).astype(np.float32) * 0.5
+    assert metrics.temporal_psnr(video, video + 0.1) > 150  # equal up to float32 rounding
+    moved = video.copy()
+    moved[2] += 0.2  # one frame jumps: difference error 0.2 on two of the differences -> MSE 0.02
+    assert metrics.temporal_psnr(video, moved) == pytest.approx(10 * math.log10(4 / 0.02), rel=1e-4)
+    assert metrics.temporal_psnr(image, image) is None
+    with pytest.raises(ValueError, match="different shapes"):
+        metrics.psnr(ref, ref[:1])
+
+
+def test_lpips_is_reported_unavailable_rather_than_faked():
+    ok, reason = metrics.lpips_status()
+    if ok:
+        pytest.skip("LPIPS weights are available on this machine")
+    assert reason
+    assert metrics.lpips_distance(np.zeros((8, 8, 3)), np.ones((8, 8, 3))) is None
+    assert metrics.compare(np.zeros((8, 8, 3)), np.ones((8, 8, 3)))["lpips"] is None
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe") / "tiny-flux"
+    tiny_text_flux(vae=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(saved_pipeline):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(saved_pipeline)
+
+
+def _plan(**kw):
+    base = dict(model="tiny", prompts=PROMPTS, samples=2, steps=4, call_kwargs=TINY_TEXT_CALL,
+                policies=["uniform", "fora"], peers=["diffusers-fbcache"], targets=[2.0], runs=1)  # fmt: skip
+    base.update(kw)
+    return EvalPlan(**base)
+
+
+def test_sweep_resumes_without_recomputing_finished_rows(pipe, tmp_path, monkeypatch):
+    import dit_cache.eval.runner as runner
+
+    measured, interrupt = [], {"at": 3}
+    original = runner._measure
+
+    def counting(method, *args, **kwargs):
+        measured.append(method.key)
+        if len(measured) == interrupt["at"]:
+            raise KeyboardInterrupt  # interrupted in the middle of the second method
+        return original(method, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_measure", counting)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pipe, _plan(), tmp_path, progress=False)
+    _, partial = read_rows(tmp_path / RESULTS)
+    done = {(r["method"], r["sample"]) for r in partial}
+    assert ("uniform@2", 0) in done and ("uniform@2", 1) in done and ("fora@2", 0) not in done
+    measured.clear()
+    interrupt["at"] = None
+    evaluate(pipe, _plan(), tmp_path, progress=False)
+    assert measured == ["fora@2", "fora@2", "peer:diffusers-fbcache@2", "peer:diffusers-fbcache@2"]
+    _, rows = read_rows(tmp_path / RESULTS)
+    assert len(rows) == 2 + 3 * 2  # references + three methods x two samples, nothing twice
+    by_key = {(r["method"], r["sample"]): r for r in rows}
+    assert by_key[("uniform@2", 0)]["compute_fraction"] == 0.5
+    assert by_key[("fora@2", 1)]["compute_fraction"] == 0.5
+    assert 0.3 < by_key[("peer:diffusers-fbcache@2", 0)]["compute_fraction"] < 0.7
+    assert by_key[("uniform@2", 0)]["seconds"] > 0 and by_key[("uniform@2", 1)]["seconds"] is None  # timed: sample 0
+
+
+def test_results_of_another_plan_are_not_mixed(pipe, tmp_path):
+    evaluate(pipe, _plan(policies=["uniform"], peers=[], samples=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another model or prompt set"):
+        evaluate(pipe, _plan(prompts=["a cat"], policies=["uniform"], peers=[], samples=1), tmp_path, progress=False)
+
+
+def test_report_is_self_contained_and_every_image_decodes(pipe, tmp_path):
+    from PIL import Image
+
+    from dit_cache.eval.report import write_report
+
+    plan = _plan(policies=["uniform", "teacache:threshold=0.5"], peers=["diffusers-fbcache", "cachedit-dbcache"])
+    evaluate(pipe, plan, tmp_path, progress=False)
+    md, html = write_report([tmp_path])
+    text = html.read_text()
+    assert not re.search(r"(src|href)\s*=\s*[\"'](?!data:)", text)  # nothing fetched from elsewhere
+    assert "<link" not in text and "<script" not in text
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert len(images) == 2  # the Pareto plot and the sample grid
+    for data in images:
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    assert "uniform@2" in md.read_text() and "pareto" in md.read_text()
+
+
+def test_unavailable_peer_is_skipped_and_said(pipe, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cache_dit" else real(name, *a))
+    evaluate(pipe, _plan(policies=[], peers=["cachedit-dbcache"]), tmp_path, progress=False)
+    _, rows = read_rows(tmp_path / RESULTS)
+    skipped = [r for r in rows if r.get("skipped")]
+    assert skipped and "cache-dit is not installed" in skipped[0]["skipped"]
+
+
+def test_cli_bad_input(saved_pipeline, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    base = ["eval", "--model", str(saved_pipeline), "--prompts", str(prompts), "--call-kwargs", json.dumps(TINY_TEXT_CALL)]
+    cases = [
+        (["--policies", "teacash", "--out", str(tmp_path / "a")], "unknown policy 'teacash'"),
+        (["--peers", "deepcache", "--out", str(tmp_path / "b")], "unknown peer 'deepcache'"),
+        (["--samples", "0", "--out", str(tmp_path / "c")], "--samples must be at least 1"),
+        (["--out", str(prompts / "sub")], "cannot write to the output directory"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown zoo model 'nope'"):
+        from dit_cache.eval import zoo
+
+        zoo.path("nope")

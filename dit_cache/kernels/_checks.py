@@ -12,6 +12,11 @@ from collections.abc import Sequence
 import torch
 
 
+def _symbolic(value: object) -> bool:
+    """A SymInt/SymFloat under torch.compile(dynamic=True): checked at run time, when the real op gets the number."""
+    return isinstance(value, (torch.SymInt, torch.SymFloat))
+
+
 def _desc(name: str, t: torch.Tensor) -> str:
     return f"{name} (shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device})"
 
@@ -146,9 +151,9 @@ def check_taylor_update(derivatives: Sequence[torch.Tensor], feature: torch.Tens
     check_floating(op, "feature", feature)
     check_same_shape(op, "derivatives[0]", derivatives[0], "feature", feature)
     check_same_device(op, **{"derivatives[0]": derivatives[0], "feature": feature})
-    if not (isinstance(gap, (int, float)) and math.isfinite(gap) and gap > 0):
+    if not _symbolic(gap) and not (isinstance(gap, (int, float)) and math.isfinite(gap) and gap > 0):
         raise ValueError(f"taylor_update needs a positive gap between computations, got {gap}")
-    if not isinstance(filled, int) or not 0 <= filled <= len(derivatives):
+    if not _symbolic(filled) and (not isinstance(filled, int) or not 0 <= filled <= len(derivatives)):
         raise ValueError(
             f"{op}: filled={filled!r} must be an int in [0, {len(derivatives)}] (the number of valid entries of "
             "derivatives); pass the value the previous taylor_update returned, 0 at the start"
@@ -159,15 +164,15 @@ def check_taylor_forecast(
     derivatives: Sequence[torch.Tensor], filled: int, distance: float, out: torch.Tensor | None
 ) -> None:
     op = "taylor_forecast"
-    if not isinstance(filled, int) or filled < 1:
+    if not _symbolic(filled) and (not isinstance(filled, int) or filled < 1):
         raise ValueError("taylor_forecast needs at least one computed feature in the history (filled >= 1)")
     check_derivatives(op, derivatives)
-    if filled > len(derivatives):
+    if not _symbolic(filled) and filled > len(derivatives):
         raise ValueError(
             f"{op}: filled={filled} exceeds the {len(derivatives)} derivative tensors given; pass at most "
             f"filled={len(derivatives)}"
         )
-    if not (isinstance(distance, (int, float)) and math.isfinite(distance)):
+    if not _symbolic(distance) and not (isinstance(distance, (int, float)) and math.isfinite(distance)):
         raise ValueError(f"{op}: distance must be a finite number of steps, got {distance!r}")
     if out is not None:
         check_tensor(op, "out", out)

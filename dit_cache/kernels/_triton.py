@@ -1,8 +1,9 @@
 """Triton kernels of the reuse primitives and their launchers.
 
 Imported lazily (by `dit_cache.kernels.ops` when a call goes to Triton, or by the tests and the benchmark): importing
-this module imports Triton. The kernels are defined at import time, so `TRITON_INTERPRET=1` must be set before the
-first import for them to run on CPU tensors (the interpreter; tests only).
+this module imports Triton. Triton picks interpreted or compiled kernels when `triton.language` is imported (its own
+helpers such as `tl.sum` are jitted functions too) and torch imports Triton early, so to run these kernels on CPU
+tensors (the interpreter; tests only) `TRITON_INTERPRET=1` must be in the environment when Python starts.
 
 Each launcher has the signature of its PyTorch twin in `twins.py` plus keyword-only tuning knobs, checks its
 arguments (shapes, dtypes, devices, contiguity, launch limits) and raises a clear error for anything it can't run.
@@ -304,8 +305,8 @@ def _check_launchable(op: str, **tensors: torch.Tensor) -> torch.device:
         names = ", ".join(tensors)
         raise RuntimeError(
             f"{op}: the Triton kernels need CUDA tensors, got CPU tensors ({names}); move them to a GPU, or use the "
-            f"PyTorch twins ({ENV_VAR}=auto or torch). To run the kernels on CPU for testing, set TRITON_INTERPRET=1 "
-            "before dit_cache.kernels._triton is first imported"
+            f"PyTorch twins ({ENV_VAR}=auto or torch). To run the kernels on CPU for testing, start Python with "
+            "TRITON_INTERPRET=1 in the environment (Triton reads it when triton.language is imported)"
         )
     if device.type not in ("cuda", "cpu"):
         raise RuntimeError(f"{op}: the Triton kernels run on CUDA devices, got {device}; set {ENV_VAR}=torch")

@@ -250,8 +250,9 @@ def taylor_update(derivatives: list[Tensor], feature: Tensor, gap: float, filled
     support. `gap` is the distance (in steps) between this computation and the previous one. Returns the new
     number of valid orders, `min(filled + 1, k + 1)`. feature is cast to the derivatives' dtype.
     """
-    _checks.check_taylor_update(derivatives, feature, gap, filled)
-    _taylor_update_op(list(derivatives), feature, float(gap), int(filled))
+    if not torch.compiler.is_compiling():  # compiled code: the op's fake and real implementations check
+        _checks.check_taylor_update(derivatives, feature, gap, filled)
+    _taylor_update_op(list(derivatives), feature, gap, filled)
     return min(filled + 1, len(derivatives))
 
 
@@ -261,11 +262,12 @@ def taylor_forecast(derivatives: list[Tensor], filled: int, distance: float, out
     Written into `out` when given (it must have D_0's shape and dtype and not share memory with the derivatives),
     else into a new tensor; returns it.
     """
-    _checks.check_taylor_forecast(derivatives, filled, distance, out)
+    if not torch.compiler.is_compiling():
+        _checks.check_taylor_forecast(derivatives, filled, distance, out)
     used = list(derivatives[:filled])
     if out is None:
-        return _taylor_forecast_op(used, float(distance))
-    _taylor_forecast_out_op(used, float(distance), out)
+        return _taylor_forecast_op(used, distance)
+    _taylor_forecast_out_op(used, distance, out)
     return out
 
 

@@ -172,3 +172,20 @@ def test_compiled_ops_dispatch_at_run_time(backend, monkeypatch):
     backend("not-a-backend")
     with pytest.raises(ValueError, match="valid values"):
         fn(torch.ones(4), torch.zeros(4))
+
+
+def test_torch_compile_dynamic_scalars(backend):
+    """dynamic=True turns the Taylor ints and floats into symbols: the checks must not need their values."""
+    torch._dynamo.reset()
+
+    def f(d0, d1, d2, feature, filled, gap, distance):
+        ds = [d0, d1, d2]
+        n = K.taylor_update(ds, feature, gap, filled)
+        return K.taylor_forecast(ds, n, distance)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True, dynamic=True)
+    args = [_r(4, 8, seed=i) for i in range(4)]
+    for filled, gap, distance in ((1, 2.0, 1.5), (2, 3.0, 0.5), (0, 1.0, 2.0)):
+        expected = f(*[a.clone() for a in args], filled, gap, distance)
+        got = compiled(*[a.clone() for a in args], filled, gap, distance)
+        torch.testing.assert_close(got, expected)

@@ -11,13 +11,18 @@ import math
 import torch
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """Upcast for arithmetic: float32, or float64 for float64 inputs (so a float64 call is a float64 reference)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def rel_l1_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`[sum|a - b|, sum|b|]` as a float32 tensor of shape (2,), on the inputs' device.
 
     The two sums (not their ratio) are returned so that a process group can all-reduce them before dividing.
     """
-    a32, b32 = a.float(), b.float()
-    return torch.stack(((a32 - b32).abs().sum(), b32.abs().sum()))
+    a32, b32 = _acc(a), _acc(b)
+    return torch.stack(((a32 - b32).abs().sum(), b32.abs().sum())).float()
 
 
 def store_residual(out: torch.Tensor, inp: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,15 +39,15 @@ def apply_residual(
     if scale is None:
         return inp + residual
     if isinstance(scale, torch.Tensor):
-        scale = scale.to(torch.float32)
-    return (inp.float() + scale * residual.float()).to(inp.dtype)
+        scale = scale.to(torch.float64 if inp.dtype == torch.float64 else torch.float32)
+    return (_acc(inp) + scale * _acc(residual)).to(inp.dtype)
 
 
 def magnitude_ratio(r_t: torch.Tensor, r_prev: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of `||r_t|| / ||r_prev||`, norms over the last (channel) dim; 0-d float32 tensor."""
-    num = r_t.float().norm(dim=-1)
-    den = r_prev.float().norm(dim=-1)
-    return (num / den).mean()
+    num = _acc(r_t).norm(dim=-1)
+    den = _acc(r_prev).norm(dim=-1)
+    return (num / den).mean().float()
 
 
 def taylor_update(derivatives: list[torch.Tensor], feature: torch.Tensor, gap: float, filled: int) -> int:

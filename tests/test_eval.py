@@ -137,7 +137,15 @@ def test_unavailable_peer_is_skipped_and_said(pipe, tmp_path, monkeypatch):
 def test_cli_bad_input(saved_pipeline, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n")
-    base = ["eval", "--model", str(saved_pipeline), "--prompts", str(prompts), "--call-kwargs", json.dumps(TINY_TEXT_CALL)]
+    base = [
+        "eval",
+        "--model",
+        str(saved_pipeline),
+        "--prompts",
+        str(prompts),
+        "--call-kwargs",
+        json.dumps(TINY_TEXT_CALL),
+    ]
     cases = [
         (["--policies", "teacash", "--out", str(tmp_path / "a")], "unknown policy 'teacash'"),
         (["--peers", "deepcache", "--out", str(tmp_path / "b")], "unknown peer 'deepcache'"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -57,7 +56,9 @@ def _model_settings(model: str, args_steps: int | None, call_kwargs: str | None)
     return model, args_steps or 30, extra, []
 
 
-def _profile_for(pipe, model: str, explicit: str | None, out: Path, steps: int, call: dict, prompts: list, samples: int):
+def _profile_for(
+    pipe, model: str, explicit: str | None, out: Path, steps: int, call: dict, prompts: list, samples: int
+):
     from ..calibration import Profile, ProfileError
     from ..calibration.runner import CalibrationSettings, calibrate
 
@@ -82,9 +83,9 @@ def _profile_for(pipe, model: str, explicit: str | None, out: Path, steps: int, 
 def run_eval(args: argparse.Namespace) -> int:
     from ..cli import _distributed, load_pipeline
     from ..config import policy_names
+    from .methods import BASELINES
     from .peers import PEERS
     from .runner import DEFAULT_POLICIES, EvalPlan, check_output_dir, evaluate, merge_rank_files
-    from .methods import BASELINES
 
     out = check_output_dir(args.out)
     model, steps, call, prompts = _model_settings(args.model, args.steps, args.call_kwargs)

@@ -20,8 +20,10 @@ def _probe_linears(transformer: nn.Module) -> list[nn.Module]:
     probes = []
     for slot in build_slots(transformer, find_spec(transformer)):
         for module in slot.work.values():
-            linear = module if isinstance(module, nn.Linear) else next(
-                (m for m in module.modules() if isinstance(m, nn.Linear)), None
+            linear = (
+                module
+                if isinstance(module, nn.Linear)
+                else next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
             )
             if linear is not None:
                 probes.append(linear)

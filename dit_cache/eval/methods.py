@@ -74,7 +74,9 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
         key = f"uniform@{target:g}" if target else spec
         return Method(key, name, "baseline", target, {"steps": tuple(steps)}, on=_apply_schedule, off=api.remove)
     if name not in policy_names():
-        raise ValueError(f"unknown method {name!r}; dit_cache policies: {', '.join(policy_names())}; baselines: uniform")
+        raise ValueError(
+            f"unknown method {name!r}; dit_cache policies: {', '.join(policy_names())}; baselines: uniform"
+        )
     key = spec if target is None else f"{name}@{target:g}"
     method = Method(key, name, "dit_cache", target, dict(options), on=_apply_policy, off=api.remove)
     if target is not None:
@@ -82,7 +84,10 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
         if name in INTERVAL_POLICIES:
             interval = round(target)
             if not math.isclose(interval, target, abs_tol=0.01):
-                method.available, method.reason = False, f"{name} has integer intervals only; no setting gives {target:g}x"
+                method.available, method.reason = (
+                    False,
+                    f"{name} has integer intervals only; no setting gives {target:g}x",
+                )
             method.options["interval"] = interval
         elif "speedup" in fields:
             method.options["speedup"] = target

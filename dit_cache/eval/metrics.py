@@ -58,9 +58,7 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> float:
         options = {"gaussian_weights": True, "sigma": 1.5}
     else:  # tiny images: the largest odd uniform window that fits
         options = {"win_size": max(3, side - 1 if side % 2 == 0 else side)}
-    values = [
-        structural_similarity(r, t, channel_axis=-1, data_range=1.0, **options) for r, t in zip(reference, test)
-    ]
+    values = [structural_similarity(r, t, channel_axis=-1, data_range=1.0, **options) for r, t in zip(reference, test)]
     return float(np.mean(values))
 
 

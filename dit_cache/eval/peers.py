@@ -83,7 +83,9 @@ def _taylorseer(ctx: PeerContext, knob: tuple[int, int]) -> None:
     from diffusers.hooks import TaylorSeerCacheConfig
 
     interval, warmup = knob
-    _transformer_enable(ctx, TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1))
+    _transformer_enable(
+        ctx, TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1)
+    )
 
 
 def _taylorseer_candidates(ctx: PeerContext) -> list[tuple[int, int]]:

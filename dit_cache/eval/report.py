@@ -61,9 +61,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 def _ratio(reference: dict, items: list[dict], key: str) -> float | None:
     """Mean over timed samples of the reference's median time over the method's."""
     return _mean(
-        reference[r["sample"]][key] / r[key]
-        for r in items
-        if r.get(key) and reference.get(r["sample"], {}).get(key)
+        reference[r["sample"]][key] / r[key] for r in items if r.get(key) and reference.get(r["sample"], {}).get(key)
     )
 
 

@@ -224,7 +224,9 @@ def build_methods(plan: EvalPlan, profile: Any) -> list[Method]:
         p = peer(name)
         ok, reason = p.status()
         for target in plan.targets:
-            methods.append(Method(f"peer:{name}@{target:g}", name, "peer", target, available=ok, reason=reason, counted=True))
+            methods.append(
+                Method(f"peer:{name}@{target:g}", name, "peer", target, available=ok, reason=reason, counted=True)
+            )
     return methods
 
 

@@ -127,8 +127,8 @@ def sample_grid(out: Path, lines: list[dict], path: Path, target: float = 2.0) -
         if best is None or abs(line["target"] - target) < abs(best["target"] - target):
             chosen[line["name"]] = line
     panels = [("uncached", out / "samples" / "uncached.png")]
-    panels += [(f"{l['method']} (PSNR {l['psnr']:.1f})", out / "samples" / f"{_file_key(l['method'])}.png")
-               for l in chosen.values()]  # fmt: skip
+    panels += [(f"{m['method']} (PSNR {m['psnr']:.1f})", out / "samples" / f"{_file_key(m['method'])}.png")
+               for m in chosen.values()]  # fmt: skip
     panels = [(label, p) for label, p in panels if p.exists()]
     if len(panels) < 2:
         return None
@@ -170,7 +170,7 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
         plot = pareto_plot(lines, target / f"pareto-{_file_key(model)}.png", f"{model}: quality vs speedup")
         grid = sample_grid(d, lines, target / f"samples-{_file_key(model)}.png")
         table = markdown_table(lines)
-        unavailable = next((l["lpips_unavailable"] for l in lines if l.get("lpips_unavailable")), None)
+        unavailable = next((x["lpips_unavailable"] for x in lines if x.get("lpips_unavailable")), None)
         note = f"LPIPS unavailable: {unavailable}" if unavailable else ""
         md += [f"## {model}", "", f"{header['steps']} steps; {len({r['sample'] for r in rows if r['sample'] >= 0})} "
                "samples; speedup = median wall time of the uncached pipeline call over the cached one; transformer_speedup "

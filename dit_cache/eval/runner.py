@@ -200,7 +200,6 @@ class Timing:
 def timed_generate(pipe, plan: EvalPlan, prompt: str, seed: int, runs: int) -> tuple[np.ndarray, Timing]:
     """The output, and with `runs` > 0 the median timings of `runs` calls after a warm-up call."""
     calls, inside = [], []
-    output, memory = None, None
     for _ in range(runs + 1 if runs else 1):  # the first run is the warm-up
         with PeakMemory() as memory, TransformerTimer(pipe) as timer:
             start = time.perf_counter()

@@ -1,0 +1,77 @@
+"""Issue 3's calibration cost: wall time of `calibrate` over plain uncached generation of the same prompts and
+settings, without LeMiCa's replayed edge weights (the default: recorder only, proxy edges) and with them.
+
+    python benchmarks/calibration_cost.py --model zoo:shapes-image [--prompts N] [--lemica-prompts M] [--span L]
+
+Target: at most 1.15x without global edges. Generation is timed with output_type="latent", as calibration runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine, table, write_json  # noqa: E402
+from speedup_accuracy import model_and_prompts  # noqa: E402
+
+from dit_cache.calibration.runner import calibrate  # noqa: E402
+
+
+def seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="zoo:shapes-image")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--lemica-prompts", type=int, default=1, help="prompts for the (slow) global-edge run")
+    parser.add_argument("--span", type=int, default=8, help="LeMiCa's longest cached segment")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--out", default="runs/calibration_cost.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe, prompts, settings = model_and_prompts(args.model, args.prompts, None)
+    settings = dataclasses.replace(settings, lemica_max_span=args.span)
+
+    def generate(subset):
+        for p in subset:
+            pipe(**settings.pipeline_kwargs(p, settings.seeds[0]))
+
+    generate(prompts[:1])  # warm-up
+    rows = []
+    plain = seconds(lambda: generate(prompts), args.repeats)
+    recorded = seconds(lambda: calibrate(pipe, prompts, settings, progress=False), args.repeats)
+    rows.append({"calibration": "recorder (proxy LeMiCa edges)", "prompts": len(prompts), "generation_s": plain,
+                 "calibration_s": recorded, "ratio": recorded / plain,
+                 "target": "<= 1.15x: " + ("met" if recorded / plain <= 1.15 else "NOT met")})  # fmt: skip
+    subset = prompts[: args.lemica_prompts]
+    plain_subset = seconds(lambda: generate(subset), 1)
+    glob = dataclasses.replace(settings, lemica="global")
+    replayed = seconds(lambda: calibrate(pipe, subset, glob, progress=False), 1)
+    rows.append({"calibration": f"+ global LeMiCa edges (span {args.span})", "prompts": len(subset),
+                 "generation_s": plain_subset, "calibration_s": replayed, "ratio": replayed / plain_subset,
+                 "target": "extra cost, reported"})  # fmt: skip
+    print(f"\n{args.model}, {settings.steps} steps; {machine()}\n")
+    print(table(rows, list(rows[0])))
+    write_json(args.out, {"model": args.model, "steps": settings.steps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -62,10 +62,17 @@ def _distributed() -> tuple[int, int, Any]:
     """(rank, world size, accelerate state) under `accelerate launch`, else (0, 1, None)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # CPU processes (`accelerate launch --multi_gpu --num_processes N` on a machine without GPUs) need cpu=True
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
+
+
+def _device(state) -> str | None:
+    """The process's accelerator under accelerate; None (leave the pipeline where it is) on CPU."""
+    return None if state is None or state.device.type == "cpu" else str(state.device)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -86,7 +93,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     out = check_writable(args.out)  # before loading any model
     rank, world, state = _distributed()
-    pipe = load_pipeline(args.model, args.pipeline, device=args.device or (state.device if state else None))
+    pipe = load_pipeline(args.model, args.pipeline, device=args.device or _device(state))
     target = out if world == 1 else out.with_suffix(f".shard{rank}.json")
     profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=rank, world_size=world)
     if world > 1:

@@ -159,3 +159,35 @@ def test_cli_bad_input(saved_pipeline, tmp_path, capsys):
         from dit_cache.eval import zoo
 
         zoo.path("nope")
+
+
+def test_two_process_accelerate_launch_gives_the_rows_of_one_process(saved_pipeline, pipe, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: samples are sharded, the main process merges."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate is not installed")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    common = ["--model", str(saved_pipeline), "--prompts", str(prompts), "--samples", "3", "--steps", "4",
+              "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--policies", "uniform", "fora", "--peers", "none",
+              "--targets", "2", "--runs", "1", "--timing-samples", "0", "--no-progress"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]  # fmt: skip
+    done = subprocess.run([*launch, "-m", "dit_cache.cli", "eval", *common, "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["eval", *common, "--out", str(tmp_path / "one")]) == 0
+    assert sys.modules["dit_cache"]  # the in-process run above used the same package
+
+    def rows(d):
+        _, items = read_rows(d / RESULTS)
+        keep = ("method", "sample", "prompt", "seed", "compute_fraction", "psnr", "ssim")
+        return sorted((tuple(r.get(k) for k in keep) for r in items), key=str)
+
+    assert (tmp_path / "two" / "results.rank1.jsonl").exists()
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")

@@ -81,9 +81,9 @@ def _profile_for(
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..cli import _distributed, load_pipeline
+    from ..cli import _device, _distributed, load_pipeline
     from ..config import policy_names
-    from .methods import BASELINES
+    from .methods import BASELINES, SPEEDUP_POLICIES
     from .peers import PEERS
     from .runner import DEFAULT_POLICIES, EvalPlan, check_output_dir, evaluate, merge_rank_files
 
@@ -109,8 +109,19 @@ def run_eval(args: argparse.Namespace) -> int:
     if plan.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {plan.samples}")
     rank, world, state = _distributed()
-    pipe = load_pipeline(args.model, None, device=state.device if state else None)
-    profile = _profile_for(pipe, model, args.profile, out, steps, call, prompts, args.samples)
+    pipe = load_pipeline(args.model, None, device=_device(state))
+    profile = None
+    needs_profile = (
+        args.profile
+        or any(p.split(":")[0] in SPEEDUP_POLICIES + ("magcache",) for p in policies)
+        or ("diffusers-magcache" in peers)
+    )
+    if needs_profile and rank == 0:  # a profile calibrated here is written once, then read by the others
+        profile = _profile_for(pipe, model, args.profile, out, steps, call, prompts, args.samples)
+    if state is not None:
+        state.wait_for_everyone()
+    if needs_profile and rank != 0:
+        profile = _profile_for(pipe, model, args.profile, out, steps, call, prompts, args.samples)
     evaluate(pipe, plan, out, profile=profile, rank=rank, world_size=world, progress=not args.no_progress)
     if world > 1:
         state.wait_for_everyone()

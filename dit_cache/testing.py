@@ -6,8 +6,7 @@ embeddings are passed in and `output_type="latent"`. Random weights prove mechan
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,330 +14,107 @@ import torch
 
 @dataclass(frozen=True)
 class TinyFamily:
+    """A family's tiny pipeline as data: the transformer class and config, the random conditioning it takes."""
+
     pipeline: str  # diffusers pipeline class name
-    make_transformer: Callable[..., torch.nn.Module]
-    make_inputs: Callable[[int, bool, torch.Generator], dict]  # (batch, cfg, generator) -> call kwargs
+    transformer: str  # diffusers transformer class name
+    config: dict  # tiny transformer config
+    embeds: dict  # conditioning tensors: name -> shape without the batch dim; CFG adds "negative_<name>"
+    size: dict  # height / width / num_frames and other fixed call arguments
+    cfg_on: dict  # call arguments that switch classifier-free guidance on
+    cfg_off: dict = field(default_factory=dict)
+    masks: tuple[str, ...] = ()  # attention masks of the text tokens (all ones)
     scheduler: str = "FlowMatchEulerDiscreteScheduler"
-    scheduler_kwargs: dict | None = None
-    cfg_kwargs: dict | None = None  # call kwargs that turn CFG on
-    no_cfg_kwargs: dict | None = None  # call kwargs that turn CFG off
+    scheduler_kwargs: dict = field(default_factory=dict)
+
+    def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
+        import diffusers
+
+        config = dict(self.config)
+        if layers is not None:
+            config["num_layers"] = layers
+        if single_layers is not None:
+            config["num_single_layers"] = single_layers
+        config.update(kw)
+        return getattr(diffusers, self.transformer)(**config)
+
+    def make_inputs(self, batch: int, cfg: bool, g: torch.Generator) -> dict:
+        kw = {name: torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
+        kw.update({name: torch.ones(batch, TEXT_TOKENS, dtype=torch.long) for name in self.masks})
+        if cfg:
+            kw.update(
+                {f"negative_{name}": torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
+            )
+            kw.update({f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=torch.long) for name in self.masks})
+        kw.update(self.size)
+        kw.update(self.cfg_on if cfg else self.cfg_off)
+        return kw
 
 
-def _randn(*shape: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator)
-
-
-# ------------------------------------------------------------------------------------------------ transformers
-def _flux(layers: int = 2, single_layers: int = 2, **kw) -> torch.nn.Module:
-    from diffusers import FluxTransformer2DModel
-
-    cfg = dict(
-        patch_size=1,
-        in_channels=16,
-        num_layers=layers,
-        num_single_layers=single_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    )
-    cfg.update(kw)
-    return FluxTransformer2DModel(**cfg)
-
-
-def _flux_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        pooled_prompt_embeds=_randn(batch, 32, generator=g),
-        height=64,
-        width=64,
-    )
-    if cfg:
-        kw.update(
-            negative_prompt_embeds=_randn(batch, 8, 32, generator=g),
-            negative_pooled_prompt_embeds=_randn(batch, 32, generator=g),
-            true_cfg_scale=3.0,
-        )
-    return kw
-
-
-def _wan(layers: int = 3, **kw) -> torch.nn.Module:
-    from diffusers import WanTransformer3DModel
-
-    cfg = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=layers,
-        rope_max_seq_len=32,
-    )
-    cfg.update(kw)
-    return WanTransformer3DModel(**cfg)
-
-
-def _wan_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(prompt_embeds=_randn(batch, 8, 32, generator=g), height=64, width=64, num_frames=5)
-    if cfg:
-        kw.update(negative_prompt_embeds=_randn(batch, 8, 32, generator=g), guidance_scale=4.0)
-    else:
-        kw.update(guidance_scale=1.0)
-    return kw
-
-
-def _hunyuan(layers: int = 2, single_layers: int = 2, **kw) -> torch.nn.Module:
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    cfg = dict(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=layers,
-        num_single_layers=single_layers,
-        num_refiner_layers=1,
-        patch_size=2,
-        patch_size_t=1,
-        guidance_embeds=True,
-        text_embed_dim=32,
-        pooled_projection_dim=32,
-        rope_axes_dim=(4, 6, 6),
-    )
-    cfg.update(kw)
-    return HunyuanVideoTransformer3DModel(**cfg)
-
-
-def _hunyuan_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        pooled_prompt_embeds=_randn(batch, 32, generator=g),
-        prompt_attention_mask=torch.ones(batch, 8, dtype=torch.long),
-        height=64,
-        width=64,
-        num_frames=5,
-    )
-    if cfg:
-        kw.update(
-            negative_prompt_embeds=_randn(batch, 8, 32, generator=g),
-            negative_pooled_prompt_embeds=_randn(batch, 32, generator=g),
-            negative_prompt_attention_mask=torch.ones(batch, 8, dtype=torch.long),
-            true_cfg_scale=3.0,
-        )
-    return kw
-
-
-def _cogvideox(layers: int = 3, **kw) -> torch.nn.Module:
-    from diffusers import CogVideoXTransformer3DModel
-
-    cfg = dict(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        time_embed_dim=16,
-        text_embed_dim=32,
-        num_layers=layers,
-        sample_width=8,
-        sample_height=8,
-        sample_frames=5,
-        patch_size=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=8,
-    )
-    cfg.update(kw)
-    return CogVideoXTransformer3DModel(**cfg)
-
-
-def _cogvideox_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        height=64,
-        width=64,
-        num_frames=5,
-        max_sequence_length=8,
-    )
-    if cfg:
-        kw.update(negative_prompt_embeds=_randn(batch, 8, 32, generator=g), guidance_scale=4.0)
-    else:
-        kw.update(guidance_scale=1.0)
-    return kw
-
-
-def _ltx(layers: int = 3, **kw) -> torch.nn.Module:
-    from diffusers import LTXVideoTransformer3DModel
-
-    cfg = dict(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        cross_attention_dim=32,
-        num_layers=layers,
-        caption_channels=32,
-    )
-    cfg.update(kw)
-    return LTXVideoTransformer3DModel(**cfg)
-
-
-def _ltx_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        prompt_attention_mask=torch.ones(batch, 8, dtype=torch.long),
-        height=128,
-        width=128,
-        num_frames=9,
-    )
-    if cfg:
-        kw.update(
-            negative_prompt_embeds=_randn(batch, 8, 32, generator=g),
-            negative_prompt_attention_mask=torch.ones(batch, 8, dtype=torch.long),
-            guidance_scale=3.0,
-        )
-    else:
-        kw.update(guidance_scale=1.0)
-    return kw
-
-
-def _sd3(layers: int = 3, **kw) -> torch.nn.Module:
-    from diffusers import SD3Transformer2DModel
-
-    cfg = dict(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        num_layers=layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        out_channels=4,
-    )
-    cfg.update(kw)
-    return SD3Transformer2DModel(**cfg)
-
-
-def _sd3_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        pooled_prompt_embeds=_randn(batch, 32, generator=g),
-        height=64,
-        width=64,
-    )
-    if cfg:
-        kw.update(
-            negative_prompt_embeds=_randn(batch, 8, 32, generator=g),
-            negative_pooled_prompt_embeds=_randn(batch, 32, generator=g),
-            guidance_scale=4.0,
-        )
-    else:
-        kw.update(guidance_scale=1.0)
-    return kw
-
-
-def _pixart(layers: int = 3, **kw) -> torch.nn.Module:
-    from diffusers import PixArtTransformer2DModel
-
-    cfg = dict(
-        sample_size=8,
-        num_layers=layers,
-        patch_size=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        caption_channels=32,
-        in_channels=4,
-        cross_attention_dim=32,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    )
-    cfg.update(kw)
-    return PixArtTransformer2DModel(**cfg)
-
-
-def _pixart_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        prompt_attention_mask=torch.ones(batch, 8, dtype=torch.long),
-        height=64,
-        width=64,
-        use_resolution_binning=False,
-    )
-    if cfg:
-        kw.update(
-            negative_prompt_embeds=_randn(batch, 8, 32, generator=g),
-            negative_prompt_attention_mask=torch.ones(batch, 8, dtype=torch.long),
-            negative_prompt=None,
-            guidance_scale=4.0,
-        )
-    else:
-        kw.update(guidance_scale=1.0)
-    return kw
-
-
-def _qwen(layers: int = 3, **kw) -> torch.nn.Module:
-    from diffusers import QwenImageTransformer2DModel
-
-    cfg = dict(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6),
-    )
-    cfg.update(kw)
-    return QwenImageTransformer2DModel(**cfg)
-
-
-def _qwen_inputs(batch: int, cfg: bool, g: torch.Generator) -> dict:
-    kw = dict(
-        prompt_embeds=_randn(batch, 8, 32, generator=g),
-        prompt_embeds_mask=torch.ones(batch, 8, dtype=torch.long),
-        height=64,
-        width=64,
-    )
-    if cfg:
-        kw.update(
-            negative_prompt_embeds=_randn(batch, 8, 32, generator=g),
-            negative_prompt_embeds_mask=torch.ones(batch, 8, dtype=torch.long),
-            true_cfg_scale=3.0,
-        )
-    else:
-        kw.update(true_cfg_scale=1.0)
-    return kw
-
+TEXT_TOKENS, TEXT_DIM = 8, 32
+_TEXT = {"prompt_embeds": (TEXT_TOKENS, TEXT_DIM)}
+_TEXT_POOLED = {**_TEXT, "pooled_prompt_embeds": (TEXT_DIM,)}
+_HEADS = {"attention_head_dim": 16, "num_attention_heads": 2}
 
 FAMILIES: dict[str, TinyFamily] = {
-    "flux": TinyFamily("FluxPipeline", _flux, _flux_inputs),
-    "wan": TinyFamily("WanPipeline", _wan, _wan_inputs),
-    "hunyuan_video": TinyFamily("HunyuanVideoPipeline", _hunyuan, _hunyuan_inputs),
-    "cogvideox": TinyFamily(
-        "CogVideoXPipeline",
-        _cogvideox,
-        _cogvideox_inputs,
-        scheduler="CogVideoXDDIMScheduler",
-        scheduler_kwargs={"timestep_spacing": "trailing"},
+    "flux": TinyFamily(
+        "FluxPipeline", "FluxTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, joint_attention_dim=TEXT_DIM,
+             pooled_projection_dim=TEXT_DIM, axes_dims_rope=[4, 4, 8], **_HEADS),
+        _TEXT_POOLED, dict(height=64, width=64), dict(true_cfg_scale=3.0),
     ),
-    "ltx": TinyFamily("LTXPipeline", _ltx, _ltx_inputs),
-    "sd3": TinyFamily("StableDiffusion3Pipeline", _sd3, _sd3_inputs),
-    "pixart": TinyFamily("PixArtAlphaPipeline", _pixart, _pixart_inputs, scheduler="DPMSolverMultistepScheduler"),
-    "qwenimage": TinyFamily("QwenImagePipeline", _qwen, _qwen_inputs),
-}
+    "wan": TinyFamily(
+        "WanPipeline", "WanTransformer3DModel",
+        dict(patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64,
+             num_layers=3, rope_max_seq_len=32, **_HEADS),
+        _TEXT, dict(height=64, width=64, num_frames=5), dict(guidance_scale=4.0), dict(guidance_scale=1.0),
+    ),
+    "hunyuan_video": TinyFamily(
+        "HunyuanVideoPipeline", "HunyuanVideoTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=2, num_single_layers=2, num_refiner_layers=1, patch_size=2,
+             patch_size_t=1, guidance_embeds=True, text_embed_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+             rope_axes_dim=(4, 6, 6), **_HEADS),
+        _TEXT_POOLED, dict(height=64, width=64, num_frames=5), dict(true_cfg_scale=3.0), masks=("prompt_attention_mask",),
+    ),
+    "cogvideox": TinyFamily(
+        "CogVideoXPipeline", "CogVideoXTransformer3DModel",
+        dict(in_channels=4, out_channels=4, time_embed_dim=16, text_embed_dim=TEXT_DIM, num_layers=3, sample_width=8,
+             sample_height=8, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
+             max_text_seq_length=TEXT_TOKENS, **_HEADS),
+        _TEXT, dict(height=64, width=64, num_frames=5, max_sequence_length=TEXT_TOKENS), dict(guidance_scale=4.0),
+        dict(guidance_scale=1.0), scheduler="CogVideoXDDIMScheduler", scheduler_kwargs={"timestep_spacing": "trailing"},
+    ),
+    "ltx": TinyFamily(
+        "LTXPipeline", "LTXVideoTransformer3DModel",
+        dict(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, cross_attention_dim=TEXT_DIM, num_layers=3,
+             caption_channels=TEXT_DIM, **_HEADS),
+        _TEXT, dict(height=128, width=128, num_frames=9), dict(guidance_scale=3.0), dict(guidance_scale=1.0),
+        masks=("prompt_attention_mask",),
+    ),
+    "sd3": TinyFamily(
+        "StableDiffusion3Pipeline", "SD3Transformer2DModel",
+        dict(sample_size=8, patch_size=2, in_channels=4, num_layers=3, caption_projection_dim=TEXT_DIM,
+             joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, out_channels=4, **_HEADS),
+        _TEXT_POOLED, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=1.0),
+    ),
+    "pixart": TinyFamily(
+        "PixArtAlphaPipeline", "PixArtTransformer2DModel",
+        dict(sample_size=8, num_layers=3, patch_size=2, caption_channels=TEXT_DIM, in_channels=4,
+             cross_attention_dim=TEXT_DIM, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+             num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        scheduler="DPMSolverMultistepScheduler",
+    ),
+    "qwenimage": TinyFamily(
+        "QwenImagePipeline", "QwenImageTransformer2DModel",
+        dict(patch_size=2, in_channels=16, out_channels=4, num_layers=3, joint_attention_dim=TEXT_DIM,
+             guidance_embeds=False, axes_dims_rope=(4, 6, 6), **_HEADS),
+        _TEXT, dict(height=64, width=64), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
+        masks=("prompt_embeds_mask",),
+    ),
+}  # fmt: skip
 
 
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
@@ -350,7 +126,7 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     spec = FAMILIES[family]
     torch.manual_seed(seed)
     transformer = spec.make_transformer(**transformer_kwargs).eval()
-    scheduler = getattr(diffusers, spec.scheduler)(**(spec.scheduler_kwargs or {}))
+    scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_kwargs)
     pipeline_cls = getattr(diffusers, spec.pipeline)
     import inspect
 
@@ -428,7 +204,7 @@ def tiny_text_flux(seed: int = 0, vae: bool = False, **transformer_kwargs: Any):
         tokenizer=tokenizer,
         text_encoder_2=t5,
         tokenizer_2=word_tokenizer(16),
-        transformer=_flux(**transformer_kwargs).eval(),
+        transformer=FAMILIES["flux"].make_transformer(**transformer_kwargs).eval(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

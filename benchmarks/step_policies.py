@@ -5,14 +5,16 @@ FirstBlockCache at a similar compute fraction.
     python benchmarks/step_policies.py [--models wan flux] [--runs 3] [--threads 1] [--out runs/step_policies.json]
 
 Columns: compute fraction (share of attention/MLP calls computed), wall speedup over uncached (median of --runs
-timed pipeline calls after a warm-up, output_type="latent": the denoising loop), efficiency = speedup x compute
-fraction (1.0 = the hooks cost nothing). Threshold policies get their setting from speedup=2 on a one-generation
+uncached calls over the median of --runs cached calls, the two interleaved run by run so both see the same machine
+load, after a warm-up of each; output_type="latent": the denoising loop), efficiency = speedup x compute fraction
+(1.0 = the hooks cost nothing). Threshold policies get their setting from speedup=2 on a one-generation
 profile; diffusers' FirstBlockCache reuses the first-block probe's tuned threshold (same rule).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -83,8 +85,8 @@ def run_model(name: str, steps: int, runs: int) -> list[dict]:
         return pipe(**kwargs, generator=torch.Generator().manual_seed(0))
 
     profile = calibrate(pipe, [call], CalibrationSettings(steps=steps), progress=False)
-    base_time, _ = timed(generate, runs=runs)
-    rows = [{"model": name, "method": "uncached", "compute_fraction": 1.0, "seconds": base_time, "speedup": 1.0}]
+    generate()  # warm-up
+    rows = []
     settings = {
         "teacache": dict(speedup=2.0, profile=profile),
         "magcache": dict(speedup=2.0, profile=profile),
@@ -95,19 +97,40 @@ def run_model(name: str, steps: int, runs: int) -> list[dict]:
     }
     fb_threshold = None
     for policy, options in settings.items():
-        dit_cache.apply(pipe, policy, **options)
-        seconds, _ = timed(generate, runs=runs)
-        fraction = dit_cache.stats(pipe).compute_fraction
-        if policy == "fbcache":
-            fb_threshold = pipe.transformer._dit_cache.engine.policy.threshold
-        dit_cache.remove(pipe)
-        rows.append(_row(name, policy, fraction, seconds, base_time))
+        state = {}
+
+        def on(policy=policy, options=options):
+            dit_cache.apply(pipe, policy, **options)
+
+        def off(policy=policy):
+            state["fraction"] = dit_cache.stats(pipe).compute_fraction
+            if policy == "fbcache":
+                state["threshold"] = pipe.transformer._dit_cache.engine.policy.threshold
+            dit_cache.remove(pipe)
+
+        base_time, seconds = interleaved(generate, on, off, runs)
+        fb_threshold = state.get("threshold", fb_threshold)
+        rows.append(_row(name, policy, state["fraction"], seconds, base_time))
         print(table([rows[-1]], list(rows[-1])), flush=True)
-    rows.append(diffusers_fbc(name, pipe, generate, fb_threshold, runs, base_time))
+    rows.append(diffusers_fbc(name, pipe, generate, fb_threshold, runs))
     return rows
 
 
-def diffusers_fbc(name, pipe, generate, threshold, runs, base_time) -> dict:
+def interleaved(generate, on, off, runs: int) -> tuple[float, float]:
+    """(median uncached seconds, median cached seconds), alternating uncached and cached calls after a warm-up."""
+    on()
+    generate()
+    off()
+    uncached, cached = [], []
+    for _ in range(runs):
+        uncached.append(timed(generate, runs=1, warmup=0)[0])
+        on()
+        cached.append(timed(generate, runs=1, warmup=0)[0])
+        off()
+    return statistics.median(uncached), statistics.median(cached)
+
+
+def diffusers_fbc(name, pipe, generate, threshold, runs) -> dict:
     """diffusers' FirstBlockCache, its compute fraction counted from the attention/MLP calls that actually ran."""
     from diffusers.hooks import FirstBlockCacheConfig
 
@@ -116,7 +139,11 @@ def diffusers_fbc(name, pipe, generate, threshold, runs, base_time) -> dict:
 
     slots = build_slots(pipe.transformer, find_spec(pipe.transformer))
     counter = {"calls": 0}
-    handles = [m.register_forward_hook(lambda *a: counter.update(calls=counter["calls"] + 1)) for s in slots for m in s.work.values()]
+    handles = [
+        m.register_forward_hook(lambda *a: counter.update(calls=counter["calls"] + 1))
+        for s in slots
+        for m in s.work.values()
+    ]
     generate()
     full = counter["calls"]
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
@@ -125,8 +152,13 @@ def diffusers_fbc(name, pipe, generate, threshold, runs, base_time) -> dict:
     fraction = counter["calls"] / full
     for h in handles:
         h.remove()
-    seconds, _ = timed(generate, runs=runs)
     pipe.transformer.disable_cache()
+    base_time, seconds = interleaved(
+        generate,
+        lambda: pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold)),
+        pipe.transformer.disable_cache,
+        runs,
+    )
     return _row(name, f"diffusers FirstBlockCache (threshold {threshold:.4g})", fraction, seconds, base_time)
 
 

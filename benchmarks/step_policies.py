@@ -102,7 +102,7 @@ def run_model(name: str, steps: int, runs: int) -> list[dict]:
         def on(policy=policy, options=options):
             dit_cache.apply(pipe, policy, **options)
 
-        def off(policy=policy):
+        def off(policy=policy, state=state):
             state["fraction"] = dit_cache.stats(pipe).compute_fraction
             if policy == "fbcache":
                 state["threshold"] = pipe.transformer._dit_cache.engine.policy.threshold

@@ -254,6 +254,7 @@ def store_residual(out: Tensor, inp: Tensor, buffer: Tensor | None = None) -> Te
     """
     if buffer is None or buffer.shape != out.shape or buffer.dtype != out.dtype or buffer.device != out.device:
         buffer = torch.empty_like(out, memory_format=torch.contiguous_format)
+    out, inp = out.detach(), inp.detach()  # a cache holds values, not autograd graph (models run with grad on too)
     (_store_residual_impl if _eager(out, inp) else _store_residual_op)(out, inp, buffer)
     return buffer
 
@@ -285,6 +286,7 @@ def taylor_update(derivatives: list[Tensor], feature: Tensor, gap: float, filled
     """
     if not torch.compiler.is_compiling():  # compiled code: the op's fake and real implementations check
         _checks.check_taylor_update(derivatives, feature, gap, filled)
+    feature = feature.detach()  # the history holds values, not autograd graph
     op = _taylor_update_impl if _eager(feature, *derivatives) else _taylor_update_op
     op(list(derivatives), feature, gap, filled)
     return min(filled + 1, len(derivatives))

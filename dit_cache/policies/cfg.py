@@ -254,7 +254,7 @@ class CFGPolicy(Policy):
         values = locate(call, differ)
         if differ is None or values[-1] != 0:
             self._say_once(
-                "off", "dit_cache cfg: guidance is off for this pipeline call (the batch is not a doubled latent): "
+                "off-batched", "dit_cache cfg: guidance is off for this pipeline call (the batch is not a doubled latent): "
                 "CFG reuse has nothing to do; %s runs alone", self.inner_name
             )  # fmt: skip
             call.extra["cfg"] = "off"

@@ -254,8 +254,8 @@ class ToCaPolicy(Policy):
         lo, hi = 1e-9, 1.0
         for _ in range(40):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if planned(mid) > target else (lo, mid)
-        return hi
+            lo, hi = (lo, mid) if planned(mid) > target else (mid, hi)
+        return lo
 
     def new_state(self) -> TokenState:
         return TokenState()

@@ -79,11 +79,10 @@ def test_spread_takes_the_best_token_of_each_grid_cell():
     change = torch.arange(16, dtype=torch.float32) * 0.01  # small, distinct
     change[[0, 1, 4, 5]] = torch.tensor([100.0, 90.0, 80.0, 70.0])
     x = x + change[None, :, None]
+    cells, count = token_module.cell_ids(16, (4, 4), 2, torch.device("cpu"))
+    assert count == 4
     place = token_module.TokenPlace(
-        output=torch.zeros(1, 16, 2),
-        reference=reference,
-        age=torch.zeros(16),
-        cells=token_module.cell_ids(16, (4, 4), 2, torch.device("cpu")),
+        output=torch.zeros(1, 16, 2), reference=reference, age=torch.zeros(16), cells=cells, cell_count=count
     )
     model = dit_cache.apply(DummyDiT(1), "toca", scheduler=FakeScheduler(2))
     mechanism = model._dit_cache.engine.policy.mechanism

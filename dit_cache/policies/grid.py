@@ -68,17 +68,20 @@ def token_grid(transformer: torch.nn.Module, hidden: Any, kwargs: dict) -> Grid 
     return None
 
 
-def cell_ids(n: int, grid: Grid | None, spread: int, device: torch.device) -> torch.Tensor:
-    """(n,) id of each token's `spread` x `spread` cell of the grid (per frame); raster chunks of spread^2 tokens
-    when the token count does not match the grid (text tokens in the same sequence)."""
+def cell_ids(n: int, grid: Grid | None, spread: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(n,) id of each token's `spread` x `spread` cell of the grid (per frame), and the number of cells (a host int,
+    so that no device value is read to size the per-cell buffers); raster chunks of spread^2 tokens when the token
+    count does not match the grid (text tokens in the same sequence)."""
     if grid is None or math.prod(grid) != n:
-        return torch.arange(n, device=device) // (spread * spread)
+        size = spread * spread
+        return torch.arange(n, device=device) // size, -(-n // size)
     h, w = grid[-2:]
+    frames = n // (h * w)
     index = torch.arange(n, device=device)
     f, rest = index // (h * w), index % (h * w)
     y, x = rest // w, rest % w
     cells_y, cells_x = -(-h // spread), -(-w // spread)
-    return (f * cells_y + y // spread) * cells_x + x // spread
+    return (f * cells_y + y // spread) * cells_x + x // spread, frames * cells_y * cells_x
 
 
 def low_pass(x: torch.Tensor, grid: Grid | None, radius_share: float = 0.2) -> torch.Tensor:

@@ -43,6 +43,7 @@ class TokenPlace:
     reference: torch.Tensor  # (B, N, C_in)
     age: torch.Tensor  # (N,) steps since each token was recomputed
     cells: torch.Tensor  # (N,) spatial cell of each token
+    cell_count: int
 
 
 @dataclass
@@ -168,19 +169,20 @@ class TokenMechanism:
             old.reference.copy_(x)
             old.age.zero_()
             return
-        cells = cell_ids(n, call.extra.get("grid"), self.spread, x.device)
+        cells, cell_count = cell_ids(n, call.extra.get("grid"), self.spread, x.device)
         state.places[key] = TokenPlace(
             output=output.detach().clone(),
             reference=x.detach().clone(),
             age=torch.zeros(n, device=x.device, dtype=torch.float32),
             cells=cells,
+            cell_count=cell_count,
         )
 
     def _pick(self, place: TokenPlace, x: torch.Tensor, count: int) -> torch.Tensor:
         change = (x.float() - place.reference.float()).abs().mean(dim=(0, 2))
         score = change / (change.mean() + _EPS) + self.age_weight * place.age / self.age_scale
         if self.spread > 1:
-            best = torch.full((int(place.cells.max()) + 1,), -math.inf, device=score.device)
+            best = torch.full((place.cell_count,), -math.inf, device=score.device)
             best = best.scatter_reduce(0, place.cells, score, reduce="amax")
             winners = score >= best[place.cells]
             score = score + winners * (score.max().abs() + 1.0)
@@ -235,7 +237,7 @@ class ToCaPolicy(Policy):
         return self._fractions[num_steps]
 
     def _fraction_for_speedup(self, num_steps: int) -> float:
-        """Bisect the base fraction whose planned compute fraction is 1 / speedup."""
+        """Bisect the base fraction whose planned compute fraction is 1 / speedup (host arithmetic only)."""
         total = sum(slot.units for slot in self.model.slots)
         full = [s for s in range(num_steps) if s % self.config.interval == 0]
         partial = [s for s in range(num_steps) if s % self.config.interval != 0]

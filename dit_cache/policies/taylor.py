@@ -39,6 +39,7 @@ class TaylorHistory:
         self.nodes: list[int] = []  # computed steps, newest first, at most order + 1
         self.error: torch.Tensor | None = None  # last refresh's forecast error (calibration)
         self.error_gap = 0
+        self.buffer: torch.Tensor | None = None  # forecasts are written here: no allocation per forecast
 
     @property
     def ready(self) -> bool:
@@ -82,11 +83,14 @@ class TaylorHistory:
         self.error, self.error_gap = (error, gap) if calibrated else (None, 0)
         self.filled = new_filled
 
-    def forecast(self, step: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def forecast(self, step: int) -> torch.Tensor:
+        """The forecast at `step`, in a buffer this history reuses (valid until its next forecast)."""
         if not self.filled:
             raise RuntimeError("forecast history is empty: a place must be computed before it can be forecast")
         distance = float(step - self.nodes[0])
-        result = kernels.taylor_forecast(self.derivatives, self.filled, distance, out)
+        if self.buffer is None or self.buffer.shape != self.derivatives[0].shape or torch.is_grad_enabled():
+            self.buffer = torch.empty_like(self.derivatives[0])
+        result = kernels.taylor_forecast(self.derivatives, self.filled, distance, self.buffer)
         if self.error is not None:
             k, x = self.order, distance / self.error_gap
             weight = self.corrector * math.prod(x + j for j in range(k + 1)) / math.factorial(k + 1)

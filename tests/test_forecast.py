@@ -128,6 +128,11 @@ def test_order_above_what_the_history_holds_is_refused_before_caching():
     assert "order=3 needs 4 computed steps" in text and "computes only 2 (0, 4)" in text
     assert "lower order to 1 or interval to 2" in text
     assert model._dit_cache.engine.states == {}
+    dit_cache.remove(model)
+    one_step = FakeScheduler(1)  # nothing is forecast: any order is fine
+    dit_cache.apply(model, "taylorseer", interval=4, order=3, warmup=0, scheduler=one_step)
+    drive(model, one_step, [1.0])
+    assert dit_cache.stats(model).decisions() == ["computed"]
 
 
 def test_speedup_picks_the_interval():

@@ -66,7 +66,8 @@ class TaylorSeerPolicy(FORAPolicy):
         if interval == 1:
             return
         computed = computed_steps(call.num_steps, interval, self.config.warmup, start=call.step)
-        if len(computed) < self.order + 1:
+        forecasts = call.num_steps - call.step - len(computed)
+        if forecasts and len(computed) < self.order + 1:
             fits = [
                 n
                 for n in range(interval - 1, 0, -1)

@@ -14,6 +14,8 @@ Columns:
                     that both see the same machine load
   efficiency        speedup x compute_fraction (1.0: the mechanism costs nothing beyond the work it runs)
   flop_efficiency   speedup x flop_fraction
+  noise             the larger (max - min) / median of the uncached and cached run times: efficiencies differ
+                    from each other meaningfully only beyond it (a shared machine can exceed 0.1)
 Speedup targets come from a one-prompt profile recorded with per-block traces (TeaCache, BWCache, mixture) or from
 each policy's own schedule (TaylorSeer, CFG).
 """
@@ -82,7 +84,7 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def interleaved(pipe, generate, plain, runs: int) -> tuple[float, float]:
+def interleaved(pipe, generate, plain, runs: int) -> tuple[list[float], list[float]]:
     """Median seconds of uncached and cached pipeline calls, interleaved run by run (u, c, u, c, ...): the uncached
     calls swap in `plain`, an unhooked copy of the transformer, so the applied policy keeps its tuned state."""
     hooked = pipe.transformer
@@ -94,7 +96,12 @@ def interleaved(pipe, generate, plain, runs: int) -> tuple[float, float]:
             generate()
             times.append(time.perf_counter() - start)
     pipe.transformer = hooked
-    return statistics.median(base_times), statistics.median(cached_times)
+    return base_times, cached_times
+
+
+def spread(times: list[float]) -> float:
+    """(max - min) / median of a list of run times: the run-to-run noise of the machine."""
+    return (max(times) - min(times)) / statistics.median(times)
 
 
 def settings_for(steps: int, profile) -> dict:
@@ -137,7 +144,8 @@ def run_model(name: str, steps: int, runs: int, only: list[str] | None) -> list[
             generate()  # warm-up of the cached path (speedup targets are tuned on the first call)
             fraction = dit_cache.stats(pipe).compute_fraction
             flops = count_flops(generate)
-            base_time, seconds = interleaved(pipe, generate, plain, runs)
+            base_times, cached_times = interleaved(pipe, generate, plain, runs)
+        base_time, seconds = statistics.median(base_times), statistics.median(cached_times)
         speedup = base_time / seconds
         row = {
             "model": name,
@@ -149,9 +157,12 @@ def run_model(name: str, steps: int, runs: int, only: list[str] | None) -> list[
             "speedup": speedup,
             "efficiency": speedup * fraction,
             "flop_efficiency": speedup * flops / base_flops,
+            "noise": max(spread(base_times), spread(cached_times)),
+            "uncached_times": base_times,
+            "cached_times": cached_times,
         }
         rows.append(row)
-        print(table([row], list(row)), flush=True)
+        print(table([row], [k for k in row if not k.endswith("_times")]), flush=True)
     return rows
 
 
@@ -169,7 +180,16 @@ def main() -> None:
     rows = []
     for name in args.models:
         rows += run_model(name, args.steps, args.runs, args.only)
-    columns = ["model", "method", "compute_fraction", "flop_fraction", "speedup", "efficiency", "flop_efficiency"]
+    columns = [
+        "model",
+        "method",
+        "compute_fraction",
+        "flop_fraction",
+        "speedup",
+        "efficiency",
+        "flop_efficiency",
+        "noise",
+    ]
     print(f"\n{machine()}; {args.steps} steps, median of {args.runs} interleaved runs after a warm-up\n")
     print(table(rows, columns))
     write_json(args.out, {"machine": machine(), "steps": args.steps, "runs": args.runs, "rows": rows})

@@ -10,23 +10,42 @@ dit_cache.remove(pipe)
 from .adapters import ModelSpec, register_adapter, supported_classes
 from .api import apply, cached, is_applied, remove, stats
 from .calibration import Profile, ProfileError
-from .config import FORA, FBCache, LeMiCa, MagCache, PolicyConfig, Schedule, TeaCache, policy_names
+from .config import (
+    FORA,
+    BWCache,
+    CFGCache,
+    FBCache,
+    LeMiCa,
+    MagCache,
+    MixCache,
+    PolicyConfig,
+    Schedule,
+    TaylorSeer,
+    TeaCache,
+    ToCa,
+    policy_names,
+)
 from .stats import Stats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BWCache",
+    "CFGCache",
     "FBCache",
     "FORA",
     "LeMiCa",
     "MagCache",
+    "MixCache",
     "ModelSpec",
     "PolicyConfig",
     "Profile",
     "ProfileError",
     "Schedule",
     "Stats",
+    "TaylorSeer",
     "TeaCache",
+    "ToCa",
     "apply",
     "cached",
     "is_applied",

@@ -81,6 +81,17 @@ def _check_fraction(policy: str, name: str, value: Any) -> None:
         raise ValueError(f"{policy}: {name} must be a fraction in [0, 1), got {value!r}")
 
 
+MAX_FORECAST_ORDER = 4  # each order keeps one more feature-sized tensor per cached place
+
+
+def _check_order(policy: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FORECAST_ORDER:
+        raise ValueError(
+            f"{policy}: {name} must be an integer Taylor order in 0..{MAX_FORECAST_ORDER} (0: plain reuse; each order "
+            f"keeps one more feature-sized tensor per cached place), got {value!r}"
+        )
+
+
 def _check_speedup(policy: str, value: Any) -> None:
     if value is None:
         return
@@ -108,6 +119,8 @@ class PolicyConfig:
                         "save it first (profile.save(path)) and pass the path"
                     )
                 value = source
+            if isinstance(value, PolicyConfig):  # a composite's inner policy (CFGCache(step=...))
+                value = value.to_dict()
             options[f.name] = list(value) if isinstance(value, tuple) else value
         return {"type": self.policy_name, "version": CONFIG_FORMAT_VERSION, "options": options}
 
@@ -127,8 +140,11 @@ class PolicyConfig:
         cls = config_class(data["type"])
         options = dict(data.get("options", {}))
         for f in dataclasses.fields(cls):
-            if isinstance(options.get(f.name), list):
-                options[f.name] = tuple(options[f.name])
+            value = options.get(f.name)
+            if isinstance(value, list):
+                options[f.name] = tuple(value)
+            elif isinstance(value, dict) and "type" in value:
+                options[f.name] = PolicyConfig.from_dict(value)
         return cls(**options)
 
     @staticmethod
@@ -144,14 +160,19 @@ class TeaCache(PolicyConfig):
 
     threshold: accumulated rescaled rel-L1 change before a recompute (None: the profile's default, else 0.1 with the
         identity rescaling). max_skip: cap on consecutive skipped steps (None: no cap).
+    forecast: on skipped steps, extrapolate the residual with a Taylor forecast of this order from the last computed
+        steps instead of reusing the last one as is (0: plain reuse). The same option exists on every step policy
+        and on FORA.
     """
 
     threshold: float | None = None
     max_skip: int | None = None
     profile: Any = None
     speedup: float | None = None
+    forecast: int = 0
 
     def __post_init__(self):
+        _check_order("teacache", "forecast", self.forecast)
         _check_number("teacache", "threshold", self.threshold)
         _check_int("teacache", "max_skip", self.max_skip, low=0)
         _check_speedup("teacache", self.speedup)
@@ -169,8 +190,10 @@ class MagCache(PolicyConfig):
     retention: float | None = None
     profile: Any = None
     speedup: float | None = None
+    forecast: int = 0
 
     def __post_init__(self):
+        _check_order("magcache", "forecast", self.forecast)
         _check_number("magcache", "threshold", self.threshold)
         _check_int("magcache", "max_skip", self.max_skip, low=0)
         _check_fraction("magcache", "retention", self.retention)
@@ -190,8 +213,10 @@ class FBCache(PolicyConfig):
     max_skip: int | None = None
     profile: Any = None
     speedup: float | None = None
+    forecast: int = 0
 
     def __post_init__(self):
+        _check_order("fbcache", "forecast", self.forecast)
         _check_number("fbcache", "threshold", self.threshold, allow_none=False)
         _check_int("fbcache", "front_blocks", self.front_blocks, low=1, allow_none=False)
         _check_int("fbcache", "back_blocks", self.back_blocks, low=0, allow_none=False)
@@ -206,8 +231,10 @@ class FORA(PolicyConfig):
     and MLP outputs (taken before the gate multiplication, so the current step's gates scale them)."""
 
     interval: int = 2
+    forecast: int = 0
 
     def __post_init__(self):
+        _check_order("fora", "forecast", self.forecast)
         _check_int("fora", "interval", self.interval, low=1, allow_none=False)
 
 
@@ -222,8 +249,10 @@ class Schedule(PolicyConfig):
 
     steps: tuple[int, ...] = field(default=())
     num_steps: int | None = None
+    forecast: int = 0
 
     def __post_init__(self):
+        _check_order("schedule", "forecast", self.forecast)
         steps = tuple(self.steps)
         object.__setattr__(self, "steps", steps)
         if not steps:
@@ -251,9 +280,252 @@ class LeMiCa(PolicyConfig):
     speedup: float | None = None
     budget: int | None = None
     profile: Any = None
+    forecast: int = 0
 
     def __post_init__(self):
+        _check_order("lemica", "forecast", self.forecast)
         _check_speedup("lemica", self.speedup)
         _check_int("lemica", "budget", self.budget, low=2)
         if self.speedup is not None and self.budget is not None:
             raise ValueError("lemica: give speedup or budget, not both")
+
+
+# ------------------------------------------------------------------------------------------------ token, CFG, block
+def _check_open_fraction(policy: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"{policy}: {name} must be a share of tokens in (0, 1] (1: recompute every token, i.e. never reuse), "
+            f"got {value!r}"
+        )
+
+
+def _check_weight(policy: str, name: str, value: Any, bound: float = 2.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -bound <= value <= bound:
+        raise ValueError(f"{policy}: {name} must be a number in [-{bound:g}, {bound:g}], got {value!r}")
+
+
+def _check_speedup_below(policy: str, value: Any, limit: float, why: str) -> None:
+    _check_speedup(policy, value)
+    if value is not None and value >= limit:
+        raise ValueError(f"{policy}: speedup={value} is out of reach: {why} (at most {limit:g}x, never reached)")
+
+
+@register_config("toca")
+@dataclass(frozen=True)
+class ToCa(PolicyConfig):
+    """ToCa-style token caching (Zou et al. 2024): every `interval`-th step computes everything; on the partial steps
+    in between, MLP and cross-attention recompute only a share of the tokens and scatter them into their cached
+    output, while self-attention is reused (`self_attention="reuse"`) or computed in full (`"compute"`).
+
+    fraction: share of tokens recomputed on partial steps, in (0, 1] (None: 0.3, or the share that gives `speedup`).
+        The share of one place is `fraction * (1 + depth_weight * (depth - 1/2)) * (1 + step_weight * (1/2 -
+        progress)) * (cross_attention_scale for cross-attention)`, depth and progress in [0, 1], clipped to (0, 1].
+    Tokens are picked by score: the change of the token's input since it was last recomputed (relative to the mean
+    change), plus `age_weight` x steps since that refresh / interval; the best token of each `spread` x `spread`
+    cell of the token grid gets a bonus so the recomputed tokens cover the image (spread=1: no spreading).
+    """
+
+    fraction: float | None = None
+    interval: int = 3
+    self_attention: str = "reuse"
+    depth_weight: float = 0.5
+    step_weight: float = 0.0
+    cross_attention_scale: float = 0.5
+    age_weight: float = 0.5
+    spread: int = 2
+    speedup: float | None = None
+
+    def __post_init__(self):
+        if self.fraction is not None:
+            _check_open_fraction("toca", "fraction", self.fraction)
+        _check_int("toca", "interval", self.interval, low=1, allow_none=False)
+        if self.self_attention not in ("reuse", "compute"):
+            raise ValueError(f"toca: self_attention must be 'reuse' or 'compute', got {self.self_attention!r}")
+        _check_weight("toca", "depth_weight", self.depth_weight)
+        _check_weight("toca", "step_weight", self.step_weight)
+        if isinstance(self.cross_attention_scale, bool) or not isinstance(self.cross_attention_scale, (int, float)):
+            raise ValueError(
+                f"toca: cross_attention_scale must be a positive number, got {self.cross_attention_scale!r}"
+            )
+        _check_number("toca", "cross_attention_scale", self.cross_attention_scale, allow_none=False)
+        if self.cross_attention_scale == 0:
+            raise ValueError("toca: cross_attention_scale must be > 0 (it scales the share of tokens recomputed)")
+        _check_number("toca", "age_weight", self.age_weight, allow_none=False)
+        _check_int("toca", "spread", self.spread, low=1, allow_none=False)
+        _check_speedup("toca", self.speedup)
+        if self.speedup is not None and self.fraction is not None:
+            raise ValueError("toca: give fraction or speedup, not both (speedup picks the fraction)")
+
+
+@register_config("cfg")
+@dataclass(frozen=True)
+class CFGCache(PolicyConfig):
+    """CFG reuse in the style of FasterCache (Lv et al. 2024): every `interval`-th step computes both guidance
+    branches and stores their difference (unconditional minus conditional output); the steps in between compute
+    only the conditional branch and rebuild the unconditional one from it and the stored difference.
+
+    warmup: share of the first steps that always compute both branches. alpha_low / alpha_high: weights of the low /
+        high spatial-frequency part of the stored difference on rebuilt steps whose trajectory position (1 at the
+        first step, 0 at the last) lies in low_range / high_range (FasterCache's timestep windows); 1 outside.
+    step: an inner policy for everything else (a name, a config such as TeaCache(), or None): it runs on every
+        computed branch, so CFG reuse combines with any step, block or token policy.
+    speedup: picks the interval (at most 2x: only the unconditional half of the work can be saved).
+    """
+
+    interval: int | None = None
+    warmup: float = 0.2
+    alpha_low: float = 1.1
+    alpha_high: float = 1.1
+    low_range: tuple[float, float] = (0.1, 0.9)
+    high_range: tuple[float, float] = (0.0, 0.3)
+    step: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_int("cfg", "interval", self.interval, low=1)
+        _check_fraction("cfg", "warmup", self.warmup)
+        for name in ("alpha_low", "alpha_high"):
+            _check_number("cfg", name, getattr(self, name), allow_none=False)
+        for name in ("low_range", "high_range"):
+            value = tuple(getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not value[0] < value[1]:
+                raise ValueError(
+                    f"cfg: {name} must be (start, end) with start < end, positions of the trajectory from 1 (first "
+                    f"step) to 0 (last step), got {value!r}"
+                )
+        _check_speedup_below("cfg", self.speedup, 2.0, "CFG reuse saves at most the unconditional half of the work")
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("cfg: give interval or speedup, not both (speedup picks the interval)")
+        object.__setattr__(self, "step", _inner_config("cfg", self.step))
+
+
+def _inner_config(policy: str, value: Any) -> PolicyConfig | None:
+    """An inner policy given as a name, a config dict or a config; composites cannot nest."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        config = make_config(value)
+    elif isinstance(value, dict):
+        config = PolicyConfig.from_dict(value)
+    elif isinstance(value, PolicyConfig):
+        config = value
+    else:
+        raise TypeError(
+            f"{policy}: step must be a policy name or config (e.g. dit_cache.TeaCache()), got {type(value).__name__}"
+        )
+    if config.policy_name in ("cfg", "mix", "recorder"):
+        raise ValueError(
+            f"{policy}: step={config.policy_name!r} cannot be an inner policy; give a step, block or token policy "
+            "(teacache, magcache, fbcache, schedule, lemica, fora, taylorseer, toca, bwcache)"
+        )
+    return config
+
+
+@register_config("bwcache")
+@dataclass(frozen=True)
+class BWCache(PolicyConfig):
+    """Per-block similarity reuse (BWCache-style): each block is reused (its input plus the residual it produced
+    when it last ran) while its own input has changed by less than `threshold` (rel-L1) since it last ran,
+    independently of the other blocks; at most `max_skip` reuses in a row per block.
+
+    The change at step t is known only once the earlier blocks ran at step t, so to keep one host read per call the
+    decision uses each block's change measured at the previous call, extrapolated one step (linear drift).
+    """
+
+    threshold: float = 0.1
+    max_skip: int | None = None
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_number("bwcache", "threshold", self.threshold, allow_none=False)
+        _check_int("bwcache", "max_skip", self.max_skip, low=0)
+        _check_speedup("bwcache", self.speedup)
+
+
+@register_config("taylorseer")
+@dataclass(frozen=True)
+class TaylorSeer(PolicyConfig):
+    """TaylorSeer (Liu et al. 2025): the first `warmup` steps and then every `interval`-th step compute and update
+    a Taylor history of every attention and MLP output; the steps in between forecast each output from it.
+
+    order: Taylor order (the history keeps order + 1 tensors per output; exact on polynomial trajectories of
+        degree <= order). corrector: FoCa-style calibration weight in [0, 1] for long skips: the error the forecast
+        made at the last refresh calibrates the next forecasts (0: plain TaylorSeer).
+    speedup: picks the interval.
+    """
+
+    interval: int | None = None
+    order: int = 1
+    warmup: int = 2
+    corrector: float = 0.0
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_int("taylorseer", "interval", self.interval, low=1)
+        _check_order("taylorseer", "order", self.order)
+        _check_int("taylorseer", "warmup", self.warmup, low=0, allow_none=False)
+        if (
+            isinstance(self.corrector, bool)
+            or not isinstance(self.corrector, (int, float))
+            or not 0 <= self.corrector <= 1
+        ):
+            raise ValueError(f"taylorseer: corrector must be a weight in [0, 1] (0: off), got {self.corrector!r}")
+        _check_speedup("taylorseer", self.speedup)
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("taylorseer: give interval or speedup, not both (speedup picks the interval)")
+
+
+MIX_MODES = {"step": "step", "teacache": "step", "cfg": "cfg", "token": "token", "toca": "token"}
+
+
+@register_config("mix")
+@dataclass(frozen=True)
+class MixCache(PolicyConfig):
+    """A per-step mixture in the style of MixCache: every call chooses step reuse, token reuse or full compute from
+    the step's signal (TeaCache's accumulated, profile-rescaled indicator change since the last full compute), and
+    the unconditional CFG branch is rebuilt from the conditional one whenever its step was not fully computed.
+
+    Rule: acc < reuse_threshold -> reuse the whole step; acc < token_threshold -> token reuse (self-attention reused,
+    `fraction` of the tokens recomputed through MLP and cross-attention); else full compute (acc = 0). First and
+    last steps, and max_skip non-full steps in a row, compute in full.
+    modes: the granularities to choose from, among "step" (alias "teacache"), "token" ("toca") and "cfg".
+    Thresholds default to the profile's TeaCache threshold (token) and half of it (step), else 0.1 and 0.05;
+    speedup= scales both on a profile's traces.
+    """
+
+    reuse_threshold: float | None = None
+    token_threshold: float | None = None
+    fraction: float = 0.3
+    modes: tuple[str, ...] = ("step", "token", "cfg")
+    max_skip: int | None = None
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        modes = (self.modes,) if isinstance(self.modes, str) else tuple(self.modes)
+        for mode in modes:
+            if mode not in MIX_MODES:
+                raise ValueError(
+                    f"mix: unknown policy {mode!r} in modes; the mixture chooses among step (alias teacache), token "
+                    "(alias toca) and cfg; for other policies apply them directly or as CFGCache(step=...)"
+                )
+        canonical = tuple(dict.fromkeys(MIX_MODES[m] for m in modes))
+        if not canonical:
+            raise ValueError("mix: modes is empty; name at least one of step, token, cfg")
+        object.__setattr__(self, "modes", canonical)
+        _check_number("mix", "reuse_threshold", self.reuse_threshold)
+        _check_number("mix", "token_threshold", self.token_threshold)
+        if (
+            self.reuse_threshold is not None
+            and self.token_threshold is not None
+            and self.reuse_threshold > self.token_threshold
+        ):
+            raise ValueError(
+                f"mix: reuse_threshold ({self.reuse_threshold}) must not exceed token_threshold ({self.token_threshold}):"
+                " whole-step reuse is for the calmer steps"
+            )
+        _check_open_fraction("mix", "fraction", self.fraction)
+        _check_int("mix", "max_skip", self.max_skip, low=0)
+        _check_speedup("mix", self.speedup)

@@ -1,6 +1,10 @@
 """The per-transformer runtime: it sees every transformer call, block call and work-submodule call through the hooks,
 keeps the per-branch state, hands each place to the policy and records what happened.
 
+A policy that acts on a whole transformer call (CFG reuse: skip the call, or run it on half the batch) sets
+`intercepts_calls`; the engine then hands it the call with `forward` and a `locate` function that reads the step
+before the transformer runs (the one host read of the call; the block-level probe later reads only its own values).
+
 Reset rules: all state is dropped when a call's step does not advance past the last step seen for its branch (a new
 pipeline call, or one restarted after an interruption), when the step count changes, and after an exception inside a
 transformer call.
@@ -93,23 +97,29 @@ class CacheEngine:
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)
 
+    def run_call(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """The transformer's forward, or what a call-intercepting policy makes of it."""
+        call = self.call
+        if call is None or not self.policy.intercepts_calls:
+            return forward(*args, **kwargs)
+        return self.policy.intercept_call(call, args, kwargs, forward, self.locate)
+
     def end_call(self, output: Any = None) -> Any:
         call, self.call = self.call, None
         if call is None or not call.prepared:
             return output
         output = self.policy.finish(call, self.states[call.branch], output)
-        self.records.append(
-            StepRecord(
-                transformer=self.name,
-                branch=call.branch,
-                step=call.step,
-                sigma=call.sigma,
-                decision=call.decision,
-                indicator=call.indicator,
-                computed_units=self.total_units - call.skipped_units,
-                total_units=self.total_units,
-            )
+        record = StepRecord(
+            transformer=self.name,
+            branch=call.branch,
+            step=call.step,
+            sigma=call.sigma,
+            decision=call.decision,
+            indicator=call.indicator,
+            computed_units=self.total_units - call.skipped_units,
+            total_units=self.total_units,
         )
+        self.records.extend(self.policy.split_record(call, record))
         return output
 
     # ---------------------------------------------------------------------------------------------- places
@@ -130,23 +140,39 @@ class CacheEngine:
         return self.policy.run_submodule(call, self.states[call.branch], slot, name, forward, args, kwargs)
 
     # ---------------------------------------------------------------------------------------------- decision
-    def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
-        """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
-        probe = self.policy.probe(call, self.states.get(call.branch), slot, block_call)
-        values = self._read(call, probe)
+    def locate(self, call: CallInfo, extra: torch.Tensor | None = None) -> list[float]:
+        """Locate `call`'s step before the transformer runs, reading `extra` (device values a call-intercepting
+        policy needs, e.g. whether the two CFG halves share one latent) in the same host read. Returns them."""
+        values = self._read(call, extra)
+        self._locate(call, values)
+        return values
+
+    def _locate(self, call: CallInfo, values: list[float]) -> None:
         timestep_value = values.pop(0) if self.locator.needs_timestep(call) and call.timestep is not None else None
         self.locator.locate(call, timestep_value)
         self._maybe_new_trajectory(call)
-        state = self.states.get(call.branch)
-        if state is None:
-            state = self.states[call.branch] = self.policy.new_state()
+        if call.branch not in self.states:
+            self.states[call.branch] = self.policy.new_state()
         self.last_step[call.branch] = call.step
+        call.located = True
+
+    def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
+        """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
+        probe = self.policy.probe(call, self.states.get(call.branch), slot, block_call)
+        if call.located:  # the step was read before the call; only the probe is left to read
+            values = self._read(call, probe, timestep=False)
+        else:
+            values = self._read(call, probe)
+            self._locate(call, values)
+        state = self.states.get(call.branch)
+        if state is None:  # a branch a policy named after locating (the conditional half of a batched CFG call)
+            state = self.states[call.branch] = self.policy.new_state()
         call.decision = self.policy.decide(call, state, values)
         call.prepared = True
 
-    def _read(self, call: CallInfo, probe: torch.Tensor | None) -> list[float]:
+    def _read(self, call: CallInfo, probe: torch.Tensor | None, *, timestep: bool = True) -> list[float]:
         parts = []
-        if self.locator.needs_timestep(call) and call.timestep is not None:
+        if timestep and self.locator.needs_timestep(call) and call.timestep is not None:
             t = torch.as_tensor(call.timestep)
             parts.append(t.detach().float().max().reshape(1))
         if probe is not None:

@@ -44,7 +44,7 @@ class TransformerHook(ModelHook):
     def new_forward(self, module: nn.Module, *args, **kwargs):
         self.engine.begin_call(args, kwargs, self.context.current)
         try:
-            output = self.fn_ref.original_forward(*args, **kwargs)
+            output = self.engine.run_call(self.fn_ref.original_forward, args, kwargs)
         except BaseException:
             self.engine.reset()  # an interrupted call leaves nothing behind
             raise

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 COMPUTE, REUSE, FORECAST = "computed", "reused", "forecast"
+PARTIAL = "partial"  # part of the work computed (some tokens, some blocks), the rest reused or forecast
 NO_CONTEXT_BRANCH = "batch"
 
 
@@ -30,9 +31,10 @@ class CallInfo:
     step: int | None = None
     sigmas: list[float] | None = None  # every step's sigma of this trajectory, when the scheduler tells
     prepared: bool = False
+    located: bool = False  # step located before the transformer ran (a policy that intercepts whole calls)
     decision: str = COMPUTE
     indicator: float | None = None
-    skipped_units: int = 0
+    skipped_units: float = 0  # attention/MLP calls not computed; fractional for token subsets and half batches
     payload: Any = None  # what a policy's probe hands to its decision
     stack_input: tuple | None = None  # (hidden, encoder) entering the first block
     segment_input: tuple | None = None  # (hidden, encoder) entering the cached segment

@@ -11,10 +11,10 @@ class StepRecord:
     branch: str
     step: int
     sigma: float | None
-    decision: str  # "computed", "reused" or "forecast"
+    decision: str  # "computed", "reused", "forecast" or "partial"
     indicator: float | None  # the value the decision was taken on (policy-specific), if any
-    computed_units: int  # attention and MLP calls actually run in this call
-    total_units: int  # attention and MLP calls of an uncached call
+    computed_units: float  # attention and MLP calls actually run in this call (fractional: token subsets, half batches)
+    total_units: float  # attention and MLP calls of an uncached call
 
 
 class Stats:
@@ -70,16 +70,17 @@ class Stats:
                 "-" if r.sigma is None else f"{r.sigma:.4f}",
                 r.decision,
                 "-" if r.indicator is None else f"{r.indicator:.4g}",
-                f"{r.computed_units}/{r.total_units}",
+                f"{r.computed_units:.4g}/{r.total_units:.4g}",
             )
             for r in self.records
         ]
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        partial = f", {self.count('partial')} partial" if self.count("partial") else ""
         summary = (
             f"{self.policy or 'dit_cache'}: {self.calls} transformer calls, {self.count('computed')} computed, "
-            f"{self.count('reused')} reused, {self.count('forecast')} forecast; "
+            f"{self.count('reused')} reused, {self.count('forecast')} forecast{partial}; "
             f"compute fraction {self.compute_fraction:.3f}"
         )
         return "\n".join([*lines, summary])

@@ -73,3 +73,68 @@ def drive(model: DummyDiT, scheduler: FakeScheduler, temb: list[float], hidden: 
         h = hidden[i] if hidden is not None else torch.ones(1, 4, 2)
         outputs.append(model(hidden_states=h, timestep=t.reshape(1), temb=torch.tensor(temb[i])))
     return outputs
+
+
+# ---------------------------------------------------------------------------------------------- token / CFG / blocks
+class Double(nn.Module):
+    """A token-wise 'MLP': 2x."""
+
+    def forward(self, x):
+        return 2 * x
+
+
+class TokenBlock(nn.Module):
+    """`h + temb * attn(h) + ff(h)` with attn(h) = h and ff(h) = 2h: every token's output depends on that token only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = Identity()
+        self.ff = Double()
+
+    def forward(self, hidden_states, temb):
+        return hidden_states + temb * self.attn(hidden_states) + self.ff(hidden_states)
+
+
+class TokenDiT(DummyDiT):
+    def __init__(self, num_blocks: int = 2) -> None:
+        super().__init__(num_blocks)
+        self.blocks = nn.ModuleList(TokenBlock() for _ in range(num_blocks))
+
+
+class CondDiT(DummyDiT):
+    """DummyDiT whose output adds the condition `encoder_hidden_states` (B, 1, 1): the unconditional output minus the
+    conditional one is the constant e_uncond - e_cond at every step. Returns a tuple, like return_dict=False."""
+
+    def forward(self, hidden_states, timestep, temb, encoder_hidden_states):
+        for block in self.blocks:
+            hidden_states = block(hidden_states, temb)
+        return (hidden_states + encoder_hidden_states,)
+
+
+class PerBlockDiT(DummyDiT):
+    """DummyDiT whose block i gets its own gate temb[i] (temb: a tensor of one value per block)."""
+
+    def forward(self, hidden_states, timestep, temb):
+        for i, block in enumerate(self.blocks):
+            hidden_states = block(hidden_states, temb[i])
+        return hidden_states
+
+
+for _cls in ("TokenDiT", "CondDiT", "PerBlockDiT"):
+    dit_cache.register_adapter(
+        ModelSpec(
+            name=_cls.lower(),
+            class_names=(_cls,),
+            groups=SPEC.groups,
+            indicator=temb_indicator("temb"),
+            indicator_doc="temb",
+        ),
+        replace=True,
+    )
+
+
+def in_context(model: nn.Module, name: str):
+    """Run the next calls of `model` inside diffusers' cache_context `name` (None: outside any), as a pipeline does."""
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+    _set_cache_context(model, CacheContext(name) if name else None)

@@ -13,6 +13,10 @@ from ..adapters import BlockCall, ModelSpec
 from ..config import PolicyConfig
 from ..engine import BlockSlot
 from ..state import COMPUTE, CallInfo
+from ..stats import StepRecord
+
+# locate(call, extra) -> the values of `extra` read with the step (see CacheEngine.locate)
+Locate = Callable[[CallInfo, "torch.Tensor | None"], list[float]]
 
 _POLICIES: dict[type[PolicyConfig], type[Policy]] = {}
 
@@ -53,6 +57,7 @@ class Policy:
 
     decision_block: int = 0
     uses_submodules: bool = False
+    intercepts_calls: bool = False  # sees whole transformer calls through `intercept_call`
 
     def __init__(self, config: PolicyConfig, model: ModelContext) -> None:
         self.config = config
@@ -85,3 +90,13 @@ class Policy:
     def finish(self, call: CallInfo, state: Any, output: Any) -> Any:
         """Sees (and may replace) the transformer's return value at the end of a prepared call."""
         return output
+
+    def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
+        """Runs the whole transformer call (only when `intercepts_calls`): it may call `locate` to learn the step
+        before the transformer runs, skip `forward` (then set `call.prepared`, `call.decision`,
+        `call.skipped_units` itself) or run it on other arguments."""
+        return forward(*args, **kwargs)
+
+    def split_record(self, call: CallInfo, record: StepRecord) -> list[StepRecord]:
+        """The stats records of one call (one, unless a call did the work of several branches)."""
+        return [record]

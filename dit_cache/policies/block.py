@@ -1,5 +1,6 @@
 """Block-level policies. FORA: every `interval`-th step computes; in between each block reuses the outputs of its
-attention and MLP submodules (taken before the gate multiplication, so the current step's gates scale them)."""
+attention and MLP submodules (taken before the gate multiplication, so the current step's gates scale them), or,
+with `forecast=k`, a Taylor forecast of them from the last k + 1 computed steps (TaylorSeer's mechanism)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ from typing import Any
 
 from ..config import FORA
 from ..engine import BlockSlot
-from ..state import COMPUTE, REUSE, CallInfo
+from ..state import COMPUTE, FORECAST, REUSE, CallInfo
 from .base import Policy, policy_for
+from .taylor import TaylorHistory, flatten, unflatten
 
 
 @dataclass
 class FORAState:
     last_computed: int | None = None
     outputs: dict[tuple[int, str], Any] = field(default_factory=dict)
+    histories: dict[tuple[int, str], tuple[list[TaylorHistory], tuple | None]] = field(default_factory=dict)
 
 
 @policy_for(FORA)
 class FORAPolicy(Policy):
     uses_submodules = True
+
+    @property
+    def order(self) -> int:
+        return self.config.forecast
+
+    corrector = 0.0
 
     def new_state(self) -> FORAState:
         return FORAState()
@@ -30,15 +39,29 @@ class FORAPolicy(Policy):
         if state.last_computed is None or call.step - state.last_computed >= self.config.interval:
             state.last_computed = call.step
             return COMPUTE
-        return REUSE
+        return FORECAST if self.order else REUSE
 
     def run_submodule(
         self, call: CallInfo, state: FORAState, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
         key = (slot.index, name)
-        if call.decision == COMPUTE or key not in state.outputs:
+        if call.decision == COMPUTE or (key not in state.outputs and key not in state.histories):
             output = forward(*args, **kwargs)
-            state.outputs[key] = output
+            if self.order:
+                self._remember(state, key, output, call.step)
+            else:
+                state.outputs[key] = output
             return output
         call.skipped_units += 1
+        if key in state.histories:
+            histories, layout = state.histories[key]
+            return unflatten([h.forecast(call.step) for h in histories], layout)
         return state.outputs[key]
+
+    def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: int) -> None:
+        tensors, layout = flatten(output)
+        entry = state.histories.get(key)
+        if entry is None or len(entry[0]) != len(tensors):
+            entry = state.histories[key] = ([TaylorHistory(self.order, self.corrector) for _ in tensors], layout)
+        for history, tensor in zip(entry[0], tensors):
+            history.update(tensor, step)

@@ -1,6 +1,9 @@
 """Step-level policies: the blocks [start, end) are one cached segment, computed as a whole or replaced by their
 input plus the residual stored at the last computed step. TeaCache, MagCache, the first-block probe and fixed
 schedules differ only in their decision rule; the segment mechanism below serves them all.
+
+With `forecast=k` (k > 0) a skipped step gets a Taylor forecast of the residual from the last k + 1 computed steps
+instead of the last residual as is (decision "forecast"); the decision rules are unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from ..config import FBCache, LeMiCa, MagCache, PolicyConfig, Schedule, TeaCache
 from ..engine import BlockSlot
 from ..schedulers.budget import ValuesFor, replay_fraction, search_threshold
 from ..schedulers.lemica import ScheduleError, budget_for_speedup, solve_lexminimax
-from ..state import COMPUTE, REUSE, CallInfo
+from ..state import COMPUTE, FORECAST, REUSE, CallInfo
 from .base import ModelContext, Policy, policy_for
+from .taylor import TaylorHistory
 
 # TeaCache without a fitted polynomial: the output change is taken to equal the indicator change.
 IDENTITY_COEFFICIENTS = (0.0, 0.0, 0.0, 1.0, 0.0)
@@ -47,6 +51,7 @@ class SegmentState:
     encoder_out: bool = False  # whether the segment's last block returns an encoder stream
     last_computed: int | None = None
     skips: int = 0  # consecutive calls not computed
+    history: tuple[TaylorHistory, TaylorHistory] | None = None  # (hidden, encoder) residual forecasts
 
 
 class SegmentPolicy(Policy):
@@ -68,6 +73,7 @@ class SegmentPolicy(Policy):
         self.segment_units = sum(slot.units for slot in model.slots[self.start : self.end])
         self.max_skip = getattr(config, "max_skip", None)
         self.speedup = getattr(config, "speedup", None)
+        self.forecast_order = getattr(config, "forecast", 0)
         self._tuned: dict[tuple, float] = {}
 
     def new_state(self) -> Any:
@@ -97,6 +103,8 @@ class SegmentPolicy(Policy):
             state.last_computed = call.step
         else:
             state.skips += 1
+            if self.forecast_order and decision == REUSE:
+                decision = FORECAST
         return decision
 
     # ------------------------------------------------------------------------------------------------ speedup
@@ -167,18 +175,30 @@ class SegmentPolicy(Policy):
                 f"{self.name}: the cached blocks change the hidden-state shape ({tuple(hidden_in.shape)} -> "
                 f"{tuple(hidden_out.shape)}); this model needs an adapter whose segment keeps the layout"
             )
-        # Write into the previous residual's buffer, unless autograd is recording (in-place would break it).
-        old = state.residual if state.residual is not None and not torch.is_grad_enabled() else (None, None)
+        # Write into the previous residual's buffer, unless autograd is recording (in-place would break it) or the
+        # forecast history keeps its own copies.
+        reuse_buffer = state.residual is not None and not torch.is_grad_enabled() and not self.forecast_order
+        old = state.residual if reuse_buffer else (None, None)
         hidden_res = kernels.store_residual(hidden_out, hidden_in, old[0])
         encoder_res = None
         if encoder_out is not None and encoder_in is not None and encoder_out.shape == encoder_in.shape:
             encoder_res = kernels.store_residual(encoder_out, encoder_in, old[1])
         state.residual = (hidden_res, encoder_res)
         state.encoder_out = encoder_out is not None
+        if self.forecast_order:
+            if state.history is None:
+                state.history = (TaylorHistory(self.forecast_order), TaylorHistory(self.forecast_order))
+            state.history[0].update(hidden_res, call.step)
+            if encoder_res is not None:
+                state.history[1].update(encoder_res, call.step)
 
     def replay(self, call: CallInfo, state: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden_in, encoder_in = call.segment_input
         hidden_res, encoder_res = state.residual
+        if call.decision == FORECAST and state.history is not None:
+            hidden_res = state.history[0].forecast(call.step)
+            if encoder_res is not None and state.history[1].ready:
+                encoder_res = state.history[1].forecast(call.step)
         hidden = kernels.apply_residual(hidden_in, hidden_res)
         if not state.encoder_out:
             encoder = None

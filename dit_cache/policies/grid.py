@@ -1,0 +1,106 @@
+"""Where tokens sit in space: the token grid of a transformer call, read from host-side shapes and arguments only
+(no device read), and the spatial low-pass that CFG reuse splits its stored difference with.
+
+The grid comes from what diffusers transformers are called with: a 4-D latent (B, C, H, W) or a 5-D one (B, C, F, H,
+W; CogVideoX: B, F, C, H, W) divided by the model's patch sizes; Qwen-Image's `img_shapes`; LTX's `num_frames`,
+`height`, `width`. Packed latents without such arguments (Flux) get the most square factorisation of the token count,
+which is exact for square images and transposed or approximate otherwise (it only steers heuristics: which tokens
+ToCa spreads its picks over, which frequencies CFG reuse calls low).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+Grid = tuple[int, ...]  # (height, width) or (frames, height, width)
+
+
+def square_grid(n: int) -> Grid:
+    """(h, w) with h * w = n, h <= w and h as large as possible."""
+    h = max(d for d in range(1, math.isqrt(max(n, 1)) + 1) if n % d == 0)
+    return (h, n // h)
+
+
+def _patch(config: Any) -> tuple[int, int, int]:
+    """(temporal, height, width) patch sizes of a transformer config."""
+    p = config.get("patch_size", 1) or 1
+    pt = config.get("patch_size_t", None)
+    if isinstance(p, (tuple, list)):
+        if len(p) == 3:
+            return int(p[0]), int(p[1]), int(p[2])
+        p = p[-1]
+    return int(pt or 1), int(p), int(p)
+
+
+def token_grid(transformer: torch.nn.Module, hidden: Any, kwargs: dict) -> Grid | None:
+    """The grid of the image tokens inside the blocks for a call with latent `hidden` and keyword args `kwargs`."""
+    config = dict(getattr(transformer, "config", None) or {})
+    pt, ph, pw = _patch(config)
+    shapes = kwargs.get("img_shapes")
+    if shapes:  # Qwen-Image: [(frames, h, w), ...] per batch item, or a list of such lists
+        first = shapes[0]
+        if isinstance(first, list):
+            first = first[0]
+        if isinstance(first, (tuple, list)) and len(first) == 3:
+            f, h, w = (int(v) for v in first)
+            return (f, h, w) if f > 1 else (h, w)
+    if not isinstance(hidden, torch.Tensor):
+        return None
+    if hidden.dim() == 4:
+        return (hidden.shape[-2] // ph, hidden.shape[-1] // pw)
+    if hidden.dim() == 5:
+        in_channels = config.get("in_channels")
+        frames = (
+            hidden.shape[1] if hidden.shape[2] == in_channels and hidden.shape[1] != in_channels else hidden.shape[2]
+        )
+        return (max(1, frames // pt), hidden.shape[-2] // ph, hidden.shape[-1] // pw)
+    if hidden.dim() == 3:
+        n = hidden.shape[1]
+        f, h, w = kwargs.get("num_frames"), kwargs.get("height"), kwargs.get("width")
+        if all(isinstance(v, int) for v in (f, h, w)):
+            for grid in ((f, h, w), (max(1, f // pt), h // ph, w // pw)):
+                if math.prod(grid) == n:
+                    return grid if grid[0] > 1 else grid[1:]
+        return square_grid(n)
+    return None
+
+
+def cell_ids(n: int, grid: Grid | None, spread: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(n,) id of each token's `spread` x `spread` cell of the grid (per frame), and the number of cells (a host int,
+    so that no device value is read to size the per-cell buffers); raster chunks of spread^2 tokens when the token
+    count does not match the grid (text tokens in the same sequence)."""
+    if grid is None or math.prod(grid) != n:
+        size = spread * spread
+        return torch.arange(n, device=device) // size, -(-n // size)
+    h, w = grid[-2:]
+    frames = n // (h * w)
+    index = torch.arange(n, device=device)
+    f, rest = index // (h * w), index % (h * w)
+    y, x = rest // w, rest % w
+    cells_y, cells_x = -(-h // spread), -(-w // spread)
+    return (f * cells_y + y // spread) * cells_x + x // spread, frames * cells_y * cells_x
+
+
+def low_pass(x: torch.Tensor, grid: Grid | None, radius_share: float = 0.2) -> torch.Tensor:
+    """The low spatial frequencies of `x` (a circle of radius min(h, w) * radius_share around zero frequency,
+    FasterCache's split): over the last two dims of a 4-D/5-D latent, or over the token grid of a packed (B, N, C)
+    one. Returns float32 in `x`'s layout."""
+    x32 = x.float()
+    if x.dim() == 3:  # packed tokens: (B, N, C) -> (B, C, [F,] h, w)
+        if grid is None or math.prod(grid) != x.shape[1]:
+            grid = square_grid(x.shape[1])
+        spatial = x32.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
+        return _low_pass_last2(spatial, radius_share).reshape(x.shape[0], x.shape[2], -1).transpose(1, 2)
+    return _low_pass_last2(x32, radius_share)
+
+
+def _low_pass_last2(x: torch.Tensor, radius_share: float) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    radius = int(min(h, w) * radius_share)
+    fy = torch.fft.fftfreq(h, d=1.0 / h, device=x.device).abs()
+    fx = torch.fft.fftfreq(w, d=1.0 / w, device=x.device).abs()
+    mask = (fy[:, None] ** 2 + fx[None, :] ** 2) <= radius**2
+    return torch.fft.ifft2(torch.fft.fft2(x) * mask).real

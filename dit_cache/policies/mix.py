@@ -1,0 +1,192 @@
+"""A per-step mixture in the style of MixCache: each call chooses whole-step reuse, token reuse or full compute, and
+the unconditional CFG branch is rebuilt from the conditional one when its step was not fully computed.
+
+Decision rule (documented in docs/policies.md), per branch and step:
+
+    signal   acc += max(0, poly(rel_l1(I_t, I_prev)))      TeaCache's accumulated indicator change since the last
+                                                            full compute; poly from the profile when one exists
+                                                            (identity otherwise); one host read per call
+    forced   first step, last step, the profile's warm-up, nothing cached yet, max_skip non-full steps in a row
+             -> full compute
+    acc < reuse_threshold                 -> step reuse (the block stack's residual of the last full compute)
+    reuse_threshold <= acc < token_thr.   -> token reuse (self-attention reused, `fraction` of the tokens recomputed
+                                             through MLP and cross-attention; acc is kept)
+    acc >= token_threshold                -> full compute, acc = 0
+    CFG ("cfg" mode), sequential branches: the unconditional call of a step whose conditional call was not fully
+             computed is rebuilt from that conditional output and the difference stored at the last full step; when
+             the conditional call computed in full, the unconditional one does too (it refreshes the difference).
+    CFG, batched (one call for both halves): the choice must be made before the call runs, so it follows the
+             previous step: after a step that was not fully computed, the call runs on the conditional half and the
+             other half is rebuilt (the half calls keep their own signal, branch "cond").
+
+A mode left out of `modes` drops its rung: without "token" the step-reuse threshold is token_threshold (the mixture
+is then TeaCache plus CFG reuse); without "step" nothing is reused whole. Since acc only grows between full
+computes, a run of non-full steps is step reuse first, then token reuse, then a full compute.
+
+speedup= (with a profile that has TeaCache traces) scales both thresholds, keeping their ratio, until the rule
+replayed on the traces computes 1 / speedup of the work (token steps counted by the share they compute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..adapters import BlockCall
+from ..calibration import ProfileError
+from ..config import MixCache, TeaCache
+from ..engine import BlockSlot
+from ..schedulers.budget import replay, search_threshold
+from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
+from .base import Locate, ModelContext, Policy, policy_for
+from .cfg import CFGPolicy
+from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
+from .token import TokenMechanism, TokenState, grid_of_call
+
+
+@dataclass
+class MixState(TeaCacheState):
+    tokens: TokenState = field(default_factory=TokenState)
+
+
+class MixChooser(TeaCachePolicy):
+    """Step reuse / token reuse / full compute on one branch, from TeaCache's accumulated signal."""
+
+    state_class = MixState
+    intercepts_calls = True  # reads the token grid from the call's arguments
+
+    def __init__(self, config: MixCache, model: ModelContext) -> None:
+        tea = TeaCache(threshold=config.token_threshold, max_skip=config.max_skip, profile=config.profile)
+        super().__init__(tea, model)
+        self.config = config
+        self.modes = config.modes
+        self.uses_submodules = "token" in self.modes
+        self.token_threshold = self.threshold
+        if config.reuse_threshold is not None:
+            self.reuse_threshold = config.reuse_threshold
+        else:
+            self.reuse_threshold = (
+                self.token_threshold / 2 if self.profile is not None else IDENTITY_DEFAULT_THRESHOLD / 2
+            )
+            self.reuse_threshold = min(self.reuse_threshold, self.token_threshold)
+        self.ratio = self.reuse_threshold / self.token_threshold if self.token_threshold > 0 else 0.5
+        self.cfg_follow = "cfg" in self.modes
+        self.mechanism = TokenMechanism(model, self_attention="reuse", age_scale=max(1.0, float(config.max_skip or 3)))
+        self.mix_speedup = config.speedup
+        if self.mix_speedup is not None:
+            self._traced_profile(self.profile, "TeaCache indicator changes")
+        self._scales: dict[tuple, float] = {}
+
+    @property
+    def name(self) -> str:
+        return "mix"
+
+    # ------------------------------------------------------------------------------------------ rule
+    def thresholds(self) -> tuple[float, float]:
+        """(step reuse below, token reuse below) after dropping the modes left out."""
+        step, token = self.reuse_threshold, self.token_threshold
+        if "token" not in self.modes:
+            step = token
+        if "step" not in self.modes:
+            step = 0.0
+        return step, token
+
+    def rule(self, call: CallInfo, state: MixState) -> str:
+        state.accumulated += self.rescale(call.indicator)
+        step, token = self.thresholds()
+        if state.accumulated < step:
+            return REUSE
+        if state.accumulated < token:
+            return PARTIAL
+        return COMPUTE
+
+    def forced(self, call: CallInfo, state: MixState) -> bool:
+        # with CFG reuse, an unconditional call that runs does so to refresh the stored difference: in full
+        return super().forced(call, state) or (self.cfg_follow and call.extra.get("cfg") == "uncond")
+
+    def decide(self, call: CallInfo, state: MixState, values: list[float]) -> str:
+        if self.mix_speedup is not None:
+            self._tune(call.num_steps, call.sigmas)
+        return super().decide(call, state, values)
+
+    # ------------------------------------------------------------------------------------------ mechanism
+    def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
+        call.extra.setdefault("grid", grid_of_call(self.model, args, kwargs))
+        return forward(*args, **kwargs)
+
+    def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:
+        if state is not None and call.decision == PARTIAL:  # every block runs; its submodules go partial
+            return forward(*block.args, **block.kwargs)
+        return super().run_block(call, state, slot, forward, block)
+
+    def run_submodule(
+        self, call: CallInfo, state: MixState, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
+    ) -> Any:
+        fraction = self.config.fraction if call.decision == PARTIAL else None
+        return self.mechanism.run(call, state.tokens, slot, name, forward, args, kwargs, fraction)
+
+    # ------------------------------------------------------------------------------------------ speedup
+    def _tune(self, num_steps: int, sigmas: list[float] | None) -> None:
+        key = (num_steps, tuple(sigmas) if sigmas else None)
+        if key not in self._scales:
+            traces = self.replay_traces(num_steps, sigmas)
+            total = sum(slot.units for slot in self.model.slots)
+            speedup, self.mix_speedup = self.mix_speedup, None
+
+            def fraction_at(token: float) -> float:
+                self.token_threshold, self.reuse_threshold = token, token * self.ratio
+                work = []
+                for branch, values_for in traces:
+                    decisions = replay(self, branch, num_steps, sigmas, values_for)
+                    units = [
+                        total if d == COMPUTE else self.mechanism.units(self.config.fraction, s, num_steps)
+                        if d == PARTIAL else 0.0
+                        for s, d in enumerate(decisions)
+                    ]  # fmt: skip
+                    work.append(sum(units) / (total * num_steps))
+                return sum(work) / len(work)
+
+            try:
+                best = search_threshold(fraction_at, 1.0 / speedup)
+                if fraction_at(1e12) > 1.0 / speedup + 0.05:
+                    raise ProfileError(
+                        f"mix: speedup={speedup} is above what the mixture reaches on this profile at {num_steps} "
+                        "steps (forced full steps); ask for less or loosen max_skip"
+                    )
+                self._scales[key] = best
+            finally:
+                self.mix_speedup = speedup
+        token = self._scales[key]
+        self.token_threshold, self.reuse_threshold = token, token * self.ratio
+
+
+@policy_for(MixCache)
+class MixPolicy(CFGPolicy):
+    """The chooser on every branch, wrapped by CFG reuse when "cfg" is among the modes."""
+
+    def __init__(self, config: MixCache, model: ModelContext) -> None:
+        Policy.__init__(self, config, model)
+        self.inner = MixChooser(config, model)
+        self.decision_block = self.inner.decision_block
+        self.uses_submodules = self.inner.uses_submodules
+        self.total_units = sum(slot.units for slot in model.slots)
+        order = model.spec.cfg_batch_order
+        self.cond_index = order.index("cond") if "cond" in order else 1
+        self.cfg_enabled = "cfg" in config.modes
+        self.reset({})
+        self.inner_name = "the mixture's step/token rule"
+        self._said = set()
+        self._intervals = {}
+
+    # FasterCache's frequency weights are not part of the mixture: the stored difference is applied as is.
+    def weights(self, step: int, num_steps: int) -> tuple[float, float]:
+        return 1.0, 1.0
+
+    def reuses(self, call: CallInfo) -> bool:
+        t = self.trajectory
+        if call.step == 0 or call.step == call.last_step:
+            return False
+        if call.branch == "uncond":  # sequential: follow this step's conditional call
+            return t.cond_decision is not None and t.cond_decision != COMPUTE
+        return t.last_decision is not None and t.last_decision != COMPUTE

@@ -1,0 +1,288 @@
+"""ToCa-style token caching (Zou et al. 2024). Every `interval`-th step computes everything and caches each MLP and
+cross-attention output with the input that produced it; the partial steps in between recompute only a share of the
+tokens through those submodules and scatter them into the cached output (`kernels.token_scatter_gate`), while
+self-attention is reused or computed in full. Per-token work is exact for the tokens recomputed: MLPs act token by
+token, and cross-attention queries attend to the full text whichever queries run.
+
+Token score, SDPA-friendly (no attention map): the change of the token's submodule input since its last refresh
+(relative to the mean change), plus `age_weight` x steps since that refresh / interval; the best token of every
+`spread` x `spread` cell of the token grid gets a bonus so that the picks cover the image. Scores, picks and
+scatters stay on the device: partial steps add no host read.
+
+Units: a partial MLP/cross-attention call counts as (tokens recomputed / tokens) of a call, so `stats()` reports the
+share of token-FLOPs of those submodules actually computed (self-attention: 1 when computed, 0 when reused).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import kernels
+from ..config import ToCa
+from ..engine import BlockSlot
+from ..state import COMPUTE, PARTIAL, CallInfo
+from .base import Locate, ModelContext, Policy, policy_for
+from .grid import Grid, cell_ids, token_grid
+
+logger = logging.getLogger(__name__)
+DEFAULT_FRACTION = 0.3
+_EPS = 1e-12
+
+
+@dataclass
+class TokenPlace:
+    """One MLP / cross-attention submodule's cache: its output and, per token, the input of its last refresh."""
+
+    output: torch.Tensor  # (B, N, C_out)
+    reference: torch.Tensor  # (B, N, C_in)
+    age: torch.Tensor  # (N,) steps since each token was recomputed
+    cells: torch.Tensor  # (N,) spatial cell of each token
+    cell_count: int
+
+
+@dataclass
+class TokenState:
+    last_full: int | None = None
+    places: dict[tuple[int, str], TokenPlace] = field(default_factory=dict)
+    attention: dict[tuple[int, str], Any] = field(default_factory=dict)  # self-attention outputs of the last full step
+    zeros: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+
+def _token_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, Callable[[torch.Tensor], tuple]]:
+    """The (B, N, C) token input of a submodule call, and a function giving the call's (args, kwargs) with it
+    replaced."""
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0], lambda x: ((x, *args[1:]), kwargs)
+    x = kwargs.get("hidden_states")
+    if isinstance(x, torch.Tensor):
+        return x, lambda x_new: (args, {**kwargs, "hidden_states": x_new})
+    return None, lambda x: (args, kwargs)
+
+
+class TokenMechanism:
+    """Full / partial execution of the work submodules; shared by ToCa and the mixture."""
+
+    def __init__(
+        self,
+        model: ModelContext,
+        *,
+        self_attention: str = "reuse",
+        depth_weight: float = 0.5,
+        step_weight: float = 0.0,
+        cross_attention_scale: float = 0.5,
+        age_weight: float = 0.5,
+        age_scale: float = 3.0,
+        spread: int = 2,
+    ) -> None:
+        self.model = model
+        self.self_attention = self_attention
+        self.depth_weight, self.step_weight = depth_weight, step_weight
+        self.cross_attention_scale = cross_attention_scale
+        self.age_weight, self.age_scale = age_weight, age_scale
+        self.spread = spread
+        count = len(model.slots)
+        self.depth = {slot.index: slot.index / (count - 1) if count > 1 else 0.5 for slot in model.slots}
+        self.kind: dict[tuple[int, str], str] = {}
+        for slot in model.slots:
+            for name in slot.work:
+                group = slot.group
+                kind = "cross" if name in group.cross_attention else "attention" if name in group.attention else "mlp"
+                self.kind[(slot.index, name)] = kind
+        self._warned: set[str] = set()
+
+    def share(self, fraction: float, key: tuple[int, str], step: int, num_steps: int) -> float:
+        """The share of tokens a place recomputes on a partial step (before the one-token floor)."""
+        progress = step / (num_steps - 1) if num_steps > 1 else 0.0
+        share = fraction * (1 + self.depth_weight * (self.depth[key[0]] - 0.5))
+        share *= 1 + self.step_weight * (0.5 - progress)
+        if self.kind[key] == "cross":
+            share *= self.cross_attention_scale
+        return min(1.0, max(0.0, share))
+
+    def units(self, fraction: float, step: int, num_steps: int) -> float:
+        """Units computed on a partial step at `step` (as counted in stats), for speedup planning."""
+        total = 0.0
+        for key, kind in self.kind.items():
+            if kind == "attention":
+                total += 1.0 if self.self_attention == "compute" else 0.0
+            else:
+                total += self.share(fraction, key, step, num_steps)
+        return total
+
+    def run(
+        self,
+        call: CallInfo,
+        state: TokenState,
+        slot: BlockSlot,
+        name: str,
+        forward: Callable,
+        args: tuple,
+        kwargs: dict,
+        fraction: float | None,
+    ) -> Any:
+        """fraction None: full compute (refresh the caches); else a partial step at that base fraction."""
+        key = (slot.index, name)
+        kind = self.kind[key]
+        if kind == "attention":
+            if fraction is None or self.self_attention == "compute" or key not in state.attention:
+                output = forward(*args, **kwargs)
+                if fraction is None and self.self_attention == "reuse":
+                    state.attention[key] = output
+                return output
+            call.skipped_units += 1
+            return state.attention[key]
+        x, with_input = _token_input(args, kwargs)
+        place = state.places.get(key)
+        if fraction is None or place is None or x is None or x.dim() != 3 or place.reference.shape != x.shape:
+            output = forward(*args, **kwargs)
+            if fraction is None:
+                self._store(call, state, key, x, output)
+            return output
+        n = x.shape[1]
+        count = min(n, max(1, math.ceil(self.share(fraction, key, call.step, call.num_steps) * n - 1e-9)))
+        index = self._pick(place, x, count)
+        rows_args, rows_kwargs = with_input(x.index_select(1, index))
+        rows = forward(*rows_args, **rows_kwargs)
+        zeros = self._zeros(state, place.output)
+        output = kernels.token_scatter_gate(zeros, place.output, index, rows)
+        place.reference.index_copy_(1, index, x.index_select(1, index).to(place.reference.dtype))
+        place.age.add_(1).index_fill_(0, index, 0)
+        call.skipped_units += 1 - count / n
+        return output
+
+    def _store(self, call: CallInfo, state: TokenState, key: tuple[int, str], x: torch.Tensor | None, output) -> None:
+        if x is None or x.dim() != 3 or not isinstance(output, torch.Tensor) or output.shape[:2] != x.shape[:2]:
+            if key[1] not in self._warned:
+                self._warned.add(key[1])
+                logger.info("dit_cache toca: %s does not map tokens to tokens; it is always computed in full", key[1])
+            return
+        n = x.shape[1]
+        old = state.places.get(key)
+        if old is not None and old.output.shape == output.shape and old.reference.shape == x.shape:
+            old.output.copy_(output)  # reuse the buffers of the last refresh
+            old.reference.copy_(x)
+            old.age.zero_()
+            return
+        cells, cell_count = cell_ids(n, call.extra.get("grid"), self.spread, x.device)
+        state.places[key] = TokenPlace(
+            output=output.detach().clone(),
+            reference=x.detach().clone(),
+            age=torch.zeros(n, device=x.device, dtype=torch.float32),
+            cells=cells,
+            cell_count=cell_count,
+        )
+
+    def _pick(self, place: TokenPlace, x: torch.Tensor, count: int) -> torch.Tensor:
+        change = (x.float() - place.reference.float()).abs().mean(dim=(0, 2))
+        score = change / (change.mean() + _EPS) + self.age_weight * place.age / self.age_scale
+        if self.spread > 1:
+            best = torch.full((place.cell_count,), -math.inf, device=score.device)
+            best = best.scatter_reduce(0, place.cells, score, reduce="amax")
+            winners = score >= best[place.cells]
+            score = score + winners * (score.max().abs() + 1.0)
+        return score.topk(count, sorted=False).indices
+
+    @staticmethod
+    def _zeros(state: TokenState, like: torch.Tensor) -> torch.Tensor:
+        key = (tuple(like.shape), like.dtype, like.device)
+        if key not in state.zeros:
+            state.zeros[key] = torch.zeros_like(like)
+        return state.zeros[key]
+
+
+def grid_of_call(model: ModelContext, args: tuple, kwargs: dict) -> Grid | None:
+    transformer = model.transformer
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    return token_grid(transformer, hidden, kwargs)
+
+
+@policy_for(ToCa)
+class ToCaPolicy(Policy):
+    """Full steps every `interval` steps; partial token steps in between."""
+
+    uses_submodules = True
+    intercepts_calls = True  # only to read the token grid from the call's arguments
+
+    def __init__(self, config: ToCa, model: ModelContext) -> None:
+        super().__init__(config, model)
+        self.mechanism = TokenMechanism(
+            model,
+            self_attention=config.self_attention,
+            depth_weight=config.depth_weight,
+            step_weight=config.step_weight,
+            cross_attention_scale=config.cross_attention_scale,
+            age_weight=config.age_weight,
+            age_scale=float(config.interval),
+            spread=config.spread,
+        )
+        self._fractions: dict[int, float] = {}
+        if not any(kind == "cross" for kind in self.mechanism.kind.values()):
+            logger.info(
+                "dit_cache toca: %s has no cross-attention; partial steps recompute tokens through the MLPs only",
+                type(model.transformer).__name__,
+            )
+
+    def fraction(self, num_steps: int) -> float:
+        config = self.config
+        if config.speedup is None:
+            return config.fraction if config.fraction is not None else DEFAULT_FRACTION
+        if num_steps not in self._fractions:
+            self._fractions[num_steps] = self._fraction_for_speedup(num_steps)
+        return self._fractions[num_steps]
+
+    def _fraction_for_speedup(self, num_steps: int) -> float:
+        """Bisect the base fraction whose planned compute fraction is 1 / speedup (host arithmetic only)."""
+        total = sum(slot.units for slot in self.model.slots)
+        full = [s for s in range(num_steps) if s % self.config.interval == 0]
+        partial = [s for s in range(num_steps) if s % self.config.interval != 0]
+
+        def planned(f: float) -> float:
+            work = len(full) * total + sum(self.mechanism.units(f, s, num_steps) for s in partial)
+            return work / (num_steps * total)
+
+        target = 1.0 / self.config.speedup
+        if planned(1e-9) > target + 1e-3:
+            raise ValueError(
+                f"toca: speedup={self.config.speedup} is out of reach with interval={self.config.interval} at "
+                f"{num_steps} steps (at most {1 / planned(1e-9):.2f}x: full steps and "
+                f"{'computed' if self.config.self_attention == 'compute' else 'reused'} self-attention); raise interval"
+            )
+        lo, hi = 1e-9, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if planned(mid) > target else (mid, hi)
+        return lo
+
+    def new_state(self) -> TokenState:
+        return TokenState()
+
+    def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
+        call.extra["grid"] = grid_of_call(self.model, args, kwargs)
+        return forward(*args, **kwargs)
+
+    def decide(self, call: CallInfo, state: TokenState, values: list[float]) -> str:
+        fraction = self.fraction(call.num_steps)
+        if fraction >= 1.0 or state.last_full is None or call.step - state.last_full >= self.config.interval:
+            state.last_full = call.step
+            return COMPUTE
+        call.indicator = fraction
+        return PARTIAL
+
+    def run_submodule(
+        self,
+        call: CallInfo,
+        state: TokenState,
+        slot: BlockSlot,
+        name: str,
+        forward: Callable,
+        args: tuple,
+        kwargs: dict,
+    ) -> Any:
+        fraction = None if call.decision == COMPUTE else self.fraction(call.num_steps)
+        return self.mechanism.run(call, state, slot, name, forward, args, kwargs, fraction)

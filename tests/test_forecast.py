@@ -1,0 +1,162 @@
+"""Forecasting: the Taylor history is exact on polynomial trajectories up to its order (any spacing of the computed
+steps), the FoCa-style calibration is exact one order higher on evenly spaced ones, and TaylorSeer, FORA and the
+step policies with `forecast=` reproduce polynomial trajectories exactly on the dummy model."""
+
+import numpy as np
+import pytest
+import torch
+from dummy import DummyDiT, FakeScheduler, drive
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dit_cache
+from dit_cache.policies.forecast import computed_steps, interval_for_speedup
+from dit_cache.policies.taylor import TaylorHistory
+
+
+def _poly(coefficients):
+    return lambda t: torch.tensor([float(np.polyval(coefficients, t))], dtype=torch.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    order=st.integers(0, 4),
+    coefficients=st.lists(st.floats(-2, 2), min_size=5, max_size=5),
+    gaps=st.lists(st.integers(1, 4), min_size=6, max_size=8),
+    ahead=st.integers(1, 5),
+)
+def test_taylor_forecast_is_exact_on_polynomials_up_to_its_order(order, coefficients, gaps, ahead):
+    f = _poly(coefficients[: order + 1])  # degree <= order
+    history = TaylorHistory(order)
+    steps = np.cumsum([0, *gaps]).tolist()
+    for step in steps:
+        history.update(f(step), step)
+    target = steps[-1] + ahead
+    scale = max(1.0, abs(float(f(target))))
+    assert abs(float(history.forecast(target) - f(target))) <= 1e-8 * scale * 10**order
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_foca_calibration_is_exact_one_order_higher_on_even_steps(order):
+    f = _poly(np.random.default_rng(order).normal(size=order + 2))  # degree order + 1
+    plain, corrected, half = TaylorHistory(order), TaylorHistory(order, 1.0), TaylorHistory(order, 0.5)
+    for step in range(0, 30, 3):
+        for h in (plain, corrected, half):
+            h.update(f(step), step)
+    for target in (28, 29, 31, 35):
+        exact = float(f(target))
+        error = float(plain.forecast(target)) - exact
+        assert abs(error) > 1e-3  # a plain order-k forecast misses the degree k + 1 term
+        assert float(corrected.forecast(target)) == pytest.approx(exact, rel=1e-9, abs=1e-9)
+        assert float(half.forecast(target)) - exact == pytest.approx(error / 2, rel=1e-6)
+
+
+def test_order_one_uses_the_kernel_and_matches_the_exact_update():
+    f = _poly([0.5, -1.0, 3.0])
+    kernel, newton = TaylorHistory(1), TaylorHistory(1, corrector=1e-300)  # any corrector takes the Newton path
+    for step in (0, 1, 3, 7):
+        kernel.update(f(step), step)
+        newton.update(f(step), step)
+    assert [float(d) for d in kernel.derivatives] == pytest.approx([float(d) for d in newton.derivatives])
+
+
+def _linear_hidden(steps):
+    return [torch.full((1, 4, 2), 1.0 + t / 4) for t in range(steps)]
+
+
+def test_taylorseer_forecasts_linear_trajectories_exactly():
+    """Every attention output is linear in the step (h_t = 1 + t/4, gates constant): an order-1 forecast is exact."""
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(10)
+    h = _linear_hidden(10)
+    baseline = drive(model, sched, [1.0] * 10, hidden=h)
+    dit_cache.apply(model, "taylorseer", interval=4, order=1, warmup=2, scheduler=sched)
+    out = drive(model, sched, [1.0] * 10, hidden=h)
+    stats = dit_cache.stats(model)
+    assert stats.computed_steps() == [0, 1, 5, 9] == computed_steps(10, 4, 2)
+    assert stats.decisions()[2] == "forecast" and stats.records[2].computed_units == 0
+    assert all(torch.equal(a, b) for a, b in zip(out, baseline))
+    dit_cache.remove(model)
+    dit_cache.apply(model, "fora", interval=4, scheduler=sched)  # plain reuse is not exact here
+    assert not all(torch.equal(a, b) for a, b in zip(drive(model, sched, [1.0] * 10, hidden=h), baseline))
+
+
+def test_fora_forecast_option():
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(9)
+    h = _linear_hidden(9)
+    baseline = drive(model, sched, [1.0] * 9, hidden=h)
+    dit_cache.apply(model, "fora", interval=4, forecast=1, scheduler=sched)
+    out = drive(model, sched, [1.0] * 9, hidden=h)
+    assert dit_cache.stats(model).decisions()[:4] == ["computed", "forecast", "forecast", "forecast"]
+    # steps 1-3 forecast from one computed step (order 0: plain reuse); after step 4, linear and exact
+    assert all(torch.equal(a, b) for a, b in zip(out[5:], baseline[5:]))
+    assert not torch.equal(out[1], baseline[1])
+
+
+@pytest.mark.parametrize("policy", ["schedule", "teacache"])
+def test_step_policies_forecast_the_residual(policy):
+    """The block-stack residual h * ((1 + temb)^N - 1) is linear in h_t: an order-1 forecast of it is exact."""
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(8)
+    h = _linear_hidden(8)
+    baseline = drive(model, sched, [1.0] * 8, hidden=h)
+    options = dict(steps=(0, 1, 4, 7)) if policy == "schedule" else dict(threshold=0.9, max_skip=2)
+    dit_cache.apply(model, policy, forecast=1, scheduler=sched, **options)
+    out = drive(model, sched, [1.0] * 8, hidden=h)
+    decisions = dit_cache.stats(model).decisions()
+    assert "forecast" in decisions and "reused" not in decisions
+    second_computed = [i for i, d in enumerate(decisions) if d == "computed"][1]
+    assert any(d == "forecast" for d in decisions[second_computed:])
+    assert all(torch.equal(out[i], baseline[i]) for i in range(second_computed, 8))  # two points: linear, exact
+
+
+def test_never_reuse_settings_are_bitwise_uncached():
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(6)
+    h = [torch.randn(1, 4, 2) for _ in range(6)]
+    baseline = drive(model, sched, [0.5] * 6, hidden=h)
+    for policy, options in [("taylorseer", dict(interval=1, order=2)), ("teacache", dict(threshold=0.0, forecast=2))]:
+        dit_cache.apply(model, policy, scheduler=sched, **options)
+        out = drive(model, sched, [0.5] * 6, hidden=h)
+        assert all(torch.equal(a, b) for a, b in zip(out, baseline)), policy
+        dit_cache.remove(model)
+
+
+def test_order_above_what_the_history_holds_is_refused_before_caching():
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(8)
+    dit_cache.apply(model, "taylorseer", interval=4, order=3, warmup=0, scheduler=sched)
+    with pytest.raises(ValueError) as err:
+        drive(model, sched, [1.0] * 8)
+    text = str(err.value)
+    assert "order=3 needs 4 computed steps" in text and "computes only 2 (0, 4)" in text
+    assert "lower order to 1 or interval to 2" in text
+    assert model._dit_cache.engine.states == {}
+    dit_cache.remove(model)
+    one_step = FakeScheduler(1)  # nothing is forecast: any order is fine
+    dit_cache.apply(model, "taylorseer", interval=4, order=3, warmup=0, scheduler=one_step)
+    drive(model, one_step, [1.0])
+    assert dit_cache.stats(model).decisions() == ["computed"]
+
+
+def test_speedup_picks_the_interval():
+    # interval 5 computes 0, 1, 6, 11, 16 and interval 6 computes 0, 1, 7, 13, 19: both 0.25, the smaller wins
+    assert interval_for_speedup(20, 2, 4.0) == 5
+    assert len(computed_steps(20, 5, 2)) / 20 == 0.25
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(20)
+    dit_cache.apply(model, "taylorseer", speedup=4.0, scheduler=sched)
+    drive(model, sched, [1.0] * 20)
+    assert dit_cache.stats(model).compute_fraction == 0.25
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "message"),
+    [
+        ("taylorseer", dict(order=5), "taylorseer: order must be an integer Taylor order in 0..4"),
+        ("taylorseer", dict(corrector=1.5), "taylorseer: corrector must be a weight in [0, 1]"),
+        ("taylorseer", dict(interval=0), "taylorseer: interval must be an integer >= 1, got 0"),
+        ("taylorseer", dict(interval=3, speedup=2.0), "taylorseer: give interval or speedup, not both"),
+        ("teacache", dict(forecast=-1), "teacache: forecast must be an integer Taylor order in 0..4"),
+        ("fora", dict(forecast=1.5), "fora: forecast must be an integer Taylor order"),
+    ],
+)
+def test_bad_options(policy, options, message):
+    with pytest.raises(ValueError) as err:
+        dit_cache.apply(DummyDiT(), policy, scheduler=FakeScheduler(4), **options)
+    assert message in str(err.value)

@@ -54,7 +54,10 @@ CONFIGS: dict[str, dict] = {
         "vae_lr": 1e-3,
         "vae_kl": 1e-6,  # per latent element, against L1 + MSE per pixel: latents nearly deterministic
         "vae_edge": 0.5,
+        "vae_shape_weight": 0.0,
         "vae_crop": None,
+        "decoder_steps": 600,
+        "decoder_shape_weight": 4.0,
         "transformer": {
             "num_layers": 2,
             "num_single_layers": 4,
@@ -66,6 +69,7 @@ CONFIGS: dict[str, dict] = {
         "steps": 2500,
         "batch": 32,
         "lr": 1e-3,
+        "continue_lr": 5e-4,
         "warmup": 200,
         "ema": 0.999,
         "shift": 2.0,
@@ -79,19 +83,29 @@ CONFIGS: dict[str, dict] = {
         "seed": 0,
         "size": 64,
         "num_frames": 9,
+        # patchify 2x2 -> one 2x down stage (2x in time): latents 1/4 the size, 1 + (frames - 1) / 2 latent frames
         "vae": {
             "base_dim": 16,
-            "z_dim": 32,
-            "dim_mult": [1, 2, 2],
+            "z_dim": 16,
+            "dim_mult": [1, 2],
             "num_res_blocks": 1,
-            "temperal_downsample": [True, True],
+            "temperal_downsample": [True],
+            "patch_size": 2,
         },
-        "vae_steps": 500,
+        "vae_steps": 1900,
+        "vae_frame_steps": 1500,
+        "vae_frame_batch": 16,
         "vae_batch": 4,
+        "vae_mix_lengths": True,
+        "vae_logvar_init": -12.0,
         "vae_lr": 1e-3,
         "vae_kl": 1e-6,  # per latent element, against L1 + MSE per pixel: latents nearly deterministic
         "vae_edge": 0.5,
-        "vae_crop": [32, 0.7],  # train on 32x32 crops for the first 70% of the VAE steps (4x cheaper)
+        "vae_shape_weight": 4.0,
+        "vae_crop": None,
+        "decoder_steps": 150,
+        "decoder_frame_steps": 150,
+        "decoder_shape_weight": 4.0,
         "transformer": {
             "patch_size": [1, 2, 2],
             "num_attention_heads": 4,
@@ -101,9 +115,10 @@ CONFIGS: dict[str, dict] = {
             "freq_dim": 256,
         },
         "dataset": 3000,
-        "steps": 2500,
-        "batch": 24,
+        "steps": 2000,
+        "batch": 16,
         "lr": 1e-3,
+        "continue_lr": 5e-4,
         "warmup": 200,
         "ema": 0.999,
         "shift": 3.0,
@@ -236,6 +251,7 @@ def build_video_pipeline(cfg: dict):
     umt5 = UMT5EncoderModel(UMT5Config(**_t5_kwargs(len(tokenizer)))).eval()
     v = cfg["vae"]
     z = v["z_dim"]
+    patch = v.get("patch_size") or 1
     vae = AutoencoderKLWan(
         base_dim=v["base_dim"],
         z_dim=z,
@@ -245,8 +261,11 @@ def build_video_pipeline(cfg: dict):
         temperal_downsample=list(v["temperal_downsample"]),
         latents_mean=[0.0] * z,
         latents_std=[1.0] * z,
+        in_channels=3 * patch * patch,
+        out_channels=3 * patch * patch,
+        patch_size=v.get("patch_size"),
         scale_factor_temporal=2 ** sum(v["temperal_downsample"]),
-        scale_factor_spatial=2 ** len(v["temperal_downsample"]),
+        scale_factor_spatial=patch * 2 ** len(v["temperal_downsample"]),
     )
     t = cfg["transformer"]
     transformer = WanTransformer3DModel(
@@ -302,6 +321,18 @@ def _lr_lambda(warmup: int, steps: int, floor: float = 0.02):
     return f
 
 
+def _vae_batch(cfg: dict, step: int, batch: int, rng: np.random.Generator) -> torch.Tensor:
+    """A VAE training batch. Video VAEs cycle through full clips, 5-frame clips (the first chunk plus one
+    4-frame chunk, twice the samples) and single frames (six times the samples): similar cost per step, far more
+    distinct backgrounds and shapes per step than full clips alone."""
+    if cfg["kind"] == "image" or not cfg.get("vae_mix_lengths"):
+        return draw_batch(cfg, batch, rng)[0]
+    if step < cfg.get("vae_frame_steps", 0):  # first phase: single frames only (cheap, many distinct samples)
+        return draw_batch({**cfg, "num_frames": 1}, cfg["vae_frame_batch"], rng)[0]
+    frames = [cfg["num_frames"], 5, 1][step % 3]
+    return draw_batch({**cfg, "num_frames": frames}, batch * {cfg["num_frames"]: 1, 5: 2, 1: 6}[frames], rng)[0]
+
+
 def _dx(t: torch.Tensor) -> torch.Tensor:
     return t[..., :, 1:] - t[..., :, :-1]
 
@@ -319,51 +350,100 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 # VAE
 
 
-def train_vae(vae, cfg: dict, steps: int, rng: np.random.Generator, work: str | None) -> dict:
+def _shape_weight(x: torch.Tensor, extra: float) -> torch.Tensor:
+    """Per-pixel loss weight ``1 + extra`` on and around the (saturated) shape, 1 on the grey background.
+
+    The shape covers a tenth of the picture, so without this the VAE spends its capacity on the textures and
+    leaves the shape outlines soft.
+    """
+    sat = (x.amax(1) - x.amin(1)) / 2  # (B, [F,] H, W)
+    m = (sat > 0.25).float()
+    flat = torch.nn.functional.max_pool2d(m.reshape(-1, 1, *m.shape[-2:]), 5, stride=1, padding=2)
+    return 1.0 + extra * flat.reshape(m.shape).unsqueeze(1)
+
+
+def _vae_loss(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, edge_weight: float) -> tuple[torch.Tensor, float]:
+    d = y - x
+    rec = (w * d.abs()).mean() + (w * d.pow(2)).mean()
+    # edges: L1 between the spatial gradients of output and input (keeps outlines and textures sharp)
+    edge = (w[..., :, 1:] * (_dx(y) - _dx(x)).abs()).mean() + (w[..., 1:, :] * (_dy(y) - _dy(x)).abs()).mean()
+    return rec + edge_weight * edge, (d.abs().mean() + d.pow(2).mean()).item()
+
+
+@torch.no_grad()
+def vae_psnr(vae, cfg: dict, n: int = 64) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """PSNR of posterior-mean reconstructions of ``n`` fixed test samples: over all pixels and over the shapes."""
+    vae.eval()
+    test, _ = draw_batch(cfg, n, np.random.default_rng(54321))
+    rec = torch.cat([vae.decode(vae.encode(t).latent_dist.mode()).sample for t in test.split(16)])
+    mask = _shape_weight(test, 1.0) > 1.0
+    mse_shape = ((rec.clamp(-1, 1) - test) / 2).pow(2).masked_select(mask.expand_as(test)).mean().item()
+    return _psnr(rec, test), 10 * math.log10(1.0 / max(mse_shape, 1e-12)), test, rec
+
+
+def train_vae(
+    vae, cfg: dict, steps: int, rng: np.random.Generator, work: str | None, decoder_only: bool = False
+) -> dict:
+    """Train the VAE (or, with ``decoder_only``, fine-tune its decoder with the encoder and so the latents frozen)."""
+    tag = "decoder" if decoder_only else "vae"
     batch, lr = cfg["vae_batch"], cfg["vae_lr"]
-    crop = cfg.get("vae_crop")
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    crop = None if decoder_only else cfg.get("vae_crop")
+    if decoder_only:
+        params = list(vae.decoder.parameters())
+        if getattr(vae, "post_quant_conv", None) is not None:
+            params += list(vae.post_quant_conv.parameters())
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        params = list(vae.parameters())
+    if not decoder_only and cfg.get("vae_logvar_init") is not None:
+        # start with a near-deterministic posterior (std e^-6) instead of std 1, which drowns the latents in noise
+        with torch.no_grad():
+            z = vae.config.z_dim
+            vae.quant_conv.weight[z:] = 0.0
+            vae.quant_conv.bias[z:] = cfg["vae_logvar_init"]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(100, steps // 10 + 1), steps))
-    held, _ = draw_batch(cfg, 16, np.random.default_rng(12345))
     vae.train()
     t0, run = time.time(), []
     for step in range(steps):
-        x, _ = draw_batch(cfg, batch, rng)
+        x = _vae_batch(cfg, step, batch, rng)
         if crop is not None and step < crop[1] * steps:
             c = crop[0]
             oy, ox = rng.integers(0, cfg["size"] - c + 1, size=2)
             x = x[..., oy : oy + c, ox : ox + c]
-        post = vae.encode(x).latent_dist
-        y = vae.decode(post.sample()).sample
-        rec = (y - x).abs().mean() + (y - x).pow(2).mean()
-        # edges: L1 between the spatial gradients of output and input (keeps shape outlines and textures sharp)
-        edge = (_dx(y) - _dx(x)).abs().mean() + (_dy(y) - _dy(x)).abs().mean()
-        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
-        loss = rec + cfg["vae_edge"] * edge + cfg["vae_kl"] * kl
+        with torch.set_grad_enabled(not decoder_only):
+            post = vae.encode(x).latent_dist
+            z = post.sample()
+        y = vae.decode(z).sample
+        loss, rec = _vae_loss(y, x, _shape_weight(x, cfg["vae_shape_weight"]), cfg["vae_edge"])
+        if not decoder_only:
+            loss = loss + cfg["vae_kl"] * (0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        run.append(rec.item())
+        run.append(rec)
         if (step + 1) % 50 == 0 or step == steps - 1:
-            with torch.no_grad():
-                vae.eval()
-                rec_held = vae.decode(vae.encode(held).latent_dist.mode()).sample
-                vae.train()
-            log(
-                f"vae step {step + 1}/{steps} rec {np.mean(run[-50:]):.4f} held-out PSNR {_psnr(rec_held, held):.2f} dB"
-                f" ({time.time() - t0:.0f}s)"
-            )
-    vae.eval()
-    with torch.no_grad():
-        test, _ = draw_batch(cfg, 64, np.random.default_rng(54321))
-        rec_test = torch.cat([vae.decode(vae.encode(t).latent_dist.mode()).sample for t in test.split(16)])
-    psnr = _psnr(rec_test, test)
-    log(f"vae done: test PSNR {psnr:.2f} dB, {time.time() - t0:.0f}s")
+            log(f"{tag} step {step + 1}/{steps} rec {np.mean(run[-50:]):.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % 250 == 0 and step != steps - 1:
+            log(f"{tag} step {step + 1}: test PSNR %.2f dB (shapes %.2f dB)" % vae_psnr(vae, cfg, 16)[:2])
+            vae.train()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    psnr, psnr_shape, test, rec = vae_psnr(vae, cfg)
+    log(f"{tag} done: test PSNR {psnr:.2f} dB (shapes {psnr_shape:.2f} dB), {time.time() - t0:.0f}s")
     if work:
-        _save_recon_png(test[:8], rec_test[:8], os.path.join(work, "vae-recon.png"))
-    return {"vae_steps": steps, "vae_test_psnr_db": round(psnr, 2), "vae_wall_s": round(time.time() - t0, 1)}
+        _save_recon_png(test[:8], rec[:8], os.path.join(work, f"{tag}-recon.png"))
+    return {
+        f"{tag}_steps": steps,
+        f"{tag}_test_psnr_db": round(psnr, 2),
+        f"{tag}_test_psnr_shapes_db": round(psnr_shape, 2),
+        f"{tag}_wall_s": round(time.time() - t0, 1),
+    }
 
 
 def _save_recon_png(x: torch.Tensor, y: torch.Tensor, png: str) -> None:
@@ -460,7 +540,11 @@ class _Task:
         )[0]
 
 
-def build_dataset(task: _Task, cfg: dict, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def build_dataset(
+    task: _Task, cfg: dict, n: int, rng: np.random.Generator, measure: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``n`` fresh samples as normalised latents. ``measure``: set the VAE's latent normalisation from them (first
+    training only; a continued training keeps the normalisation the transformer already learnt)."""
     t0 = time.time()
     chunk = 256 if cfg["kind"] == "image" else 16
     raws, idxs = [], []
@@ -471,7 +555,7 @@ def build_dataset(task: _Task, cfg: dict, n: int, rng: np.random.Generator) -> t
         if (start // chunk) % 20 == 0:
             log(f"encoded {start + len(idx)}/{n} ({time.time() - t0:.0f}s)")
     raw = torch.cat(raws)
-    norm = task.set_normalisation(raw)
+    norm = task.set_normalisation(raw) if measure else {}
     lat = task.normalise(raw)
     log(f"dataset: {tuple(lat.shape)} latents, std {lat.std():.3f}, {time.time() - t0:.0f}s")
     return lat, torch.cat(idxs), norm
@@ -661,22 +745,121 @@ def save_pipeline(pipe, cfg: dict, out: str, record: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _check_saved(out: str, name: str, cfg: dict, record: dict, work: str | None) -> None:
+    """Load the saved folder the way users do, generate its prompts with the defaults, record prompt following."""
+    from diffusers import DiffusionPipeline
+
+    loaded = DiffusionPipeline.from_pretrained(out)
+    prompts = zoo_prompts(name)
+    outs = generate(loaded, cfg, prompts)
+    record["prompt_following"] = follow_rate(cfg["kind"], prompts, outs)
+    record["folder_bytes"] = folder_bytes(out)
+    with open(os.path.join(out, "training.json"), "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    if work:
+        save_grid(prompts, outs, os.path.join(work, "final.png"))
+    log(
+        f"saved {out} ({record['folder_bytes'] / 1e6:.2f} MB); prompt following {record['prompt_following']};"
+        f" total wall time {record['total_wall_s']:.0f}s"
+    )
+
+
+def finetune_decoder(vae, cfg: dict, work: str | None, stage: int = 0) -> dict:
+    """Stage 4: sharpen the VAE decoder with the encoder (so the latent space the transformer learnt) frozen.
+
+    Seeded on its own (``stage`` counts earlier decoder stages), so running it on a saved pipeline
+    (``--decoder-only``) gives what a full run gives. For video, the first ``decoder_frame_steps`` steps use single
+    frames, the rest cycle through clips of 9, 5 and 1 frames.
+    """
+    seed = cfg["seed"] + 7 + 10 * stage
+    torch.manual_seed(seed)
+    dcfg = {
+        **cfg,
+        "vae_shape_weight": cfg["decoder_shape_weight"],
+        "vae_frame_steps": cfg.get("decoder_frame_steps", 0),
+    }
+    rec = train_vae(vae, dcfg, cfg["decoder_steps"], np.random.default_rng(seed), work, decoder_only=True)
+    rec["decoder_frame_steps"] = min(dcfg["vae_frame_steps"], cfg["decoder_steps"]) if cfg["kind"] == "video" else None
+    rec["seed"] = seed
+    return rec
+
+
+def continue_training(args, cfg: dict, out: str) -> int:
+    """Stage 3b: more transformer steps on a saved pipeline (its EMA weights start both the model and the EMA)."""
+    from diffusers import DiffusionPipeline
+
+    t0 = time.time()
+    with open(os.path.join(out, "training.json")) as f:
+        record = json.load(f)
+    done = record.setdefault("continued", [])
+    seed = cfg["seed"] + 100 * (len(done) + 1)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    for p in pipe.vae.parameters():
+        p.requires_grad_(False)
+    task = _Task(pipe, cfg)
+    lat, spec_idx, _ = build_dataset(task, cfg, cfg["dataset"], rng, measure=False)
+    model = pipe.transformer.float()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    pipe.transformer = ema
+    ccfg = {**cfg, "lr": cfg["continue_lr"], "warmup": 100, "seed": seed}
+    tr = train_transformer(
+        task, model, ema, ccfg, (lat, spec_idx), args.continue_steps, rng, args.work, args.preview_every
+    )
+    tr["eval_loss_ema"] = round(eval_loss(task, ema, (lat, spec_idx), cfg), 4)
+    tr["lr"] = ccfg["lr"]
+    tr["seed"] = seed
+    log(f"final training loss {tr['final_loss']}, EMA eval loss {tr['eval_loss_ema']}")
+    done.append(tr)
+    record["total_wall_s"] = round(record["total_wall_s"] + time.time() - t0, 1)
+    save_pipeline(pipe, cfg, out, record)
+    _check_saved(out, args.name, cfg, record, args.work)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True, choices=names())
     ap.add_argument("--out", default=None, help="pipeline folder to write (default: the package's own folder)")
     ap.add_argument("--steps", type=int, default=None, help="transformer training steps (default: the config's)")
     ap.add_argument("--vae-steps", type=int, default=None)
+    ap.add_argument("--decoder-steps", type=int, default=None)
+    ap.add_argument("--decoder-frame-steps", type=int, default=None, help="video: single-frame steps of stage 4")
     ap.add_argument("--dataset", type=int, default=None, help="number of training samples (default: the config's)")
     ap.add_argument("--work", default=None, help="folder for previews and VAE reconstructions (optional)")
     ap.add_argument("--preview-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--render", default=None, metavar="PNG", help="only render the saved model's prompts to PNG")
+    ap.add_argument(
+        "--continue-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="continue training the transformer of the pipeline saved at --out for N more steps (fresh samples,"
+        " warm-up and cosine decay from the config's continue_lr)",
+    )
+    ap.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="only run stage 4 (decoder fine-tune) on the pipeline already saved at --out",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     cfg = copy.deepcopy(CONFIGS[args.name])
     out = args.out or zoo_path(args.name)
+    for key in ("steps", "vae_steps", "decoder_steps", "decoder_frame_steps", "dataset"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    if args.work:
+        os.makedirs(args.work, exist_ok=True)
 
     if args.render:
         from diffusers import DiffusionPipeline
@@ -689,14 +872,24 @@ def main(argv: list[str] | None = None) -> int:
         log(f"rendered {len(prompts)} prompts in {time.time() - t0:.1f}s: {follow_rate(cfg['kind'], prompts, outs)}")
         return 0
 
-    if args.steps is not None:
-        cfg["steps"] = args.steps
-    if args.vae_steps is not None:
-        cfg["vae_steps"] = args.vae_steps
-    if args.dataset is not None:
-        cfg["dataset"] = args.dataset
-    if args.work:
-        os.makedirs(args.work, exist_ok=True)
+    if args.continue_steps:
+        return continue_training(args, cfg, out)
+
+    if args.decoder_only:
+        from diffusers import DiffusionPipeline
+
+        t0 = time.time()
+        with open(os.path.join(out, "training.json")) as f:
+            record = json.load(f)
+        pipe = DiffusionPipeline.from_pretrained(out)
+        stages = record.get("decoder") or []
+        stages = [stages] if isinstance(stages, dict) else stages
+        stages.append(finetune_decoder(pipe.vae, cfg, args.work, stage=len(stages)))
+        record["decoder"] = stages
+        pipe.vae.save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+        record["total_wall_s"] = round(record["total_wall_s"] + time.time() - t0, 1)
+        _check_saved(out, args.name, cfg, record, args.work)
+        return 0
 
     t_start = time.time()
     torch.manual_seed(cfg["seed"])
@@ -710,13 +903,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"{args.name}: parameters {counts}")
 
+    # 1. VAE
     vae_rec = train_vae(pipe.vae, cfg, cfg["vae_steps"], rng, args.work)
-    for p in pipe.vae.parameters():
-        p.requires_grad_(False)
 
+    # 2. data set: latents and text embeddings
     task = _Task(pipe, cfg)
     lat, spec_idx, norm = build_dataset(task, cfg, cfg["dataset"], rng)
 
+    # 3. transformer
     model = pipe.transformer
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -733,30 +927,15 @@ def main(argv: list[str] | None = None) -> int:
         "vae": vae_rec,
         "latent_normalisation": norm,
         "transformer": tr,
-        "total_wall_s": round(time.time() - t_start, 1),
         "torch": torch.__version__,
         "threads": args.threads,
     }
-    save_pipeline(pipe, cfg, out, record)
-
-    # check the saved folder the way users load it
-    from diffusers import DiffusionPipeline
-
-    loaded = DiffusionPipeline.from_pretrained(out)
-    prompts = zoo_prompts(args.name)
-    outs = generate(loaded, cfg, prompts)
-    record["prompt_following"] = follow_rate(cfg["kind"], prompts, outs)
-    record["folder_bytes"] = folder_bytes(out)
+    # 4. decoder fine-tune (latents unchanged)
+    if cfg["decoder_steps"]:
+        record["decoder"] = [finetune_decoder(pipe.vae, cfg, args.work)]
     record["total_wall_s"] = round(time.time() - t_start, 1)
-    with open(os.path.join(out, "training.json"), "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    if args.work:
-        save_grid(prompts, outs, os.path.join(args.work, "final.png"))
-    log(
-        f"saved {out} ({record['folder_bytes'] / 1e6:.2f} MB); prompt following {record['prompt_following']};"
-        f" total wall time {record['total_wall_s']:.0f}s"
-    )
+    save_pipeline(pipe, cfg, out, record)
+    _check_saved(out, args.name, cfg, record, args.work)
     return 0
 
 

@@ -1,0 +1,146 @@
+"""The zoo: small *trained* diffusers pipelines for measuring what caching does to real denoising trajectories.
+
+Each model is a complete diffusers pipeline folder shipped inside this package (tokenizer, text encoders, VAE,
+scheduler, transformer), trained here on procedural data (coloured shapes on grey textures, see :mod:`.shapes`) by
+``python -m dit_cache.eval.zoo.train --name NAME``.
+
+========================  ===================  ==========================  ===================================
+name                      pipeline             transformer                 output
+========================  ===================  ==========================  ===================================
+``shapes-image``          ``FluxPipeline``     ``FluxTransformer2DModel``  64x64 images
+``shapes-video``          ``WanPipeline``      ``WanTransformer3DModel``   9 frames of 64x64
+========================  ===================  ==========================  ===================================
+
+Typical use::
+
+    from dit_cache.eval import zoo
+    pipe = zoo.load("shapes-image")
+    images = pipe(zoo.prompts("shapes-image"), **zoo.settings("shapes-image")).images
+    zoo.dominant_colour(images[0])  # -> "red"
+
+Always pass :func:`settings`: the models were trained with ``max_sequence_length`` text tokens, at one
+resolution, and with classifier-free guidance against the empty prompt; the pipelines' own defaults
+(512 text tokens, 512x512 or 480x832 pixels) are far outside what they know.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from .shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    dominant_colour,
+    motion_direction,
+    parse_prompt,
+)
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "DIRECTIONS",
+    "SHAPES",
+    "dominant_colour",
+    "load",
+    "motion_direction",
+    "names",
+    "parse_prompt",
+    "path",
+    "prompts",
+    "settings",
+]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: text tokens every prompt is padded/truncated to (training and inference must agree)
+MAX_SEQUENCE_LENGTH = 12
+
+_PROMPTS: dict[str, list[str]] = {
+    "shapes-image": [
+        "a red circle on stripes",
+        "a green square on dots",
+        "a blue triangle on checker",
+        "a yellow circle on plain",
+        "a cyan square on stripes",
+        "a purple triangle on dots",
+        "a red square on checker",
+        "a green triangle on plain",
+        "a blue circle on dots",
+        "a yellow triangle on stripes",
+        "a cyan circle on checker",
+        "a purple square on plain",
+    ],
+    "shapes-video": [
+        "a red circle moving left on stripes",
+        "a green square moving right on dots",
+        "a blue triangle moving up on checker",
+        "a yellow circle moving down on plain",
+        "a cyan square moving left on checker",
+        "a purple triangle moving right on plain",
+        "a red square moving up on dots",
+        "a green circle moving down on stripes",
+        "a blue square moving left on plain",
+        "a yellow triangle moving right on checker",
+        "a cyan circle moving up on stripes",
+        "a purple circle moving down on dots",
+    ],
+}
+
+_SETTINGS: dict[str, dict] = {
+    # FluxPipeline: no guidance embedder (guidance_scale is ignored); classifier-free guidance is "true CFG"
+    # against the empty negative prompt, which the model was trained on (10% condition dropout).
+    "shapes-image": {
+        "num_inference_steps": 30,
+        "true_cfg_scale": 4.0,
+        "negative_prompt": "",
+        "height": 64,
+        "width": 64,
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+    },
+    # WanPipeline: classifier-free guidance with guidance_scale against the (empty) negative prompt.
+    "shapes-video": {
+        "num_inference_steps": 30,
+        "guidance_scale": 4.0,
+        "negative_prompt": "",
+        "height": 64,
+        "width": 64,
+        "num_frames": 9,
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+    },
+}
+
+
+def names() -> list[str]:
+    """Names of the zoo models."""
+    return list(_PROMPTS)
+
+
+def _check(name: str) -> str:
+    if name not in _PROMPTS:
+        raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(names())}")
+    return name
+
+
+def path(name: str) -> str:
+    """Folder of the saved diffusers pipeline ``name`` inside the package."""
+    return os.path.join(_HERE, _check(name))
+
+
+def prompts(name: str) -> list[str]:
+    """The model's own evaluation prompts."""
+    return list(_PROMPTS[_check(name)])
+
+
+def settings(name: str) -> dict:
+    """Default pipeline call kwargs for ``name`` (a fresh copy: safe to modify)."""
+    return copy.deepcopy(_SETTINGS[_check(name)])
+
+
+def load(name: str, **kw):
+    """``DiffusionPipeline.from_pretrained(path(name), **kw)``."""
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(path(name), **kw)

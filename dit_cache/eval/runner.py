@@ -26,7 +26,9 @@ from .peers import PeerContext, peer
 
 logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
-DEFAULT_POLICIES = ("teacache", "magcache", "fbcache", "fora", "lemica", "uniform")
+DEFAULT_POLICIES = (
+    "teacache", "magcache", "fbcache", "fora", "lemica", "toca", "cfg", "bwcache", "taylorseer", "mix", "uniform",
+)  # fmt: skip
 
 
 @dataclass
@@ -316,7 +318,11 @@ def _reference(pipe, plan: EvalPlan, results: ResultsFile, out: Path, index: int
 def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_reason, out) -> dict:
     prompt, seed = plan.sample(index)
     runs = plan.runs if index < plan.timing_samples else 0
-    switch_on(method, pipe)
+    try:
+        switch_on(method, pipe)
+    except ValueError as e:  # e.g. a speedup the profile's traces cannot reach: a row that says why
+        return {"method": method.key, "sample": index, "family": method.family, "name": method.name,
+                "target": method.target, "skipped": str(e)}  # fmt: skip
     try:
         with WorkCounter(pipe) as counter:
             output = generate(pipe, plan, prompt, seed)

@@ -204,3 +204,26 @@ def test_block_traces_on_request(pipe):
     assert table.shape == (4, 4)  # steps x blocks (2 double + 2 single)
     assert torch.isnan(table[0]).all() and torch.isfinite(table[1:]).all()
     assert "cond/block_residual_change" not in calibrate(pipe, PROMPTS[:1], SETTINGS, progress=False).arrays
+
+
+def test_global_edges_replayed_equal_full_regeneration(pipe, monkeypatch):
+    """LeMiCa's global edges replay the reference run's transformer outputs up to step i: bitwise the weights that
+    regenerating every segment in full gives, with fewer transformer calls; the transformer is left as it was."""
+    from dit_cache.calibration.replay import Replay
+    from dit_cache.calibration.runner import global_edges
+    from dit_cache.eval.counting import WorkCounter
+
+    settings = CalibrationSettings(steps=6, call_kwargs=TINY_TEXT_CALL, lemica="global", lemica_max_span=3)
+    with WorkCounter(pipe) as replayed_calls:
+        replayed = global_edges(pipe, settings, "a red circle", 0)
+    assert "forward" not in pipe.transformer.__dict__  # the class's forward again
+
+    class NoReplay(Replay):
+        def replaying(self, until):
+            return super().replaying(0)
+
+    monkeypatch.setattr("dit_cache.calibration.runner.Replay", NoReplay)
+    with WorkCounter(pipe) as full_calls:
+        full = global_edges(pipe, settings, "a red circle", 0)
+    assert (replayed == full).all()  # inf where no edge, equal floats elsewhere
+    assert replayed_calls.calls < full_calls.calls

@@ -89,6 +89,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         call_kwargs=json.loads(args.call_kwargs) if args.call_kwargs else {},
         lemica=args.lemica,
         lemica_max_span=args.lemica_max_span,
+        lemica_prompts=args.lemica_prompts,
         block_traces=args.block_traces,
     )
     out = check_writable(args.out)  # before loading any model
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--call-kwargs", help='extra pipeline arguments as JSON, e.g. \'{"negative_prompt": ""}\'')
     cal.add_argument("--lemica", choices=["proxy", "global"], default="proxy", help="LeMiCa edge weights")
     cal.add_argument("--lemica-max-span", type=int, default=8, help="longest cached segment LeMiCa may use")
+    cal.add_argument(
+        "--lemica-prompts", type=int, help="global edges from the first N prompts only (default: every prompt)"
+    )
     cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
     cal.add_argument("--device", help="move the pipeline to this device")
     cal.add_argument("--resume", action="store_true", help="continue an interrupted calibration at --out")

@@ -37,6 +37,7 @@ class CalibrationSettings:
     call_kwargs: dict = field(default_factory=dict)  # extra pipeline arguments, e.g. {"negative_prompt": ""}
     lemica: str = "proxy"  # "proxy" (free, from the recorded residuals) or "global" (replayed, costly)
     lemica_max_span: int = 8
+    lemica_prompts: int | None = None  # global edges from the first N jobs only (None: all); the rest cost nothing
     block_traces: bool = False  # per-block traces for block-level policies (a few extra passes per block)
 
     def __post_init__(self):
@@ -48,6 +49,8 @@ class CalibrationSettings:
             raise ValueError(f"lemica mode must be 'proxy' or 'global', got {self.lemica!r}")
         if self.lemica_max_span < 2:
             raise ValueError(f"lemica_max_span must be >= 2, got {self.lemica_max_span}")
+        if self.lemica_prompts is not None and (isinstance(self.lemica_prompts, bool) or self.lemica_prompts < 1):
+            raise ValueError(f"lemica_prompts must be at least 1 (or None for every prompt), got {self.lemica_prompts}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -166,7 +169,7 @@ def calibrate(
             record = {"index": index, "prompt": _label(prompt), "seed": seed}
             engine = transformer._dit_cache.engine
             record["branches"] = collect(engine.states or engine.policy.finished)
-            if settings.lemica == "global":
+            if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)
                 try:
                     record["lemica"] = global_edges(pipe, settings, prompt, seed)

@@ -19,11 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine, table, write_json  # noqa: E402
 
+import torch  # noqa: E402
+
 import dit_cache  # noqa: E402
 from dit_cache.calibration.runner import CalibrationSettings, calibrate  # noqa: E402
 from dit_cache.cli import load_pipeline  # noqa: E402
 
-POLICIES = ("teacache", "magcache", "fbcache", "lemica")
+POLICIES = ("teacache", "magcache", "fbcache", "bwcache", "mix", "lemica")  # the threshold policies and LeMiCa
 TARGETS = (1.5, 2.0, 3.0)
 
 
@@ -32,7 +34,7 @@ def model_and_prompts(model: str, count: int, steps: int | None):
 
     name, default_steps, call, prompts = _model_settings(model, steps, None)
     pipe = load_pipeline(model, None)
-    return pipe, prompts[:count], CalibrationSettings(steps=default_steps, call_kwargs=call)
+    return pipe, prompts[:count], CalibrationSettings(steps=default_steps, call_kwargs=call, block_traces=True)
 
 
 def main() -> None:
@@ -41,7 +43,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8, help="number of the model's prompts to calibrate on")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--out", default="runs/speedup_accuracy.json")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for the tiny zoo models)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     pipe, prompts, settings = model_and_prompts(args.model, args.prompts, args.steps)
     started = time.perf_counter()
     profile = calibrate(pipe, prompts, settings, progress=False)

@@ -151,6 +151,7 @@ class Profile:
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.arrays.items()}
             tmp = path.with_suffix(".safetensors.tmp")
             save_file(tensors, str(tmp))
+            os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a profile is meant to be shared
             os.replace(tmp, path.with_suffix(".safetensors"))
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))

@@ -161,6 +161,14 @@ def test_cli_bad_input(saved_pipeline, tmp_path, capsys):
         zoo.path("nope")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_process_accelerate_launch_gives_the_rows_of_one_process(saved_pipeline, pipe, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU: samples are sharded, the main process merges."""
     import os
@@ -177,7 +185,7 @@ def test_two_process_accelerate_launch_gives_the_rows_of_one_process(saved_pipel
               "--targets", "2", "--runs", "1", "--timing-samples", "0", "--no-progress"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]  # fmt: skip
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]  # fmt: skip
     done = subprocess.run([*launch, "-m", "dit_cache.cli", "eval", *common, "--out", str(tmp_path / "two")],
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,8 +15,8 @@ import numpy as np
 from .runner import RESULTS, _file_key, read_rows
 
 PSNR_CAP = 100.0  # identical outputs have infinite PSNR; averages cap them here
-COLUMNS = ("method", "target", "compute_fraction", "speedup", "transformer_speedup", "efficiency", "psnr", "ssim",
-           "lpips", "temporal_psnr", "peak_memory_mb", "samples")  # fmt: skip
+COLUMNS = ("method", "target", "compute_fraction", "speedup", "transformer_speedup", "efficiency",
+           "transformer_efficiency", "psnr", "ssim", "lpips", "temporal_psnr", "peak_memory_mb", "samples")  # fmt: skip
 
 
 def _mean(values) -> float | None:
@@ -45,7 +45,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             {
                 "method": key, "family": first["family"], "name": first["name"], "target": first["target"],
                 "compute_fraction": fraction, "speedup": speedup, "transformer_speedup": inside,
-                "efficiency": inside * fraction if inside and fraction else None,
+                "efficiency": speedup * fraction if speedup and fraction else None,
+                "transformer_efficiency": inside * fraction if inside and fraction else None,
                 "psnr": _mean(min(r["psnr"], PSNR_CAP) for r in items), "ssim": _mean(r["ssim"] for r in items),
                 "lpips": _mean(r.get("lpips") for r in items),
                 "temporal_psnr": _mean(min(r["temporal_psnr"], PSNR_CAP) if r.get("temporal_psnr") else None
@@ -59,10 +60,13 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _ratio(reference: dict, items: list[dict], key: str) -> float | None:
-    """Mean over timed samples of the reference's median time over the method's."""
-    return _mean(
-        reference[r["sample"]][key] / r[key] for r in items if r.get(key) and reference.get(r["sample"], {}).get(key)
-    )
+    """Mean over timed samples of the uncached median time over the method's: the uncached time timed alongside the
+    method (`uncached_<key>`, interleaved run by run) where the row has it, else the sample's reference row."""
+
+    def uncached(r):
+        return r.get(f"uncached_{key}") or reference.get(r["sample"], {}).get(key)
+
+    return _mean(uncached(r) / r[key] for r in items if r.get(key) and uncached(r))
 
 
 def _cell(value) -> str:
@@ -173,9 +177,10 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
         unavailable = next((x["lpips_unavailable"] for x in lines if x.get("lpips_unavailable")), None)
         note = f"LPIPS unavailable: {unavailable}" if unavailable else ""
         md += [f"## {model}", "", f"{header['steps']} steps; {len({r['sample'] for r in rows if r['sample'] >= 0})} "
-               "samples; speedup = median wall time of the uncached pipeline call over the cached one; transformer_speedup "
-               "= the same for the time spent inside the transformer (what caching can shorten: it leaves out text "
-               "encoding, the scheduler and VAE decoding); efficiency = transformer_speedup x compute fraction.", "", table, "", note, "", f"![pareto]({plot.name})", ""]  # fmt: skip
+               "samples; speedup = median wall time of the uncached pipeline call over the cached one, the two timed "
+               "alternately run by run; transformer_speedup = the same for the time spent inside the transformer (what "
+               "caching can shorten: it leaves out text encoding, the scheduler and VAE decoding); efficiency = speedup "
+               "x compute fraction, transformer_efficiency = transformer_speedup x compute fraction.", "", table, "", note, "", f"![pareto]({plot.name})", ""]  # fmt: skip
         if grid:
             md += [f"![samples]({grid.name})", ""]
         body += [f"<h2>{html.escape(model)}</h2>", f"<p>{header['steps']} steps. {html.escape(note)}</p>",

@@ -213,6 +213,36 @@ def timed_generate(pipe, plan: EvalPlan, prompt: str, seed: int, runs: int) -> t
     return output, Timing(statistics.median(calls[1:]), statistics.median(inside[1:]), memory.megabytes)
 
 
+def interleaved_timing(method, pipe, plan: EvalPlan, prompt: str, seed: int, runs: int) -> tuple[Timing, Timing]:
+    """Median timings of the method and of the uncached pipeline, timed run by run alternately after a warm-up of
+    each, so that both see the same machine load (a speedup from timings taken minutes apart measures the load)."""
+    cached, uncached = [], []
+    for _ in range(runs + 1):  # the first round is the warm-up
+        uncached.append(_timed_call(pipe, plan, prompt, seed))
+        switch_on(method, pipe)
+        try:
+            cached.append(_timed_call(pipe, plan, prompt, seed))
+        finally:
+            method.off(pipe)
+    return _median_timing(cached[1:]), _median_timing(uncached[1:])
+
+
+def _timed_call(pipe, plan: EvalPlan, prompt: str, seed: int) -> Timing:
+    with PeakMemory() as memory, TransformerTimer(pipe) as timer:
+        start = time.perf_counter()
+        generate(pipe, plan, prompt, seed)
+        seconds = time.perf_counter() - start
+    return Timing(seconds, timer.seconds, memory.megabytes)
+
+
+def _median_timing(timings: list[Timing]) -> Timing:
+    return Timing(
+        statistics.median(t.seconds for t in timings),
+        statistics.median(t.transformer_seconds for t in timings),
+        max(t.peak_memory_mb for t in timings),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- the sweep
 def build_methods(plan: EvalPlan, profile: Any) -> list[Method]:
     methods = []
@@ -327,9 +357,9 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         with WorkCounter(pipe) as counter:
             output = generate(pipe, plan, prompt, seed)
         fraction = compute_fraction(method, pipe, counter, full_calls)
-        timing = timed_generate(pipe, plan, prompt, seed, runs)[1] if runs else Timing()
     finally:
         method.off(pipe)
+    timing, uncached = interleaved_timing(method, pipe, plan, prompt, seed, runs) if runs else (Timing(), Timing())
     quality = compare(reference, output, with_lpips=lpips_ok)
     if index == 0:
         save_preview(output, out / "samples" / f"{_file_key(method.key)}.png")
@@ -337,6 +367,7 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         "method": method.key, "sample": index, "family": method.family, "name": method.name,
         "target": method.target, "options": _describe(method.options), "prompt": prompt, "seed": seed,
         "compute_fraction": fraction, **asdict(timing), **quality,
+        "uncached_seconds": uncached.seconds, "uncached_transformer_seconds": uncached.transformer_seconds,
     }  # fmt: skip
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason

@@ -17,9 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, table, write_json  # noqa: E402
-
 import torch  # noqa: E402
+from common import machine, table, write_json  # noqa: E402
 
 import dit_cache  # noqa: E402
 from dit_cache.calibration.runner import CalibrationSettings, calibrate  # noqa: E402
@@ -29,12 +28,12 @@ POLICIES = ("teacache", "magcache", "fbcache", "bwcache", "mix", "lemica")  # th
 TARGETS = (1.5, 2.0, 3.0)
 
 
-def model_and_prompts(model: str, count: int, steps: int | None):
+def model_and_prompts(model: str, count: int, steps: int | None, block_traces: bool = False):
     from dit_cache.eval.cli import _model_settings
 
     name, default_steps, call, prompts = _model_settings(model, steps, None)
     pipe = load_pipeline(model, None)
-    return pipe, prompts[:count], CalibrationSettings(steps=default_steps, call_kwargs=call, block_traces=True)
+    return pipe, prompts[:count], CalibrationSettings(steps=default_steps, call_kwargs=call, block_traces=block_traces)
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for the tiny zoo models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipe, prompts, settings = model_and_prompts(args.model, args.prompts, args.steps)
+    pipe, prompts, settings = model_and_prompts(args.model, args.prompts, args.steps, block_traces=True)
     started = time.perf_counter()
     profile = calibrate(pipe, prompts, settings, progress=False)
     print(f"calibrated {len(prompts)} prompts x {settings.steps} steps in {time.perf_counter() - started:.1f}s")

@@ -17,9 +17,9 @@ import torch
 from ..api import apply, remove
 from ..config import Schedule
 from .fit import build_profile, merge_profiles, split_record
-from .replay import Replay
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder, collect
+from .replay import Replay
 
 logger = logging.getLogger(__name__)
 

@@ -122,6 +122,22 @@ def test_speedup_target_uses_the_profile(pipe, reference, policy):
     assert abs(sum(fractions) / len(fractions) - 0.5) <= 0.1
 
 
+def test_reapplying_a_speedup_target_reuses_its_search(pipe, reference, monkeypatch):
+    """What speedup= resolved to is shared by later applications of the same config to the same transformer (the
+    evaluation re-applies between timed runs): same decisions, no second search; another target searches again."""
+    from dit_cache.policies import step
+
+    searches = []
+    original = step.search_threshold
+    monkeypatch.setattr(step, "search_threshold", lambda *a, **k: searches.append(1) or original(*a, **k))
+    decisions = []
+    for speedup in (2.5, 2.5, 1.7):
+        with dit_cache.cached(pipe, "teacache", speedup=speedup, profile=reference):
+            pipe(**SETTINGS.pipeline_kwargs(PROMPTS[0], 0, None))
+            decisions.append(dit_cache.stats(pipe).decisions())
+    assert len(searches) == 2 and decisions[0] == decisions[1]
+
+
 def test_speedup_at_another_step_count(pipe, reference):
     dit_cache.apply(pipe, "magcache", speedup=2.0, profile=reference)
     try:

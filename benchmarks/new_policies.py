@@ -1,4 +1,4 @@
-"""Issue 3's efficiency benchmark: token, CFG, per-block, forecasting and mixture policies on the mid-size random
+"""Issue 6's efficiency benchmark: token, CFG, per-block, forecasting and mixture policies on the mid-size random
 models of benchmarks/step_policies.py (Wan 2048 tokens, Flux 2025 tokens: sequential CFG) plus an SD3 of the same
 size (batched CFG, 1024 tokens), 20 steps.
 

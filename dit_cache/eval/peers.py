@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,9 +84,22 @@ def _taylorseer(ctx: PeerContext, knob: tuple[int, int]) -> None:
     from diffusers.hooks import TaylorSeerCacheConfig
 
     interval, warmup = knob
-    _transformer_enable(
-        ctx, TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1)
-    )
+    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1)
+    config.cache_identifiers = _taylorseer_identifiers(ctx.pipe.transformer)
+    _transformer_enable(ctx, config)
+
+
+def _taylorseer_identifiers(transformer) -> list[str] | None:
+    """diffusers' default patterns ('^blocks.*attn', ...) are `re.fullmatch`ed, so they match no module of a model
+    whose attentions are numbered (Wan's `blocks.0.attn1`); then the same patterns with the number allowed, which
+    keeps their intent (the attention modules of the blocks). None (the defaults) where they match something."""
+    from diffusers.hooks import taylorseer_cache
+
+    defaults = taylorseer_cache._TRANSFORMER_BLOCK_IDENTIFIERS
+    names = [name for name, _ in transformer.named_modules()]
+    if any(re.fullmatch(p, n) for p in defaults for n in names):
+        return None
+    return [p + r"\d*" for p in defaults]
 
 
 def _taylorseer_candidates(ctx: PeerContext) -> list[tuple[int, int]]:

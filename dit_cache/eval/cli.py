@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 DEMO_MODEL = "zoo:shapes-video"
-DEMO_POLICY = "magcache"
+DEMO_POLICY = "lemica"  # best quality of the step policies on the zoo models (docs/benchmarks.md)
 
 
 def add_commands(sub) -> None:
@@ -71,7 +71,7 @@ def _profile_for(
         if shipped.exists():
             return Profile.load(shipped, model=pipe.transformer)
     path = out / "profile.json"
-    settings = CalibrationSettings(steps=steps, call_kwargs=call)
+    settings = CalibrationSettings(steps=steps, call_kwargs=call, block_traces=True)  # bwcache, mix
     if path.exists():
         try:
             return Profile.load(path, model=pipe.transformer)

@@ -20,7 +20,7 @@ from .. import api
 from ..config import Schedule, config_class, policy_names
 from .counting import WorkCounter
 
-SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica")
+SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica", "bwcache", "mix")  # speedup= needs a profile
 INTERVAL_POLICIES = ("fora",)
 BASELINES = ("uniform",)
 

@@ -177,4 +177,3 @@ def test_config_object_with_option_overrides():
     dit_cache.apply(model, dit_cache.FORA(interval=3), interval=4, scheduler=FakeScheduler(4))
     assert model._dit_cache.config == dit_cache.FORA(interval=4)
     dit_cache.remove(model)
-

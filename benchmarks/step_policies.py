@@ -76,7 +76,7 @@ def make_flux():
 MODELS = {"wan": make_wan, "flux": make_flux}
 
 
-def run_model(name: str, steps: int, runs: int) -> list[dict]:
+def run_model(name: str, steps: int, runs: int, only: list[str] | None = None) -> list[dict]:
     pipe, call = MODELS[name]()
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(call, num_inference_steps=steps, output_type="latent")
@@ -97,6 +97,8 @@ def run_model(name: str, steps: int, runs: int) -> list[dict]:
     }
     fb_threshold = None
     for policy, options in settings.items():
+        if only and policy not in only:
+            continue
         state = {}
 
         def on(policy=policy, options=options):
@@ -112,7 +114,8 @@ def run_model(name: str, steps: int, runs: int) -> list[dict]:
         fb_threshold = state.get("threshold", fb_threshold)
         rows.append(_row(name, policy, state["fraction"], seconds, base_time))
         print(table([rows[-1]], list(rows[-1])), flush=True)
-    rows.append(diffusers_fbc(name, pipe, generate, fb_threshold, runs))
+    if not only or "diffusers-fbcache" in only:
+        rows.append(diffusers_fbc(name, pipe, generate, fb_threshold, runs))
     return rows
 
 
@@ -180,13 +183,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these policies (and diffusers-fbcache)")
     parser.add_argument("--out", default="runs/step_policies.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
-        rows += run_model(name, args.steps, args.runs)
+        rows += run_model(name, args.steps, args.runs, args.only)
     columns = ["model", "method", "compute_fraction", "seconds", "speedup", "efficiency"]
     print(f"\n{machine()}; {args.steps} steps, median of {args.runs} runs after a warm-up\n")
     print(table(rows, columns))

@@ -177,3 +177,36 @@ def test_builtin_profile_of_another_model_is_refused_with_both_fingerprints():
         dit_cache.apply(pipe, "magcache", profile="flux.1-dev")
     assert "WanTransformer3DModel" in str(err.value) and "FluxTransformer2DModel" in str(err.value)
     assert not dit_cache.is_applied(pipe)
+
+
+@pytest.mark.parametrize("family", ["flux", "hunyuan_video"])
+def test_fora_reuses_single_block_proj_out_exactly(family, monkeypatch):
+    """A single-stream block projects cat(attention, MLP) with `proj_out`. On a FORA reuse step both are the cached
+    outputs of one step, so reusing proj_out's output too is exact: the trajectory equals the one where proj_out is
+    recomputed from the reused inputs, and proj_out does not run on reuse steps."""
+    import dataclasses
+
+    from dit_cache import adapters
+
+    pipe = tiny_pipeline(family)
+    spec = adapters.find_spec(pipe.transformer)
+    without = dataclasses.replace(
+        spec,
+        groups=tuple(dataclasses.replace(g, mlp=tuple(m for m in g.mlp if m != "proj_out")) for g in spec.groups),
+    )
+    weight = pipe.transformer.single_transformer_blocks[0].proj_out.weight
+    linear, calls = torch.nn.functional.linear, []
+
+    def counted(x, w, *args, **kwargs):  # the projection's arithmetic, not the module call a hook would replace
+        calls.append(w is weight)
+        return linear(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counted)
+    runs = {}
+    for name, used in (("reused", spec), ("recomputed", without)):
+        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, used=used: used)
+        calls.clear()
+        with dit_cache.cached(pipe, "fora", interval=2):
+            runs[name] = (run(pipe, family, steps=6), sum(calls))
+    torch.testing.assert_close(runs["reused"][0], runs["recomputed"][0], rtol=1e-5, atol=1e-6)
+    assert runs["recomputed"][1] == 12 and runs["reused"][1] == 6  # 6 steps x 2 CFG branches; every other step reused

@@ -72,7 +72,7 @@ def check_output_dir(out: str | os.PathLike) -> Path:
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
+        probe = out / f".write-probe-{os.getpid()}"  # one per process: sharded ranks probe the same folder
         probe.write_text("")
         probe.unlink()
     except OSError as e:

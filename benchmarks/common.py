@@ -23,6 +23,35 @@ def timed(fn: Callable[[], object], runs: int = 3, warmup: int = 1) -> tuple[flo
     return statistics.median(times), times
 
 
+def stopwatch(fn: Callable[[], object]) -> float:
+    """Seconds one call of `fn` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bracketed(time_uncached: Callable[[], float], time_cached: Callable[[], float], runs: int) -> dict:
+    """Times `runs` cached runs, each between two uncached runs (u c u c ... u; each callable returns the seconds of
+    one run). On a shared machine the load drifts over seconds to minutes: comparing each cached run with the mean
+    of the two uncached runs around it cancels a drift that is linear over the three, where medians of separate runs
+    do not. Returns the run times, `speedup` (the median of the per-run ratios), the median times and `noise`, the
+    spread (max - min) / median of those ratios: speedups differ meaningfully only beyond it."""
+    uncached, cached = [time_uncached()], []
+    for _ in range(runs):
+        cached.append(time_cached())
+        uncached.append(time_uncached())
+    ratios = [(uncached[i] + uncached[i + 1]) / 2 / cached[i] for i in range(runs)]
+    speedup = statistics.median(ratios)
+    return {
+        "uncached_s": statistics.median(uncached),
+        "seconds": statistics.median(cached),
+        "speedup": speedup,
+        "noise": (max(ratios) - min(ratios)) / speedup,
+        "uncached_times": uncached,
+        "cached_times": cached,
+    }
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]

@@ -10,12 +10,13 @@ Columns:
   flop_fraction     FLOPs of one cached pipeline call over one uncached call, counted by torch's FlopCounterMode
                     (matmuls and attention; gathers, scatters, FFTs and elementwise work are not FLOPs there but are
                     in the wall time)
-  speedup           median uncached time / median cached time, the two interleaved run by run (u, c, u, c, ...) so
-                    that both see the same machine load
+  speedup           after a warm-up, --runs cached calls each between two uncached calls (u c u c ... u): the
+                    median over runs of the mean of the two uncached times over the cached time (see
+                    common.bracketed), so that a drifting machine load cancels
   efficiency        speedup x compute_fraction (1.0: the mechanism costs nothing beyond the work it runs)
   flop_efficiency   speedup x flop_fraction
-  noise             the larger (max - min) / median of the uncached and cached run times: efficiencies differ
-                    from each other meaningfully only beyond it (a shared machine can exceed 0.1)
+  noise             the spread (max - min) / median of the per-run speedups: efficiencies differ from each other
+                    meaningfully only beyond it (a shared machine can exceed 0.1)
 Speedup targets come from a one-prompt profile recorded with per-block traces (TeaCache, BWCache, mixture) or from
 each policy's own schedule (TaylorSeer, CFG).
 """
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, table, write_json  # noqa: E402
+from common import bracketed, machine, stopwatch, table, write_json  # noqa: E402
 from step_policies import make_flux, make_wan  # noqa: E402
 
 import dit_cache  # noqa: E402
@@ -84,24 +83,19 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def interleaved(pipe, generate, plain, runs: int) -> tuple[list[float], list[float]]:
-    """Median seconds of uncached and cached pipeline calls, interleaved run by run (u, c, u, c, ...): the uncached
-    calls swap in `plain`, an unhooked copy of the transformer, so the applied policy keeps its tuned state."""
+def interleaved(pipe, generate, plain, runs: int) -> dict:
+    """`common.bracketed` timing of the hooked pipeline against uncached calls, which swap in `plain`, an unhooked
+    copy of the transformer, so the applied policy keeps its tuned state."""
     hooked = pipe.transformer
-    base_times, cached_times = [], []
-    for _ in range(runs):
-        for transformer, times in ((plain, base_times), (hooked, cached_times)):
-            pipe.transformer = transformer
-            start = time.perf_counter()
-            generate()
-            times.append(time.perf_counter() - start)
-    pipe.transformer = hooked
-    return base_times, cached_times
 
+    def with_transformer(transformer) -> float:
+        pipe.transformer = transformer
+        try:
+            return stopwatch(generate)
+        finally:
+            pipe.transformer = hooked
 
-def spread(times: list[float]) -> float:
-    """(max - min) / median of a list of run times: the run-to-run noise of the machine."""
-    return (max(times) - min(times)) / statistics.median(times)
+    return bracketed(lambda: with_transformer(plain), lambda: with_transformer(hooked), runs)
 
 
 def settings_for(steps: int, profile) -> dict:
@@ -144,22 +138,21 @@ def run_model(name: str, steps: int, runs: int, only: list[str] | None) -> list[
             generate()  # warm-up of the cached path (speedup targets are tuned on the first call)
             fraction = dit_cache.stats(pipe).compute_fraction
             flops = count_flops(generate)
-            base_times, cached_times = interleaved(pipe, generate, plain, runs)
-        base_time, seconds = statistics.median(base_times), statistics.median(cached_times)
-        speedup = base_time / seconds
+            timing = interleaved(pipe, generate, plain, runs)
+        speedup = timing["speedup"]
         row = {
             "model": name,
             "method": method,
             "compute_fraction": fraction,
             "flop_fraction": flops / base_flops,
-            "uncached_s": base_time,
-            "seconds": seconds,
+            "uncached_s": timing["uncached_s"],
+            "seconds": timing["seconds"],
             "speedup": speedup,
             "efficiency": speedup * fraction,
             "flop_efficiency": speedup * flops / base_flops,
-            "noise": max(spread(base_times), spread(cached_times)),
-            "uncached_times": base_times,
-            "cached_times": cached_times,
+            "noise": timing["noise"],
+            "uncached_times": timing["uncached_times"],
+            "cached_times": timing["cached_times"],
         }
         rows.append(row)
         print(table([row], [k for k in row if not k.endswith("_times")]), flush=True)
@@ -190,7 +183,7 @@ def main() -> None:
         "flop_efficiency",
         "noise",
     ]
-    print(f"\n{machine()}; {args.steps} steps, median of {args.runs} interleaved runs after a warm-up\n")
+    print(f"\n{machine()}; {args.steps} steps, {args.runs} cached runs bracketed by uncached ones, after a warm-up\n")
     print(table(rows, columns))
     write_json(args.out, {"machine": machine(), "steps": args.steps, "runs": args.runs, "rows": rows})
 

@@ -4,17 +4,17 @@ FirstBlockCache at a similar compute fraction.
 
     python benchmarks/step_policies.py [--models wan flux] [--runs 3] [--threads 1] [--out runs/step_policies.json]
 
-Columns: compute fraction (share of attention/MLP calls computed), wall speedup over uncached (median of --runs
-uncached calls over the median of --runs cached calls, the two interleaved run by run so both see the same machine
-load, after a warm-up of each; output_type="latent": the denoising loop), efficiency = speedup x compute fraction
-(1.0 = the hooks cost nothing). Threshold policies get their setting from speedup=2 on a one-generation
-profile; diffusers' FirstBlockCache reuses the first-block probe's tuned threshold (same rule).
+Columns: compute fraction (share of attention/MLP calls computed), wall speedup over uncached (after a warm-up of
+each, --runs cached calls each between two uncached calls: the median over runs of the mean of the two uncached
+times over the cached time; output_type="latent": the denoising loop), efficiency = speedup x compute fraction
+(1.0 = the hooks cost nothing), noise = the spread (max - min) / median of the per-run speedups. Threshold policies
+get their setting from speedup=2 on a one-generation profile; diffusers' FirstBlockCache reuses the first-block
+probe's tuned threshold (same rule).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, table, timed, write_json  # noqa: E402
+from common import bracketed, machine, stopwatch, table, write_json  # noqa: E402
 
 import dit_cache  # noqa: E402
 from dit_cache.calibration.runner import CalibrationSettings, calibrate  # noqa: E402
@@ -110,27 +110,28 @@ def run_model(name: str, steps: int, runs: int, only: list[str] | None = None) -
                 state["threshold"] = pipe.transformer._dit_cache.engine.policy.threshold
             dit_cache.remove(pipe)
 
-        base_time, seconds = interleaved(generate, on, off, runs)
+        timing = interleaved(generate, on, off, runs)
         fb_threshold = state.get("threshold", fb_threshold)
-        rows.append(_row(name, policy, state["fraction"], seconds, base_time))
-        print(table([rows[-1]], list(rows[-1])), flush=True)
+        rows.append(_row(name, policy, state["fraction"], timing))
+        print(table([rows[-1]], COLUMNS), flush=True)
     if not only or "diffusers-fbcache" in only:
         rows.append(diffusers_fbc(name, pipe, generate, fb_threshold, runs))
     return rows
 
 
-def interleaved(generate, on, off, runs: int) -> tuple[float, float]:
-    """(median uncached seconds, median cached seconds), alternating uncached and cached calls after a warm-up."""
+def interleaved(generate, on, off, runs: int) -> dict:
+    """`common.bracketed` timing of `generate` uncached and between `on()` and `off()`, after a warm-up of each."""
     on()
     generate()
     off()
-    uncached, cached = [], []
-    for _ in range(runs):
-        uncached.append(timed(generate, runs=1, warmup=0)[0])
+
+    def cached() -> float:
         on()
-        cached.append(timed(generate, runs=1, warmup=0)[0])
+        seconds = stopwatch(generate)
         off()
-    return statistics.median(uncached), statistics.median(cached)
+        return seconds
+
+    return bracketed(lambda: stopwatch(generate), cached, runs)
 
 
 def diffusers_fbc(name, pipe, generate, threshold, runs) -> dict:
@@ -156,24 +157,25 @@ def diffusers_fbc(name, pipe, generate, threshold, runs) -> dict:
     for h in handles:
         h.remove()
     pipe.transformer.disable_cache()
-    base_time, seconds = interleaved(
+    timing = interleaved(
         generate,
         lambda: pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold)),
         pipe.transformer.disable_cache,
         runs,
     )
-    return _row(name, f"diffusers FirstBlockCache (threshold {threshold:.4g})", fraction, seconds, base_time)
+    return _row(name, f"diffusers FirstBlockCache (threshold {threshold:.4g})", fraction, timing)
 
 
-def _row(model, method, fraction, seconds, base_time) -> dict:
-    speedup = base_time / seconds
+COLUMNS = ["model", "method", "compute_fraction", "uncached_s", "seconds", "speedup", "efficiency", "noise"]
+
+
+def _row(model, method, fraction, timing: dict) -> dict:
     return {
         "model": model,
         "method": method,
         "compute_fraction": fraction,
-        "seconds": seconds,
-        "speedup": speedup,
-        "efficiency": speedup * fraction,
+        **timing,
+        "efficiency": timing["speedup"] * fraction,
     }
 
 
@@ -191,9 +193,8 @@ def main() -> None:
     rows = []
     for name in args.models:
         rows += run_model(name, args.steps, args.runs, args.only)
-    columns = ["model", "method", "compute_fraction", "seconds", "speedup", "efficiency"]
-    print(f"\n{machine()}; {args.steps} steps, median of {args.runs} runs after a warm-up\n")
-    print(table(rows, columns))
+    print(f"\n{machine()}; {args.steps} steps, {args.runs} cached runs bracketed by uncached ones, after a warm-up\n")
+    print(table(rows, COLUMNS))
     write_json(args.out, {"machine": machine(), "steps": args.steps, "runs": args.runs, "rows": rows})
 
 

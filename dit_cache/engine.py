@@ -39,6 +39,9 @@ class BlockSlot:
     module: nn.Module
     reader: ArgReader
     work: dict[str, nn.Module] = field(default_factory=dict)  # attention / MLP submodules present in this block
+    tails: dict[str, nn.Module] = field(default_factory=dict)  # unit name -> the activation applied to its output
+    passed: dict[str, Any] = field(default_factory=dict)  # unit name -> its output, already through the activation
+    feeds: dict[str, str] = field(default_factory=dict)  # unit name -> the one unit that reads its output
 
     @property
     def units(self) -> int:
@@ -53,7 +56,9 @@ def build_slots(transformer: nn.Module, spec: ModelSpec) -> list[BlockSlot]:
             sub = getattr(block, name, None)
             if isinstance(sub, nn.Module):
                 work[name] = sub
-        slots.append(BlockSlot(len(slots), group, block, ArgReader(block.forward), work))
+        tails = {unit: getattr(block, tail) for unit, tail in group.tails if unit in work and hasattr(block, tail)}
+        feeds = {unit: consumer for unit, consumer in group.feeds if unit in work and consumer in work}
+        slots.append(BlockSlot(len(slots), group, block, ArgReader(block.forward), work, tails, feeds=feeds))
     return slots
 
 
@@ -134,10 +139,29 @@ class CacheEngine:
         return self.policy.run_block(call, state, slot, forward, block_call)
 
     def run_submodule(self, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        tail = slot.tails.get(name)
+        if tail is not None:  # the unit is the submodule and its activation: policies see, store and reuse both
+            unit_forward = forward
+
+            def forward(*args, **kwargs):
+                return tail(unit_forward(*args, **kwargs))
+
         call = self.call
         if call is None or not call.prepared:
-            return forward(*args, **kwargs)
-        return self.policy.run_submodule(call, self.states[call.branch], slot, name, forward, args, kwargs)
+            output = forward(*args, **kwargs)
+        else:
+            output = self.policy.run_submodule(call, self.states[call.branch], slot, name, forward, args, kwargs)
+        if tail is not None:
+            slot.passed[name] = output
+        return output
+
+    def run_tail(self, slot: BlockSlot, unit: str, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """The activation of a unit with a tail: what the unit returned has been through it already (computed or
+        reused), so it passes through; any other input is computed."""
+        passed = slot.passed.pop(unit, None)
+        if passed is not None and len(args) == 1 and not kwargs and args[0] is passed:
+            return passed
+        return forward(*args, **kwargs)
 
     # ---------------------------------------------------------------------------------------------- decision
     def locate(self, call: CallInfo, extra: torch.Tensor | None = None) -> list[float]:

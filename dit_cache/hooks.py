@@ -17,6 +17,7 @@ from .engine import BlockSlot, CacheEngine
 TRANSFORMER_HOOK = "dit_cache.transformer"
 BLOCK_HOOK = "dit_cache.block"
 SUBMODULE_HOOK = "dit_cache.submodule"
+TAIL_HOOK = "dit_cache.tail"
 
 
 class _ContextReceiver(StateManager):
@@ -73,6 +74,15 @@ class SubmoduleHook(ModelHook):
         return self.engine.run_submodule(self.slot, self.name, self.fn_ref.original_forward, args, kwargs)
 
 
+class TailHook(ModelHook):
+    def __init__(self, engine: CacheEngine, slot: BlockSlot, unit: str) -> None:
+        super().__init__()
+        self.engine, self.slot, self.unit = engine, slot, unit
+
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        return self.engine.run_tail(self.slot, self.unit, self.fn_ref.original_forward, args, kwargs)
+
+
 @dataclass
 class _Placed:
     module: nn.Module
@@ -102,6 +112,8 @@ class Installation:
                 if engine.policy.uses_submodules:
                     for name, sub in slot.work.items():
                         self._place(sub, SubmoduleHook(engine, slot, name), SUBMODULE_HOOK)
+                    for unit, tail in slot.tails.items():
+                        self._place(tail, TailHook(engine, slot, unit), TAIL_HOOK)
         except Exception:
             self.uninstall()
             raise

@@ -210,3 +210,64 @@ def test_fora_reuses_single_block_proj_out_exactly(family, monkeypatch):
             runs[name] = (run(pipe, family, steps=6), sum(calls))
     torch.testing.assert_close(runs["reused"][0], runs["recomputed"][0], rtol=1e-5, atol=1e-6)
     assert runs["recomputed"][1] == 12 and runs["reused"][1] == 6  # 6 steps x 2 CFG branches; every other step reused
+
+
+@pytest.mark.parametrize("family", ["flux", "hunyuan_video"])
+def test_fora_reuse_skips_the_single_block_activation_exactly(family, monkeypatch):
+    """A single-stream block's MLP unit is `act_mlp(proj_mlp(x))`: on a FORA reuse step the activation does not run
+    either, and the output is bitwise the one where it is applied to the reused proj_mlp output."""
+    import dataclasses
+
+    from dit_cache import adapters
+
+    pipe = tiny_pipeline(family)
+    spec = adapters.find_spec(pipe.transformer)
+    without = dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, tails=()) for g in spec.groups))
+    gelu, calls = torch.nn.GELU.forward, []
+
+    def counted(self, x):
+        calls.append(x.shape)
+        return gelu(self, x)
+
+    monkeypatch.setattr(torch.nn.GELU, "forward", counted)
+    run(pipe, family, steps=6)
+    blocks = len(pipe.transformer.single_transformer_blocks)
+    assert len(calls) == 12 * blocks  # uncached: every single block's act_mlp, 6 steps x 2 CFG branches
+    runs = {}
+    for name, used in (("tail", spec), ("no tail", without)):
+        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, used=used: used)
+        calls.clear()
+        with dit_cache.cached(pipe, "fora", interval=2):
+            runs[name] = (run(pipe, family, steps=6), len(calls))
+    assert torch.equal(runs["tail"][0], runs["no tail"][0])
+    assert runs["no tail"][1] == 12 * blocks and runs["tail"][1] == 6 * blocks
+
+
+@pytest.mark.parametrize("family", ["flux", "hunyuan_video"])
+def test_fora_keeps_only_proj_out_of_a_single_block_exactly(family, monkeypatch):
+    """Attention and MLP of a single-stream block feed only proj_out: with proj_out's output reused, FORA keeps
+    nothing of theirs (a fifth of the memory at Flux's widths) and the output is bitwise the one that keeps them."""
+    import dataclasses
+
+    from dit_cache import adapters
+
+    pipe = tiny_pipeline(family)
+    spec = adapters.find_spec(pipe.transformer)
+    without = dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, feeds=()) for g in spec.groups))
+    first_single = len(pipe.transformer.transformer_blocks)
+    runs = {}
+    for name, used in (("feeds", spec), ("no feeds", without)):
+        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, used=used: used)
+        kept: set[str] = set()
+        with dit_cache.cached(pipe, "fora", interval=2):
+            engine = pipe.transformer._dit_cache.engine
+
+            def look(*_, engine=engine, kept=kept):
+                kept.update(n for state in engine.states.values() for i, n in state.outputs if i >= first_single)
+
+            handle = pipe.transformer.register_forward_hook(look)
+            runs[name] = (run(pipe, family, steps=6), kept, dit_cache.stats(pipe).compute_fraction)
+            handle.remove()
+    assert torch.equal(runs["feeds"][0], runs["no feeds"][0])
+    assert runs["feeds"][1] == {"proj_out"} and runs["no feeds"][1] == {"attn", "proj_mlp", "proj_out"}
+    assert runs["feeds"][2] == runs["no feeds"][2] == 0.5

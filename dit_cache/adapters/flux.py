@@ -8,7 +8,14 @@ SPEC = ModelSpec(
     class_names=("FluxTransformer2DModel",),
     groups=(
         BlockGroup("transformer_blocks", hidden_index=1, encoder_index=0, mlp=("ff", "ff_context")),
-        BlockGroup("single_transformer_blocks", hidden_index=1, encoder_index=0, mlp=("proj_mlp", "proj_out")),
+        BlockGroup(
+            "single_transformer_blocks",
+            hidden_index=1,
+            encoder_index=0,
+            mlp=("proj_mlp", "proj_out"),
+            tails=(("proj_mlp", "act_mlp"),),
+            feeds=(("attn", "proj_out"), ("proj_mlp", "proj_out")),
+        ),
     ),
     indicator=adanorm_indicator("norm1"),
     indicator_doc="transformer_blocks[0].norm1(hidden_states, emb=temb): the modulated image input",

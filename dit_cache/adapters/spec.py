@@ -45,7 +45,12 @@ class BlockGroup:
     `hidden_index` / `encoder_index`: where the image stream and the text (encoder) stream sit in the tuple a block
     returns; `hidden_index=None` means the block returns the hidden tensor itself. `attention`, `cross_attention` and
     `mlp` name the block's submodules whose calls are the block's work (missing ones, like SD3's last `ff_context`,
-    are ignored block by block).
+    are ignored block by block). `tails`: (unit, activation) pairs where the block applies the activation
+    submodule directly to the unit's output (Flux's `act_mlp(proj_mlp(x))`): the unit's output is then taken after
+    the activation, so a reused unit skips its activation too; the activation is not counted as a unit of its own.
+    `feeds`: (unit, consumer) pairs where the unit's output is read only by the consumer unit (Flux's single blocks
+    project cat(attention, MLP) with `proj_out`): when a policy reuses the consumer's output it need not keep or
+    produce the unit's (see `FORAPolicy`).
     """
 
     attr: str
@@ -56,6 +61,8 @@ class BlockGroup:
     mlp: tuple[str, ...] = ("ff",)
     hidden_arg: str = "hidden_states"
     encoder_arg: str | None = "encoder_hidden_states"
+    tails: tuple[tuple[str, str], ...] = ()
+    feeds: tuple[tuple[str, str], ...] = ()
 
     @property
     def work_modules(self) -> tuple[str, ...]:

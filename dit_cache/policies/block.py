@@ -20,6 +20,7 @@ class FORAState:
     last_computed: int | None = None
     outputs: dict[tuple[int, str], Any] = field(default_factory=dict)
     histories: dict[tuple[int, str], tuple[list[TaylorHistory], tuple | None]] = field(default_factory=dict)
+    empty: dict[tuple[int, str], Any] = field(default_factory=dict)  # token-less stand-ins of units that feed another
 
 
 @policy_for(FORA)
@@ -45,6 +46,9 @@ class FORAPolicy(Policy):
         self, call: CallInfo, state: FORAState, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
         key = (slot.index, name)
+        consumer = slot.feeds.get(name)
+        if consumer is not None:
+            return self._run_feeder(call, state, key, (slot.index, consumer), forward, args, kwargs)
         if call.decision == COMPUTE or (key not in state.outputs and key not in state.histories):
             output = forward(*args, **kwargs)
             if self.order:
@@ -57,6 +61,20 @@ class FORAPolicy(Policy):
             histories, layout = state.histories[key]
             return unflatten([h.forecast(call.step) for h in histories], layout)
         return state.outputs[key]
+
+    def _run_feeder(self, call, state: FORAState, key, consumer, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """A unit read only by `consumer` (Flux's single blocks: attention and MLP, read by proj_out): when the
+        consumer's output is reused its value is never read, so it is neither kept nor forecast; the block gets a
+        stand-in with no tokens, on which its concatenation costs nothing."""
+        kept = consumer in state.outputs or consumer in state.histories
+        if call.decision != COMPUTE and kept and key in state.empty:
+            call.skipped_units += 1
+            return state.empty[key]
+        output = forward(*args, **kwargs)
+        tensors, layout = flatten(output)
+        if all(t.dim() >= 2 for t in tensors):
+            state.empty[key] = unflatten([t.new_empty((t.shape[0], 0, *t.shape[2:])) for t in tensors], layout)
+        return output
 
     def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: int) -> None:
         tensors, layout = flatten(output)

@@ -2,10 +2,13 @@
 bitwise equal to the unpatched pipeline, remove() restores it exactly, calls are repeatable, aggressive settings cut
 the compute, CFG on and off, exceptions leave no state."""
 
+import dataclasses
+
 import pytest
 import torch
 
 import dit_cache
+from dit_cache import adapters
 from dit_cache.calibration import Profile, model_fingerprint
 from dit_cache.testing import FAMILIES, run, tiny_pipeline
 
@@ -179,21 +182,27 @@ def test_builtin_profile_of_another_model_is_refused_with_both_fingerprints():
     assert not dit_cache.is_applied(pipe)
 
 
+def _each_group(spec, change):
+    """`spec` with every block group replaced by `change(group)`."""
+    return dataclasses.replace(spec, groups=tuple(change(g) for g in spec.groups))
+
+
+def _fora_with_each_spec(pipe, monkeypatch, specs: dict):
+    """Yields each name of `specs` while FORA (interval 2) is applied to `pipe` as if its adapter were that spec."""
+    for name, spec in specs.items():
+        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, spec=spec: spec)
+        with dit_cache.cached(pipe, "fora", interval=2):
+            yield name
+
+
 @pytest.mark.parametrize("family", ["flux", "hunyuan_video"])
 def test_fora_reuses_single_block_proj_out_exactly(family, monkeypatch):
     """A single-stream block projects cat(attention, MLP) with `proj_out`. On a FORA reuse step both are the cached
     outputs of one step, so reusing proj_out's output too is exact: the trajectory equals the one where proj_out is
     recomputed from the reused inputs, and proj_out does not run on reuse steps."""
-    import dataclasses
-
-    from dit_cache import adapters
-
     pipe = tiny_pipeline(family)
     spec = adapters.find_spec(pipe.transformer)
-    without = dataclasses.replace(
-        spec,
-        groups=tuple(dataclasses.replace(g, mlp=tuple(m for m in g.mlp if m != "proj_out")) for g in spec.groups),
-    )
+    without = _each_group(spec, lambda g: dataclasses.replace(g, mlp=tuple(m for m in g.mlp if m != "proj_out")))
     weight = pipe.transformer.single_transformer_blocks[0].proj_out.weight
     linear, calls = torch.nn.functional.linear, []
 
@@ -203,11 +212,9 @@ def test_fora_reuses_single_block_proj_out_exactly(family, monkeypatch):
 
     monkeypatch.setattr(torch.nn.functional, "linear", counted)
     runs = {}
-    for name, used in (("reused", spec), ("recomputed", without)):
-        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, used=used: used)
+    for name in _fora_with_each_spec(pipe, monkeypatch, {"reused": spec, "recomputed": without}):
         calls.clear()
-        with dit_cache.cached(pipe, "fora", interval=2):
-            runs[name] = (run(pipe, family, steps=6), sum(calls))
+        runs[name] = (run(pipe, family, steps=6), sum(calls))
     torch.testing.assert_close(runs["reused"][0], runs["recomputed"][0], rtol=1e-5, atol=1e-6)
     assert runs["recomputed"][1] == 12 and runs["reused"][1] == 6  # 6 steps x 2 CFG branches; every other step reused
 
@@ -216,13 +223,9 @@ def test_fora_reuses_single_block_proj_out_exactly(family, monkeypatch):
 def test_fora_reuse_skips_the_single_block_activation_exactly(family, monkeypatch):
     """A single-stream block's MLP unit is `act_mlp(proj_mlp(x))`: on a FORA reuse step the activation does not run
     either, and the output is bitwise the one where it is applied to the reused proj_mlp output."""
-    import dataclasses
-
-    from dit_cache import adapters
-
     pipe = tiny_pipeline(family)
     spec = adapters.find_spec(pipe.transformer)
-    without = dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, tails=()) for g in spec.groups))
+    without = _each_group(spec, lambda g: dataclasses.replace(g, tails=()))
     gelu, calls = torch.nn.GELU.forward, []
 
     def counted(self, x):
@@ -234,11 +237,9 @@ def test_fora_reuse_skips_the_single_block_activation_exactly(family, monkeypatc
     blocks = len(pipe.transformer.single_transformer_blocks)
     assert len(calls) == 12 * blocks  # uncached: every single block's act_mlp, 6 steps x 2 CFG branches
     runs = {}
-    for name, used in (("tail", spec), ("no tail", without)):
-        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, used=used: used)
+    for name in _fora_with_each_spec(pipe, monkeypatch, {"tail": spec, "no tail": without}):
         calls.clear()
-        with dit_cache.cached(pipe, "fora", interval=2):
-            runs[name] = (run(pipe, family, steps=6), len(calls))
+        runs[name] = (run(pipe, family, steps=6), len(calls))
     assert torch.equal(runs["tail"][0], runs["no tail"][0])
     assert runs["no tail"][1] == 12 * blocks and runs["tail"][1] == 6 * blocks
 
@@ -247,27 +248,20 @@ def test_fora_reuse_skips_the_single_block_activation_exactly(family, monkeypatc
 def test_fora_keeps_only_proj_out_of_a_single_block_exactly(family, monkeypatch):
     """Attention and MLP of a single-stream block feed only proj_out: with proj_out's output reused, FORA keeps
     nothing of theirs (a fifth of the memory at Flux's widths) and the output is bitwise the one that keeps them."""
-    import dataclasses
-
-    from dit_cache import adapters
-
     pipe = tiny_pipeline(family)
     spec = adapters.find_spec(pipe.transformer)
-    without = dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, feeds=()) for g in spec.groups))
+    without = _each_group(spec, lambda g: dataclasses.replace(g, feeds=()))
     first_single = len(pipe.transformer.transformer_blocks)
     runs = {}
-    for name, used in (("feeds", spec), ("no feeds", without)):
-        monkeypatch.setattr(dit_cache.api, "find_spec", lambda transformer, used=used: used)
-        kept: set[str] = set()
-        with dit_cache.cached(pipe, "fora", interval=2):
-            engine = pipe.transformer._dit_cache.engine
+    for name in _fora_with_each_spec(pipe, monkeypatch, {"feeds": spec, "no feeds": without}):
+        engine, kept = pipe.transformer._dit_cache.engine, set()
 
-            def look(*_, engine=engine, kept=kept):
-                kept.update(n for state in engine.states.values() for i, n in state.outputs if i >= first_single)
+        def look(*_, engine=engine, kept=kept):
+            kept.update(n for state in engine.states.values() for i, n in state.outputs if i >= first_single)
 
-            handle = pipe.transformer.register_forward_hook(look)
-            runs[name] = (run(pipe, family, steps=6), kept, dit_cache.stats(pipe).compute_fraction)
-            handle.remove()
+        handle = pipe.transformer.register_forward_hook(look)
+        runs[name] = (run(pipe, family, steps=6), kept, dit_cache.stats(pipe).compute_fraction)
+        handle.remove()
     assert torch.equal(runs["feeds"][0], runs["no feeds"][0])
     assert runs["feeds"][1] == {"proj_out"} and runs["no feeds"][1] == {"attn", "proj_mlp", "proj_out"}
     assert runs["feeds"][2] == runs["no feeds"][2] == 0.5

@@ -58,7 +58,7 @@ def build_slots(transformer: nn.Module, spec: ModelSpec) -> list[BlockSlot]:
                 work[name] = sub
         tails = {unit: getattr(block, tail) for unit, tail in group.tails if unit in work and hasattr(block, tail)}
         feeds = {unit: consumer for unit, consumer in group.feeds if unit in work and consumer in work}
-        slots.append(BlockSlot(len(slots), group, block, ArgReader(block.forward), work, tails, feeds=feeds))
+        slots.append(BlockSlot(len(slots), group, block, ArgReader(block.forward), work, tails=tails, feeds=feeds))
     return slots
 
 

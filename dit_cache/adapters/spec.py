@@ -87,6 +87,19 @@ class BlockGroup:
         return tuple(out)
 
 
+def single_stream_blocks(hidden_index: int, encoder_index: int) -> BlockGroup:
+    """Flux-style `single_transformer_blocks`: `proj_out(cat(attn(x), act_mlp(proj_mlp(x))))`, gated. The MLP unit
+    ends with its activation, and attention and MLP feed only `proj_out`."""
+    return BlockGroup(
+        "single_transformer_blocks",
+        hidden_index=hidden_index,
+        encoder_index=encoder_index,
+        mlp=("proj_mlp", "proj_out"),
+        tails=(("proj_mlp", "act_mlp"),),
+        feeds=(("attn", "proj_out"), ("proj_mlp", "proj_out")),
+    )
+
+
 # indicator(first_block, call) -> a tensor whose change between steps predicts the change of the output (TeaCache).
 IndicatorFn = Callable[[nn.Module, "BlockCall"], torch.Tensor]
 

@@ -46,12 +46,16 @@ class FORAPolicy(Policy):
         self, call: CallInfo, state: FORAState, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
         key = (slot.index, name)
-        consumer = slot.feeds.get(name)
-        if consumer is not None:
-            return self._run_feeder(call, state, key, (slot.index, consumer), forward, args, kwargs)
-        if call.decision == COMPUTE or (key not in state.outputs and key not in state.histories):
+        consumer = slot.feeds.get(name)  # the one unit that reads this one's output (Flux single blocks: proj_out)
+        if call.decision != COMPUTE and key in state.empty and _kept(state, (slot.index, consumer)):
+            call.skipped_units += 1  # the consumer's output is reused: this value is never read
+            return state.empty[key]
+        if call.decision == COMPUTE or not _kept(state, key):
             output = forward(*args, **kwargs)
-            if self.order:
+            stand_in = _token_less(output) if consumer is not None else None
+            if stand_in is not None:  # neither kept nor forecast: the consumer's output is
+                state.empty[key] = stand_in
+            elif self.order:
                 self._remember(state, key, output, call.step)
             else:
                 state.outputs[key] = output
@@ -62,20 +66,6 @@ class FORAPolicy(Policy):
             return unflatten([h.forecast(call.step) for h in histories], layout)
         return state.outputs[key]
 
-    def _run_feeder(self, call, state: FORAState, key, consumer, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        """A unit read only by `consumer` (Flux's single blocks: attention and MLP, read by proj_out): when the
-        consumer's output is reused its value is never read, so it is neither kept nor forecast; the block gets a
-        stand-in with no tokens, on which its concatenation costs nothing."""
-        kept = consumer in state.outputs or consumer in state.histories
-        if call.decision != COMPUTE and kept and key in state.empty:
-            call.skipped_units += 1
-            return state.empty[key]
-        output = forward(*args, **kwargs)
-        tensors, layout = flatten(output)
-        if all(t.dim() >= 2 for t in tensors):
-            state.empty[key] = unflatten([t.new_empty((t.shape[0], 0, *t.shape[2:])) for t in tensors], layout)
-        return output
-
     def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: int) -> None:
         tensors, layout = flatten(output)
         entry = state.histories.get(key)
@@ -83,3 +73,19 @@ class FORAPolicy(Policy):
             entry = state.histories[key] = ([TaylorHistory(self.order, self.corrector) for _ in tensors], layout)
         for history, tensor in zip(entry[0], tensors):
             history.update(tensor, step)
+
+
+def _kept(state: FORAState, key: tuple[int, str]) -> bool:
+    return key in state.outputs or key in state.histories
+
+
+def _token_less(output: Any) -> Any:
+    """`output` with no tokens (dim 1 emptied), for a block to concatenate at no cost; None if a tensor has no
+    token dim."""
+    try:
+        tensors, layout = flatten(output)
+    except TypeError:
+        return None
+    if not all(t.dim() >= 2 for t in tensors):
+        return None
+    return unflatten([t.new_empty((t.shape[0], 0, *t.shape[2:])) for t in tensors], layout)

@@ -59,17 +59,28 @@ def branch_of(context: Any) -> tuple[str, dict]:
     return str(getattr(context, "name", NO_CONTEXT_BRANCH)), fields
 
 
+def _version(tensor: Any) -> int | None:
+    """The in-place write counter of a tensor, or None where there is none: not a tensor, or an inference tensor
+    (made under `torch.inference_mode()`, which tracks no versions; reading `_version` raises). Schedulers make a
+    new timesteps tensor on every `set_timesteps`, so identity alone still tells a new trajectory."""
+    if not isinstance(tensor, torch.Tensor) or tensor.is_inference():
+        return None
+    return tensor._version
+
+
 class StepLocator:
     """Turns a call's timestep into (step, num_steps, sigma) using the pipeline's scheduler.
 
-    `scheduler_source` returns the scheduler the pipeline currently uses (it may be swapped after `apply`).
-    The scheduler's timesteps are copied to the host once per `set_timesteps` (a new tensor each time).
+    `scheduler_source` returns the scheduler of the pipeline that is calling (it may be swapped after `apply`, or
+    the transformer shared by another pipeline). The scheduler's timesteps are copied to the host once per
+    `set_timesteps` (a new tensor each time).
     """
 
     def __init__(self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0) -> None:
         self._scheduler_source = scheduler_source
         self._scale = timestep_scale
         self._cache_key: tuple | None = None
+        self._tables_of: tuple = (None, None)  # the (timesteps, sigmas) tensors read last, kept so ids stay unique
         self._timesteps: list[float] = []
         self._sigmas: list[float] | None = None
 
@@ -82,13 +93,13 @@ class StepLocator:
         if timesteps is None or len(timesteps) == 0:
             return None
         sigmas = getattr(scheduler, "sigmas", None)
-        key = (id(timesteps), getattr(timesteps, "_version", None), id(sigmas))
-        if key != self._cache_key:
+        key = (id(timesteps), _version(timesteps), id(sigmas), _version(sigmas))
+        if key != self._cache_key or self._tables_of[0] is not timesteps or self._tables_of[1] is not sigmas:
             self._timesteps = [float(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
             self._sigmas = None
             if sigmas is not None and len(sigmas) >= len(self._timesteps):
                 self._sigmas = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()][: len(self._timesteps)]
-            self._cache_key = key
+            self._cache_key, self._tables_of = key, (timesteps, sigmas)
         return self._timesteps, self._sigmas
 
     def locate(self, call: CallInfo, timestep_value: float | None) -> None:

@@ -87,10 +87,15 @@ class CacheEngine:
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
+        self.calls_since_reset = 0
+        self.stale = False  # a pipeline call ended without passing through the hooks: `records` describe an older one
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def reset(self) -> None:
         """Drop all state (diffusers also calls this, through the hook, at the end of every pipeline call)."""
+        if not self.calls_since_reset and self.records:
+            self.stale = True
+        self.calls_since_reset = 0
         self.policy.reset(self.states)
         self.states = {}
         self.last_step.clear()
@@ -98,6 +103,8 @@ class CacheEngine:
         self.call = None
 
     def begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
+        self.calls_since_reset += 1
+        self.stale = False
         branch, fields = branch_of(context)
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)

@@ -71,3 +71,111 @@ def test_every_policy_runs_under_inference_mode_no_grad_and_grad(wan, policy):
     assert fraction < 1
     assert inference.is_inference() and not no_grad.requires_grad and with_grad.requires_grad
     assert torch.equal(inference, no_grad) and torch.equal(with_grad.detach(), no_grad)
+
+
+# ------------------------------------------------------------------------------------------------ offloading
+CPU = torch.device("cpu")
+
+
+def _model_offload(pipe):
+    pipe.enable_model_cpu_offload(device="cpu")  # accelerate's CpuOffload hooks run on CPU too (cpu -> cpu)
+
+
+def _group_offload(pipe):
+    pipe.enable_group_offload(onload_device=CPU, offload_type="block_level", num_blocks_per_group=2)
+
+
+def _leaf_offload(pipe):
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(pipe.transformer, onload_device=CPU, offload_type="leaf_level")
+
+
+def _align_devices(pipe):
+    """The hooks `enable_sequential_cpu_offload` puts on every submodule with weights (accelerate's
+    AlignDevicesHook), without moving the weights to `meta`: accelerate cannot offload to a CPU execution device
+    (its post-forward fails on plain tensors), and this machine has no accelerator."""
+    from accelerate.hooks import attach_align_device_hook
+
+    attach_align_device_hook(pipe.transformer, execution_device=CPU)
+
+
+OFFLOADS = {"model": _model_offload, "group": _group_offload, "leaf": _leaf_offload, "align": _align_devices}
+
+
+@pytest.fixture
+def offload_hook_calls(monkeypatch):
+    """Counts the pre-forward calls of every offloading hook, per module."""
+    from accelerate.hooks import AlignDevicesHook, CpuOffload
+    from diffusers.hooks.group_offloading import GroupOffloadingHook
+
+    calls: dict[int, int] = {}
+    for cls in (CpuOffload, AlignDevicesHook, GroupOffloadingHook):
+
+        def counted(self, module, *args, _original=cls.pre_forward, **kwargs):
+            calls[id(module)] = calls.get(id(module), 0) + 1
+            return _original(self, module, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "pre_forward", counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def cached_reference():
+    """Uncached and cached ("schedule": every third step computed) outputs of a plain tiny Wan."""
+    pipe = tiny_pipeline("wan")
+    uncached = run(pipe, "wan", steps=STEPS)
+    with dit_cache.cached(pipe, "schedule", steps=(0, 3)):
+        cached = run(pipe, "wan", steps=STEPS)
+        fraction = dit_cache.stats(pipe).compute_fraction
+    return uncached, cached, fraction
+
+
+@pytest.mark.parametrize("order", ["offload-then-apply", "apply-then-offload"])
+@pytest.mark.parametrize("offload", list(OFFLOADS))
+def test_offloading_keeps_caching_on_every_call_and_remove_keeps_offloading(
+    offload, order, offload_hook_calls, cached_reference
+):
+    uncached, cached, fraction = cached_reference
+    pipe = tiny_pipeline("wan")
+    blocks = list(pipe.transformer.blocks)
+    if order == "offload-then-apply":
+        OFFLOADS[offload](pipe)
+    dit_cache.apply(pipe, "schedule", steps=(0, 3))
+    if order == "apply-then-offload":
+        OFFLOADS[offload](pipe)
+    for _ in range(3):
+        offload_hook_calls.clear()
+        out = run(pipe, "wan", steps=STEPS)
+        assert dit_cache.stats(pipe).compute_fraction == fraction < 1
+        assert torch.equal(out, cached)
+        hooked = [b for b in blocks if id(b) in offload_hook_calls]
+        if offload in ("group", "align"):
+            # our hooks sit innermost: offloading runs for every block of every call, skipped or not
+            assert hooked == blocks and {offload_hook_calls[id(b)] for b in blocks} == {2 * STEPS}
+        if offload == "model":
+            assert offload_hook_calls[id(pipe.transformer)] == 2 * STEPS
+    dit_cache.remove(pipe)
+    offload_hook_calls.clear()
+    assert torch.equal(run(pipe, "wan", steps=STEPS), uncached)
+    assert offload_hook_calls, "offloading hooks must still run after remove"
+    if offload == "model":
+        assert offload_hook_calls[id(pipe.transformer)] == 2 * STEPS
+    for module in pipe.transformer.modules():  # nothing of ours is left behind
+        registry = getattr(module, "_diffusers_hook", None)
+        assert registry is None or not any(name.startswith("dit_cache") for name in registry.hooks)
+
+
+def test_stats_refuse_to_describe_a_call_that_bypassed_the_hooks():
+    pipe = tiny_pipeline("wan")
+    dit_cache.apply(pipe, "schedule", steps=(0, 3))
+    run(pipe, "wan", steps=STEPS)
+    assert dit_cache.stats(pipe).compute_fraction < 1
+    transformer = pipe.transformer
+    transformer.forward = type(transformer).forward.__get__(transformer)  # what an outside wrapper may do
+    run(pipe, "wan", steps=STEPS)
+    with pytest.raises(RuntimeError, match="the last pipeline call ran transformer without dit_cache's hooks"):
+        dit_cache.stats(pipe)
+    dit_cache.apply(pipe, "schedule", steps=(0, 3), replace=True)
+    run(pipe, "wan", steps=STEPS)
+    assert dit_cache.stats(pipe).compute_fraction < 1

@@ -23,7 +23,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, HookFunctionReference, StateManager
 from torch import nn
 
-from .engine import BlockSlot, CacheEngine
+from .engine import BlockSlot, CacheEngine, diffusers_cache_conflict
 
 TRANSFORMER_HOOK = "dit_cache.transformer"
 BLOCK_HOOK = "dit_cache.block"
@@ -65,6 +65,16 @@ class TransformerHook(ModelHook):
     def reset_state(self, module: nn.Module) -> nn.Module:
         self.engine.reset()
         return module
+
+
+class _RefuseEnableCache:
+    """Stands in for `transformer.enable_cache` while dit_cache is applied (an instance attribute; removed again)."""
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
+
+    def __call__(self, config, *args, **kwargs):
+        raise RuntimeError(diffusers_cache_conflict(self.engine.name, self.engine.policy.name, config))
 
 
 class BlockHook(ModelHook):
@@ -202,8 +212,12 @@ class Installation:
             self.uninstall()
             raise
         engine.transformer._diffusers_hook.invalidate_child_registries_cache()
+        if callable(getattr(type(engine.transformer), "enable_cache", None)):  # diffusers' CacheMixin
+            engine.transformer.enable_cache = _RefuseEnableCache(engine)
 
     def uninstall(self) -> None:
+        if isinstance(self.engine.transformer.__dict__.get("enable_cache"), _RefuseEnableCache):
+            del self.engine.transformer.enable_cache
         for record in reversed(self.placed):
             module = record.module
             registry = getattr(module, "_diffusers_hook", None)

@@ -8,6 +8,7 @@ scheduler's timesteps. Calls are never counted.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,31 @@ def branch_of(context: Any) -> tuple[str, dict]:
         "sigma": getattr(context, "sigma", None),
     }
     return str(getattr(context, "name", NO_CONTEXT_BRANCH)), fields
+
+
+_MAX_FRAMES = 64  # a pipeline's __call__ is a few frames above the transformer hook; hooks of others add some
+
+
+def calling_pipeline(transformer: Any) -> Any:
+    """The pipeline whose `__call__` is running `transformer` now, found on the Python stack, or None.
+
+    Why the stack: a patched transformer can be shared by several pipelines (`Pipeline.from_pipe(pipe,
+    scheduler=...)` shares every component it is not given), each stepping its own scheduler, and dit_cache never
+    sees those pipelines before they call. The pipeline that is calling is the one frame up the stack whose `self`
+    holds this transformer as a component (diffusers pipelines keep components as instance attributes), so each
+    call is located on the scheduler that produced its timestep. One short walk per transformer call, in the same
+    place as the step's host read.
+    """
+    frame = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__call__" and frame.f_code.co_varnames[:1] == ("self",):
+            owner = frame.f_locals.get("self")
+            if any(value is transformer for value in getattr(owner, "__dict__", {}).values()):
+                return owner
+        frame = frame.f_back
+    return None
 
 
 def _version(tensor: Any) -> int | None:

@@ -179,3 +179,97 @@ def test_stats_refuse_to_describe_a_call_that_bypassed_the_hooks():
     dit_cache.apply(pipe, "schedule", steps=(0, 3), replace=True)
     run(pipe, "wan", steps=STEPS)
     assert dit_cache.stats(pipe).compute_fraction < 1
+
+
+# ------------------------------------------------------------------------------------------------ shared and replaced
+def _other_scheduler(family: str):
+    """A scheduler with other timesteps than the family's default one."""
+    import diffusers
+
+    if family == "pixart":
+        return diffusers.DDIMScheduler()
+    return diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+@pytest.mark.parametrize("family", ["sd3", "pixart", "flux"])
+def test_pipelines_sharing_a_patched_transformer_locate_on_their_own_scheduler(family):
+    """`from_pipe(patched, scheduler=other)` shares the patched transformer; each pipeline's calls are located on the
+    scheduler of the pipeline that calls, interleaved in any order, as if each had its own patched copy."""
+    options = dict(policy="teacache", threshold=0.3)
+    first = tiny_pipeline(family)
+    dit_cache.apply(first, **options)
+    shared = type(first).from_pipe(first, scheduler=_other_scheduler(family))
+    shared.set_progress_bar_config(disable=True)
+    assert shared.transformer is first.transformer
+    alone = tiny_pipeline(family)  # the same weights, with the other scheduler and its own patch
+    alone.scheduler = _other_scheduler(family)
+    dit_cache.apply(alone, **options)
+    want_alone = run(alone, family, steps=STEPS)
+    assert 0 < dit_cache.stats(alone).compute_fraction < 1
+    want_first = run(first, family, steps=STEPS)
+    assert not torch.equal(want_first, want_alone)
+    for pipe, want in ((shared, want_alone), (first, want_first), (shared, want_alone)):
+        assert torch.equal(run(pipe, family, steps=STEPS), want)
+        assert dit_cache.stats(pipe).records == dit_cache.stats(alone if want is want_alone else first).records
+
+
+def test_transformer_patched_alone_locates_on_the_calling_pipeline():
+    """`apply(pipe.transformer, ...)` without `scheduler=`: the step comes from the pipeline that calls."""
+    pipe, reference = tiny_pipeline("flux"), tiny_pipeline("flux")
+    dit_cache.apply(pipe.transformer, "schedule", steps=(0, 3))
+    dit_cache.apply(reference, "schedule", steps=(0, 3))
+    assert torch.equal(run(pipe, "flux", steps=STEPS), run(reference, "flux", steps=STEPS))
+    assert dit_cache.stats(pipe.transformer).records == dit_cache.stats(reference).records
+
+
+def test_replacing_a_patched_transformer_is_reported_and_leaves_no_patched_orphan():
+    pipe = tiny_pipeline("wan")
+    dit_cache.apply(pipe, "schedule", steps=(0, 3))
+    old, new = pipe.transformer, tiny_pipeline("wan", seed=1).transformer
+    pipe.transformer = new
+    uncached = run(pipe, "wan", steps=STEPS)  # what happens: the new module runs uncached
+    with pytest.raises(RuntimeError, match=r"pipe.transformer \(patched WanTransformer3DModel at 0x[0-9a-f]+, now "):
+        dit_cache.stats(pipe)
+    with pytest.warns(RuntimeWarning, match="was replaced after dit_cache.apply: the new module runs uncached"):
+        assert not dit_cache.is_applied(pipe)
+    with pytest.warns(RuntimeWarning, match="dit_cache.remove takes the patch off the replaced module"):
+        dit_cache.remove(pipe)
+    assert not hasattr(old, "_dit_cache") and not hasattr(old, "_diffusers_hook")
+    assert torch.equal(run(pipe, "wan", steps=STEPS), uncached)
+
+    dit_cache.apply(pipe, "schedule", steps=(0, 3))  # apply after a replacement takes the orphan's patch off too
+    pipe.transformer = old
+    with pytest.warns(RuntimeWarning, match="dit_cache.apply takes the patch off the replaced module"):
+        dit_cache.apply(pipe, "schedule", steps=(0, 3))
+    assert not hasattr(new, "_dit_cache") and dit_cache.is_applied(pipe)
+    run(pipe, "wan", steps=STEPS)
+    assert dit_cache.stats(pipe).compute_fraction < 1
+    dit_cache.remove(pipe)
+
+
+def test_diffusers_cache_is_refused_in_both_orders_naming_it():
+    from diffusers import FirstBlockCacheConfig
+    from diffusers.models.cache_utils import CacheMixin
+
+    pipe = tiny_pipeline("wan")
+    baseline = run(pipe, "wan", steps=STEPS)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(RuntimeError, match=r"transformer has a diffusers cache enabled \(FirstBlockCacheConfig\)"):
+        dit_cache.apply(pipe, "teacache")
+    pipe.transformer.disable_cache()
+
+    dit_cache.apply(pipe, "teacache", threshold=0.0)
+    with pytest.raises(
+        RuntimeError, match="transformer has dit_cache's 'teacache' applied; diffusers' FirstBlockCache"
+    ):
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    assert not pipe.transformer.is_cache_enabled
+    assert torch.equal(run(pipe, "wan", steps=STEPS), baseline)
+    CacheMixin.enable_cache(pipe.transformer, FirstBlockCacheConfig(threshold=0.2))  # around the guard
+    with pytest.raises(RuntimeError, match="diffusers' FirstBlockCacheConfig would cache the same blocks"):
+        run(pipe, "wan", steps=STEPS)
+    pipe.transformer.disable_cache()
+    dit_cache.remove(pipe)
+    assert "enable_cache" not in vars(pipe.transformer)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))  # allowed again once dit_cache is off
+    pipe.transformer.disable_cache()

@@ -16,7 +16,7 @@ from .config import PolicyConfig, make_config
 from .engine import CacheEngine, build_slots
 from .hooks import Installation
 from .policies.base import ModelContext, policy_class
-from .state import StepLocator, calling_pipeline
+from .state import StepLocator, calling_pipeline, unwrap
 from .stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def _transformers(target: Any) -> list[tuple[str, nn.Module]]:
     components = getattr(target, "components", None)
     if isinstance(components, dict):
         found = [
-            (name, module)
+            (name, unwrap(module))
             for name, module in components.items()
             if name.startswith("transformer") and isinstance(module, nn.Module)
         ]
@@ -41,7 +41,7 @@ def _transformers(target: Any) -> list[tuple[str, nn.Module]]:
             )
         return found
     if isinstance(target, nn.Module):
-        return [("transformer", target)]
+        return [("transformer", unwrap(target))]
     raise TypeError(f"apply() takes a diffusers pipeline or a transformer module, got {type(target).__name__}")
 
 
@@ -68,8 +68,9 @@ def apply(
     policy: a name ("teacache", "magcache", "fbcache", "fora", "schedule", ...) or a config object such as
         `dit_cache.TeaCache(threshold=0.3)`; `options` are the config's fields (`threshold=`, `profile=`...).
     replace: if a policy is already applied, replace it (otherwise that is an error).
-    scheduler: for a bare transformer, the scheduler whose timesteps locate each call's step (a pipeline's own
-        scheduler is used automatically).
+    scheduler: the scheduler whose timesteps locate each call's step. Without it, each call is located on the
+        scheduler of the pipeline that calls (also one made by `from_pipe`, or any pipeline holding a transformer
+        patched on its own), else on `target`'s.
     process_group: a torch.distributed group whose ranks must take identical decisions (context/sequence
         parallelism); value-dependent indicators are all-reduced over it.
     Returns `target`.
@@ -88,8 +89,6 @@ def apply(
                 f"call {name}.disable_cache() before applying dit_cache"
             )
     pipeline = target if getattr(target, "components", None) is not None else None
-    if pipeline is not None:
-        _take_off_replaced(pipeline, "apply")
 
     # Build everything first: a bad option or profile fails here, before any model is touched.
     patches = []
@@ -103,6 +102,8 @@ def apply(
         engine = CacheEngine(transformer, name, spec, slots, policy_obj, locator, process_group)
         patches.append((transformer, _Patch(config, engine, Installation(engine))))
 
+    if pipeline is not None:
+        _take_off_replaced(pipeline, "apply")
     for transformer, _ in patches:
         if getattr(transformer, _ATTR, None) is not None:
             _remove_one(transformer)
@@ -138,7 +139,7 @@ def _replaced(pipeline: Any) -> list[tuple[str, nn.Module]]:
     return [
         (name, module)
         for name, module in remembered.items()
-        if components.get(name) is not module and getattr(module, _ATTR, None) is not None
+        if unwrap(components.get(name)) is not module and getattr(module, _ATTR, None) is not None
     ]
 
 
@@ -181,11 +182,13 @@ def remove(target: Any) -> Any:
         _take_off_replaced(target, "remove")
     patched = [(n, t) for n, t in _transformers(target) if getattr(t, _ATTR, None) is not None]
     if not patched and replaced:
+        target.__dict__.pop("_dit_cache_patched", None)
         return target
     if not patched:
         raise ValueError(f"no dit_cache policy is applied to this {type(target).__name__}; nothing to remove")
     for _, transformer in patched:
         _remove_one(transformer)
+    getattr(target, "__dict__", {}).pop("_dit_cache_patched", None)
     return target
 
 

@@ -63,6 +63,11 @@ def branch_of(context: Any) -> tuple[str, dict]:
 _MAX_FRAMES = 64  # a pipeline's __call__ is a few frames above the transformer hook; hooks of others add some
 
 
+def unwrap(module: Any) -> Any:
+    """The module itself under a `torch.compile` wrapper (`pipe.transformer = torch.compile(pipe.transformer)`)."""
+    return getattr(module, "_orig_mod", module)
+
+
 def calling_pipeline(transformer: Any) -> Any:
     """The pipeline whose `__call__` is running `transformer` now, found on the Python stack, or None.
 
@@ -73,16 +78,21 @@ def calling_pipeline(transformer: Any) -> Any:
     call is located on the scheduler that produced its timestep. One short walk per transformer call, in the same
     place as the step's host read.
     """
+    if torch.compiler.is_compiling():  # frames are not traceable: leave the graph for the walk
+        return _calling_pipeline_eager(transformer)
     frame = sys._getframe(1)
     for _ in range(_MAX_FRAMES):
         if frame is None:
             return None
         if frame.f_code.co_name == "__call__" and frame.f_code.co_varnames[:1] == ("self",):
             owner = frame.f_locals.get("self")
-            if any(value is transformer for value in getattr(owner, "__dict__", {}).values()):
+            if any(unwrap(value) is transformer for value in getattr(owner, "__dict__", {}).values()):
                 return owner
         frame = frame.f_back
     return None
+
+
+_calling_pipeline_eager = torch.compiler.disable(calling_pipeline)
 
 
 def _version(tensor: Any) -> int | None:

@@ -273,3 +273,20 @@ def test_diffusers_cache_is_refused_in_both_orders_naming_it():
     assert "enable_cache" not in vars(pipe.transformer)
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))  # allowed again once dit_cache is off
     pipe.transformer.disable_cache()
+
+
+def test_a_compiled_wrapper_is_not_a_replacement():
+    """`pipe.transformer = torch.compile(pipe.transformer)` keeps the patched module under the wrapper."""
+    import warnings
+
+    pipe = tiny_pipeline("wan")
+    dit_cache.apply(pipe, "schedule", steps=(0, 3))
+    run(pipe, "wan", steps=STEPS)
+    patched = pipe.transformer
+    pipe.transformer = torch.compile(patched)  # compiled lazily, on the first call (not made here)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dit_cache.is_applied(pipe)
+        assert dit_cache.stats(pipe).compute_fraction < 1
+        dit_cache.remove(pipe)
+    assert not hasattr(patched, "_dit_cache")

@@ -45,6 +45,23 @@ def _transformers(target: Any) -> list[tuple[str, nn.Module]]:
     raise TypeError(f"apply() takes a diffusers pipeline or a transformer module, got {type(target).__name__}")
 
 
+# Hook-name prefixes of diffusers' caches (diffusers/hooks/*.py), which `apply_first_block_cache(...)` and its kin
+# place without going through `enable_cache` (so `is_cache_enabled` stays False).
+_DIFFUSERS_CACHE_HOOKS = (
+    "faster_cache", "fbc_", "mag_cache", "pyramid_attention_broadcast", "sea_cache", "taylorseer_cache", "text_kv_cache",
+)  # fmt: skip
+
+
+def _diffusers_cache_hook(transformer: nn.Module) -> str | None:
+    """'<hook> on <module>' for the first diffusers cache hook found on `transformer` or its submodules, or None."""
+    for path, module in transformer.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook_name in getattr(registry, "hooks", {}):
+            if hook_name.startswith(_DIFFUSERS_CACHE_HOOKS):
+                return f"{hook_name!r} on {path or 'the transformer'}"
+    return None
+
+
 class _Patch:
     """What `apply` put on one transformer."""
 
@@ -87,6 +104,12 @@ def apply(
             raise RuntimeError(
                 f"{name} has a diffusers cache enabled ({type(transformer._cache_config).__name__}); "
                 f"call {name}.disable_cache() before applying dit_cache"
+            )
+        foreign = _diffusers_cache_hook(transformer)
+        if foreign is not None:
+            raise RuntimeError(
+                f"{name} has diffusers cache hooks ({foreign}), placed by diffusers.hooks.apply_...; take them off "
+                "(module._diffusers_hook.remove_hook(name)) before applying dit_cache: both would cache the same blocks"
             )
     pipeline = target if getattr(target, "components", None) is not None else None
 

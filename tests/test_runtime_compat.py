@@ -290,3 +290,14 @@ def test_a_compiled_wrapper_is_not_a_replacement():
         assert dit_cache.stats(pipe).compute_fraction < 1
         dit_cache.remove(pipe)
     assert not hasattr(patched, "_dit_cache")
+
+
+def test_diffusers_cache_hooks_placed_without_enable_cache_are_refused():
+    from diffusers import FirstBlockCacheConfig
+    from diffusers.hooks import apply_first_block_cache
+
+    pipe = tiny_pipeline("wan")
+    apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(RuntimeError, match=r"diffusers cache hooks \('fbc_leader_block_hook' on blocks.0\)"):
+        dit_cache.apply(pipe, "fora")
+    assert not dit_cache.is_applied(pipe)

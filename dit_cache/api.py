@@ -238,13 +238,14 @@ def stats(target: Any) -> Stats:
     patches = [p for p in patches if p is not None]
     if not patches:
         raise ValueError(f"no dit_cache policy is applied to this {type(target).__name__}; apply one first")
-    for patch in patches:
-        if patch.engine.stale:
-            raise RuntimeError(
-                f"dit_cache: the last pipeline call ran {patch.engine.name} without dit_cache's hooks (its forward was "
-                "replaced after apply), so there are no stats of it and it was not cached; apply again with "
-                "dit_cache.apply(..., replace=True)"
-            )
+    # A transformer the last pipeline call did not run (Wan 2.2's second one, on few steps) has no records; if none
+    # ran, the call went around the hooks and nothing describes it.
+    if all(patch.engine.stale for patch in patches):
+        names = ", ".join(patch.engine.name for patch in patches)
+        raise RuntimeError(
+            f"dit_cache: the last pipeline call ran {names} without dit_cache's hooks (a forward was replaced after "
+            "apply), so it was not cached and has no stats; apply again with dit_cache.apply(..., replace=True)"
+        )
     records = [record for patch in patches for record in patch.engine.records]
     return Stats(records, policy=patches[0].config.policy_name)
 

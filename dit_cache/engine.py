@@ -96,13 +96,13 @@ class CacheEngine:
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
         self.calls_since_reset = 0
-        self.stale = False  # a pipeline call ended without passing through the hooks: `records` describe an older one
+        self.stale = False  # a pipeline call ended without passing through the hooks (its older records are dropped)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def reset(self) -> None:
         """Drop all state (diffusers also calls this, through the hook, at the end of every pipeline call)."""
-        if not self.calls_since_reset and self.records:
-            self.stale = True
+        if not self.calls_since_reset and self.records:  # a pipeline call ended that this transformer did not see
+            self.records, self.stale = [], True
         self.calls_since_reset = 0
         self.policy.reset(self.states)
         self.states = {}

@@ -139,7 +139,7 @@ def apply(
     return target
 
 
-def _scheduler_source(transformer: nn.Module, scheduler: Any, pipeline: Any) -> Callable[[], Any] | None:
+def _scheduler_source(transformer: nn.Module, scheduler: Any, pipeline: Any) -> Callable[[], Any]:
     """Where a call's step is located: the scheduler passed to `apply`, else the scheduler of the pipeline that is
     calling (several may share the transformer, see `calling_pipeline`), else that of the pipeline applied to."""
     if scheduler is not None:

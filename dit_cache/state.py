@@ -115,8 +115,10 @@ class StepLocator:
     def __init__(self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0) -> None:
         self._scheduler_source = scheduler_source
         self._scale = timestep_scale
-        self._cache_key: tuple | None = None
-        self._tables_of: tuple = (None, None)  # the (timesteps, sigmas) tensors read last, kept so ids stay unique
+        # the (timesteps, sigmas) tensors read last (held, so that a new tensor is never mistaken for them) and
+        # their in-place write counters
+        self._tables_of: tuple = (None, None)
+        self._versions: tuple = (None, None)
         self._timesteps: list[float] = []
         self._sigmas: list[float] | None = None
 
@@ -129,13 +131,13 @@ class StepLocator:
         if timesteps is None or len(timesteps) == 0:
             return None
         sigmas = getattr(scheduler, "sigmas", None)
-        key = (id(timesteps), _version(timesteps), id(sigmas), _version(sigmas))
-        if key != self._cache_key or self._tables_of[0] is not timesteps or self._tables_of[1] is not sigmas:
+        versions = (_version(timesteps), _version(sigmas))
+        if self._tables_of[0] is not timesteps or self._tables_of[1] is not sigmas or versions != self._versions:
             self._timesteps = [float(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
             self._sigmas = None
             if sigmas is not None and len(sigmas) >= len(self._timesteps):
                 self._sigmas = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()][: len(self._timesteps)]
-            self._cache_key, self._tables_of = key, (timesteps, sigmas)
+            self._tables_of, self._versions = (timesteps, sigmas), versions
         return self._timesteps, self._sigmas
 
     def locate(self, call: CallInfo, timestep_value: float | None) -> None:

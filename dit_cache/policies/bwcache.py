@@ -5,7 +5,8 @@ than `threshold` (rel-L1) since it last ran; otherwise it runs and refreshes its
 One host read per call: block i's input at step t exists only once blocks < i ran at step t, so reading each
 block's drift on the spot would cost a host sync per block. Instead every block measures, on the device, the drift
 of its input against its reference (per batch row, `rel_l1_rows`, written into a per-branch (blocks, rows, 2)
-buffer; a block's drift is that of the sample that drifted most), and the next call of the branch reads the whole buffer with its step. The decision at step t then uses
+buffer; a block's drift is that of the sample that drifted most), and the next call of the branch reads the whole
+buffer with its step. The decision at step t then uses
 
     rate_i = drift_i(measured at the previous call) / steps between that call and block i's reference
     predicted_i(t) = rate_i * (t - step block i last ran)        reuse block i  <=>  predicted_i(t) < threshold

@@ -62,6 +62,14 @@ def build_slots(transformer: nn.Module, spec: ModelSpec) -> list[BlockSlot]:
     return slots
 
 
+def diffusers_cache_conflict(name: str, policy: str, cache: object) -> str:
+    return (
+        f"{name} has dit_cache's {policy!r} applied; diffusers' {type(cache).__name__} would cache the same blocks "
+        f"with its own hooks and change the outputs dit_cache reports on. Use one: dit_cache.remove(pipe) before "
+        f"{name}.enable_cache(...), or {name}.disable_cache() and keep dit_cache"
+    )
+
+
 class CacheEngine:
     def __init__(
         self,
@@ -87,10 +95,15 @@ class CacheEngine:
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
+        self.calls_since_reset = 0
+        self.stale = False  # a pipeline call ended without passing through the hooks (its older records are dropped)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def reset(self) -> None:
         """Drop all state (diffusers also calls this, through the hook, at the end of every pipeline call)."""
+        if not self.calls_since_reset and self.records:  # a pipeline call ended that this transformer did not see
+            self.records, self.stale = [], True
+        self.calls_since_reset = 0
         self.policy.reset(self.states)
         self.states = {}
         self.last_step.clear()
@@ -98,6 +111,11 @@ class CacheEngine:
         self.call = None
 
     def begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
+        cache = getattr(self.transformer, "_cache_config", None)
+        if cache is not None:  # diffusers' enable_cache reached past our guard (CacheMixin.enable_cache(t, ...))
+            raise RuntimeError(diffusers_cache_conflict(self.name, self.policy.name, cache))
+        self.calls_since_reset += 1
+        self.stale = False
         branch, fields = branch_of(context)
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)
@@ -182,13 +200,16 @@ class CacheEngine:
 
     def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
         """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
-        probe = self.policy.probe(call, self.states.get(call.branch), slot, block_call)
+        probed_state = self.states.get(call.branch)
+        probe = self.policy.probe(call, probed_state, slot, block_call)
         if call.located:  # the step was read before the call; only the probe is left to read
             values = self._read(call, probe, timestep=False)
         else:
             values = self._read(call, probe)
             self._locate(call, values)
         state = self.states.get(call.branch)
+        if probed_state is not None and state is not probed_state:
+            values = []  # a new trajectory began (no end-of-call reset ran): the probe compared with the last one
         if state is None:  # a branch a policy named after locating (the conditional half of a batched CFG call)
             state = self.states[call.branch] = self.policy.new_state()
         call.decision = self.policy.decide(call, state, values)

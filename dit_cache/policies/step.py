@@ -35,14 +35,30 @@ POLYNOMIAL_DEFAULT_THRESHOLD = 0.1
 _EPS = 1e-12
 
 
-def rel_l1_value(values: list[float]) -> float | None:
-    """sum|a - b| / sum|b| from the two read sums, or None when there was nothing to compare."""
-    if len(values) < 2:
-        return None
-    num, den = values[0], values[1]
+def rel_l1_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`[sum|a - b|, sum|b|]` per batch row (dim 0 of `a` and `b`): float32 (rows, 2), on the inputs' device.
+
+    A batch (several samples, or the two CFG halves of a batched call) takes one decision; it is taken on the
+    sample that changed most (see `rel_l1_value`), never on a batch average that a calm sample would dilute. Sums,
+    not ratios, so that a sequence-parallel group can all-reduce them per row before dividing.
+    """
+    if a.dim() < 2 or a.shape[0] == 1:
+        return kernels.rel_l1_parts(a, b).reshape(1, 2)
+    return torch.stack([kernels.rel_l1_parts(x, y) for x, y in zip(a, b)])
+
+
+def _ratio(num: float, den: float) -> float:
     if den <= _EPS:
         return 0.0 if num <= _EPS else math.inf
     return num / den
+
+
+def rel_l1_value(values: list[float]) -> float | None:
+    """The largest per-row sum|a - b| / sum|b| of the read sums (pairs, one per batch row, see `rel_l1_rows`), or
+    None when there was nothing to compare."""
+    if len(values) < 2:
+        return None
+    return max(_ratio(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2))
 
 
 @dataclass
@@ -277,7 +293,7 @@ class TeaCachePolicy(SegmentPolicy):
         previous = state.previous_indicator if state is not None else None
         if previous is None or previous.shape != indicator.shape:
             return None
-        return kernels.rel_l1_parts(indicator, previous)
+        return rel_l1_rows(indicator, previous)
 
     def observe(self, call: CallInfo, state: TeaCacheState, values: list[float]) -> None:
         state.previous_indicator = call.payload
@@ -402,7 +418,7 @@ class FBCachePolicy(SegmentPolicy):
         previous = state.front_residual if state is not None else None
         if previous is None or previous.shape != front.shape:
             return None
-        return kernels.rel_l1_parts(front, previous)
+        return rel_l1_rows(front, previous)
 
     def observe(self, call: CallInfo, state: FBCacheState, values: list[float]) -> None:
         call.indicator = rel_l1_value(values)

@@ -179,7 +179,8 @@ class TokenMechanism:
         )
 
     def _pick(self, place: TokenPlace, x: torch.Tensor, count: int) -> torch.Tensor:
-        change = (x.float() - place.reference.float()).abs().mean(dim=(0, 2))
+        # per token, the change of the sample that changed most: a batch refreshes what any of its samples needs
+        change = (x.float() - place.reference.float()).abs().mean(dim=2).amax(dim=0)
         score = change / (change.mean() + _EPS) + self.age_weight * place.age / self.age_scale
         if self.spread > 1:
             best = torch.full((place.cell_count,), -math.inf, device=score.device)

@@ -134,11 +134,11 @@ def _check_same_prompts(path: Path, previous: Profile, prompts: Sequence[str | d
         i = next((i for i in range(max(len(old), len(new))) if old.get(i) != (new[i] if i < len(new) else None)), None)
     if i is None:
         return
-    was = repr(old[i]) if i in old else "no prompt (its list is shorter)"
-    now = repr(new[i]) if i < len(new) else "no prompt (this list is shorter)"
+    was = repr(old[i]) if i in old else "none (its list is shorter)"
+    now = repr(new[i]) if i < len(new) else "none (this list is shorter)"
     raise ProfileError(
         f"cannot resume {path}: it was calibrated on another prompt list; the first difference is prompt {i + 1}: "
-        f"{was} there, {now} in this run. Resume with the same prompt file, or calibrate into another --out"
+        f"{was} in the profile, {now} in this run. Resume with the same prompt file, or calibrate into another --out"
     )
 
 

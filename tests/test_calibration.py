@@ -252,9 +252,13 @@ def test_resume_on_another_prompt_list_is_refused_naming_the_first_difference(pi
     with pytest.raises(ProfileError, match="the first difference is prompt 2: 'a blue square on dots' in the "
                                            "profile, 'a yellow star' in this run"):  # fmt: skip
         calibrate(pipe, changed, SETTINGS, out, resume=True, progress=False)
-    with pytest.raises(ProfileError, match=r"prompt 3: 'a green triangle' in the profile, none \(this list is shorter\)"):
+    with pytest.raises(
+        ProfileError, match=r"prompt 3: 'a green triangle' in the profile, none \(this list is shorter\)"
+    ):
         calibrate(pipe, PROMPTS[:2], SETTINGS, out, resume=True, progress=False)
-    with pytest.raises(ProfileError, match=r"prompt 4: none \(its list is shorter\) in the profile, 'a cat' in this run"):
+    with pytest.raises(
+        ProfileError, match=r"prompt 4: none \(its list is shorter\) in the profile, 'a cat' in this run"
+    ):
         calibrate(pipe, [*PROMPTS, "a cat"], SETTINGS, out, resume=True, progress=False)
     # a profile written before prompt lists were kept: its recorded jobs are compared
     legacy = reference.copy()

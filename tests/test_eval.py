@@ -291,7 +291,12 @@ def test_demo_validates_its_policy_first_and_never_offers_internal_ones(tmp_path
     assert "unknown policy 'typo'" in err and "magcache" in err and "recorder" not in err
     assert main(["demo", "--speedup", "1", "--out", str(out)]) == 2
     assert "--speedup must be above 1" in capsys.readouterr().err
+    assert main(["demo", "--policy", "cfg", "--speedup", "3", "--out", str(out)]) == 2
+    assert "--policy cfg --speedup 3: cfg: speedup=3.0 is out of reach" in capsys.readouterr().err
     assert not out.exists()
+    assert main(["info"]) == 0
+    policies = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("policies:"))
+    assert "magcache" in policies and "recorder" not in policies
 
 
 def test_demo_load_failure_names_the_demo_model_and_the_missing_package(tmp_path, monkeypatch):

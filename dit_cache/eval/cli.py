@@ -152,7 +152,11 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.speedup > 1:
         raise ValueError(f"--speedup must be above 1 (e.g. 2 for half the compute), got {args.speedup:g}")
     steps, call, prompts = model_settings(DEMO_MODEL, args.steps, {})
-    _check_methods([args.policy], [args.speedup], steps)
+    from .methods import ours
+
+    method = ours(args.policy, None if ":" in args.policy else args.speedup, steps, None)
+    if not method.available:
+        raise ValueError(f"--policy {args.policy} --speedup {args.speedup:g}: {method.reason}")
     pipe = load_pipeline(DEMO_MODEL, None, label=f"the demo model {DEMO_MODEL}")
     out = check_output_dir(args.out)
     profile = _profile_for(pipe, None, out, steps, call, prompts, args.samples)

@@ -94,8 +94,8 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 
 def check_creatable(path: Path, what: str) -> None:
-    """Fail now (saying "cannot write {what}: why") if `path` could not be created, without creating anything (no empty folder is left behind by a
-    run that stops at a later check)."""
+    """Fail now (saying "cannot write {what}: why") if `path` could not be created, without creating anything:
+    a run that stops at a later check leaves no empty folder behind."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -83,10 +83,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, create=False)
     steps, call, prompts = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
-    if args.model.startswith("zoo:"):
-        from . import zoo
-
-        zoo.path(args.model[len("zoo:") :])  # an unknown name fails here, listing the valid ones
     if args.prompts:
         from ..calibration.runner import read_prompts
 

@@ -81,7 +81,8 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
         return Method(key, name, "baseline", target, {"steps": tuple(steps)}, on=_apply_schedule, off=api.remove)
     if name not in user_policies():
         raise ValueError(
-            f"unknown policy {name!r} in {spec!r}; dit_cache policies: {', '.join(user_policies())}; baselines: uniform"
+            f"unknown policy {name!r}{f' (in {spec!r})' if spec != name else ''}; dit_cache policies: "
+            f"{', '.join(user_policies())}; baselines: uniform"
         )
     _check_options(spec, name, options)
     key = spec if target is None else f"{name}@{target:g}"
@@ -114,9 +115,10 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
 
 def _check_options(spec: str, name: str, options: dict) -> None:
     """Unknown option names are a typo to fix, not a row to skip."""
+    import dataclasses
     import difflib
 
-    fields = [f for f in config_class(name).__dataclass_fields__ if not f.startswith("_")]
+    fields = [f.name for f in dataclasses.fields(config_class(name))]
     for key in options:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)

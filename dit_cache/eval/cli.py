@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -154,6 +155,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if not method.available:
         raise ValueError(f"--policy {args.policy} --speedup {args.speedup:g}: {method.reason}")
     pipe = load_pipeline(DEMO_MODEL, None, label=f"the demo model {DEMO_MODEL}")
+    if "OMP_NUM_THREADS" not in os.environ:  # the demo runs on the CPU
+        import torch
+
+        torch.set_num_threads(1)  # a 2 M-parameter model: more threads only wait on each other (docs/zoo.md)
     out = check_output_dir(args.out)
     profile = _profile_for(pipe, None, out, steps, call, prompts, args.samples)
     plan = EvalPlan(DEMO_MODEL, prompts, args.samples, steps, call, [args.policy, "uniform"], [], [args.speedup],

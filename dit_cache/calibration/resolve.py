@@ -35,18 +35,19 @@ def saved_profile(transformer: nn.Module) -> Profile | None:
 def resolve_profile(value, transformer: nn.Module, policy: str, *, required: bool = False) -> Profile | None:
     """The profile for `policy` on `transformer`, checked against the model's fingerprint.
 
-    value: None (the profile saved with the model, else a matching built-in one), a built-in name ("wan2.1-t2v-1.3b" or
-    "builtin:wan2.1-t2v-1.3b"), a path to a profile JSON, or a `Profile`.
+    value: None (the profile saved with the model, else a matching built-in one), a built-in name
+    ("wan2.1-t2v-1.3b" or "builtin:wan2.1-t2v-1.3b"), a path to a profile JSON, or a `Profile`.
     """
     if value is None:
         profile = saved_profile(transformer) or find_builtin(transformer, policy)
         if profile is None and required:
             raise ProfileError(
                 f"{policy} needs a calibration profile and no built-in profile matches this model "
-                f"({model_fingerprint(transformer)}; built-in: {', '.join(builtin_names())}). Record one with "
+                f"({model_fingerprint(transformer)}; built-in: {', '.join(builtin_names())}), nor was one saved "
+                f"with it ({SAVED_PROFILE} in its pipeline folder). Record one with "
                 "`dit-cache calibrate --pipeline my_module:make_pipeline --prompts prompts.txt --out my_profile.json` "
-                f"(a few prompts of uncached generation), then apply(pipe, {policy!r}, profile='my_profile.json'). "
-                "See docs/calibration.md."
+                f"(a few prompts of uncached generation), then apply(pipe, {policy!r}, profile='my_profile.json'), "
+                f"or save it as {SAVED_PROFILE} in the pipeline folder. See docs/calibration.md."
             )
         return profile
     if isinstance(value, Profile):

@@ -304,3 +304,11 @@ def test_cli_calibrates_a_zoo_model_with_its_own_settings(tmp_path, monkeypatch)
     profile = Profile.load(tmp_path / "nocfg.json")
     assert profile.policies["calibration"]["call_kwargs"] == dict(expected, guidance_scale=1.0)
     assert "uncond" not in profile.branches  # the override reached the pipeline
+
+
+def test_merging_shards_of_different_prompt_lists_is_refused(pipe, tmp_path):
+    calibrate(pipe, PROMPTS[:2], SETTINGS, tmp_path / "s0.json", rank=0, world_size=2, progress=False)
+    calibrate(pipe, ["a cat", "a dog"], SETTINGS, tmp_path / "s1.json", rank=1, world_size=2, progress=False)
+    with pytest.raises(ProfileError, match="different prompt lists"):
+        merge_shards([tmp_path / "s0.json", tmp_path / "s1.json"], tmp_path / "merged.json")
+    assert not (tmp_path / "merged.json").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runner import RESULTS, _file_key, read_rows
+from .runner import RESULTS, _file_key, check_output_dir, read_rows
 
 PSNR_CAP = 100.0  # identical outputs have infinite PSNR; averages cap them here
 COLUMNS = ("method", "target", "compute_fraction", "speedup", "transformer_speedup", "efficiency",
@@ -162,13 +162,17 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
     """report.md and report.html (self-contained) for one or more result directories."""
     dirs = [Path(d) for d in dirs]
     target = Path(out) if out else dirs[0]
-    target.mkdir(parents=True, exist_ok=True)
-    md = ["# dit-cache evaluation", ""]
-    body = ["<h1>dit-cache evaluation</h1>"]
-    for d in dirs:
+    results = {}
+    for d in dirs:  # every input checked before anything is written
         header, rows = read_rows(d / RESULTS)
         if header is None:
             raise ValueError(f"{d} has no {RESULTS}; run dit-cache eval --out {d} first")
+        results[d] = header, rows
+    check_output_dir(target)
+    md = ["# dit-cache evaluation", ""]
+    body = ["<h1>dit-cache evaluation</h1>"]
+    for d in dirs:
+        header, rows = results[d]
         lines = summarize(rows)
         model = header["model"]
         plot = pareto_plot(lines, target / f"pareto-{_file_key(model)}.png", f"{model}: quality vs speedup")

@@ -83,3 +83,54 @@ def resample_matrix(matrix: np.ndarray, src: Sequence[float], dst: Sequence[floa
     m = np.asarray(matrix, dtype=np.float64)
     rows = np.stack([np.interp(dst, src, m[:, j]) for j in range(m.shape[1])], axis=1)
     return np.stack([np.interp(dst, src, rows[i, :]) for i in range(rows.shape[0])], axis=0)
+
+
+def resample_edges(weights: np.ndarray, src: Sequence[float], dst: Sequence[float]) -> np.ndarray:
+    """LeMiCa edge weights (steps x steps; (i, j): compute i and j, reuse in between) at another step count.
+
+    An edge is placed by where its segment starts on the grid, p = grid[i], and how far its reuse reaches, r =
+    grid[j - 1] - grid[i] (0 for adjacent steps: nothing reused, no error, on any grid). Each calibrated start gives
+    the weight as a function of r; a call's edge is interpolated linearly in r, then between the two neighbouring
+    starts. Reaches beyond what was calibrated (`--lemica-max-span`, or a call with fewer, longer steps) extend the
+    last calibrated stretch linearly (an estimate: calibrate a longer span to measure it). At the calibrated grid
+    the calibrated weights come back unchanged. Returns a (len(dst) x len(dst)) matrix, inf below the diagonal.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    g = np.asarray(src, dtype=np.float64)
+    d = np.asarray(dst, dtype=np.float64)
+    n_src, n = len(g), len(d)
+    if w.shape != (n_src, n_src):
+        raise ValueError(f"edge weights of shape {w.shape} on a grid of {n_src} points")
+    curves, slopes = [], []  # per calibrated start: (reaches, weights); the slope beyond the last reach
+    for i in range(max(1, n_src - 1)):
+        reaches, values = [0.0], [0.0]
+        for j in range(i + 2, n_src):
+            if np.isfinite(w[i, j]):
+                reaches.append(g[j - 1] - g[i])
+                values.append(max(0.0, w[i, j]))
+        curves.append((np.array(reaches), np.array(values)))
+        measured = len(reaches) >= 2 and reaches[-1] > reaches[-2]
+        slopes.append(max(0.0, (values[-1] - values[-2]) / (reaches[-1] - reaches[-2])) if measured else None)
+    # a start with no stretch to measure (near the end) takes the slope of the last start before it that has one
+    known = [s for s in slopes if s is not None]
+    previous = known[0] if known else 0.0
+    for i, s in enumerate(slopes):
+        slopes[i] = previous = s if s is not None else previous
+
+    def at(i: int, reach: float) -> float:
+        i = min(i, len(curves) - 1)
+        reaches, values = curves[i]
+        if reach <= reaches[-1]:
+            return float(np.interp(reach, reaches, values))
+        return float(values[-1] + slopes[i] * (reach - reaches[-1]))
+
+    starts = g[: len(curves)]
+    out = np.full((n, n), np.inf)
+    for a in range(n - 1):
+        out[a, a + 1] = 0.0
+        k = int(np.clip(np.searchsorted(starts, d[a], side="right") - 1, 0, len(starts) - 1))
+        t = 0.0 if k + 1 >= len(starts) else float(np.clip((d[a] - starts[k]) / (starts[k + 1] - starts[k]), 0, 1))
+        for b in range(a + 2, n):
+            reach = d[b - 1] - d[a]
+            out[a, b] = (1 - t) * at(k, reach) + (t * at(k + 1, reach) if t > 0 else 0.0)
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..config import TaylorSeer
+from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, span
 from ..state import COMPUTE, FORECAST, CallInfo
 from .base import ModelContext, policy_for
 from .block import FORAPolicy, FORAState
@@ -26,11 +27,21 @@ def computed_steps(num_steps: int, interval: int, warmup: int, start: int = 0) -
     return steps
 
 
-def interval_for_speedup(num_steps: int, warmup: int, speedup: float) -> int:
+def interval_options(num_steps: int, warmup: int, order: int = 0) -> dict[float, int]:
+    """Compute fraction -> the smallest interval giving it, among intervals whose history can fill (order + 1
+    computed steps before the first forecast, or no forecast at all)."""
+    options: dict[float, int] = {}
+    for interval in range(1, max(2, num_steps)):
+        computed = len(computed_steps(num_steps, interval, warmup))
+        if computed < num_steps and computed < order + 1:
+            continue
+        options.setdefault(computed / num_steps, interval)
+    return options
+
+
+def interval_for_speedup(num_steps: int, warmup: int, speedup: float, order: int = 0) -> int:
     """The interval whose compute fraction (computed steps / steps) is closest to 1 / speedup (ties: the smaller)."""
-    target = 1.0 / speedup
-    candidates = range(1, max(2, num_steps))
-    return min(candidates, key=lambda n: (abs(len(computed_steps(num_steps, n, warmup)) / num_steps - target), n))
+    return nearest(interval_options(num_steps, warmup, order), 1.0 / speedup)[1]
 
 
 @policy_for(TaylorSeer)
@@ -39,6 +50,7 @@ class TaylorSeerPolicy(FORAPolicy):
         super().__init__(config, model)
         self.corrector = float(config.corrector)
         self._intervals: dict[int, int] = {}
+        self.check_ceiling_at_apply()
 
     @property
     def order(self) -> int:
@@ -49,8 +61,29 @@ class TaylorSeerPolicy(FORAPolicy):
         if config.speedup is None:
             return config.interval if config.interval is not None else 4
         if num_steps not in self._intervals:
-            self._intervals[num_steps] = interval_for_speedup(num_steps, config.warmup, config.speedup)
+            options = interval_options(num_steps, config.warmup, self.order)
+            fraction, interval = nearest(options, 1.0 / config.speedup)
+            check_reached(
+                "taylorseer", config.speedup, fraction, num_steps, span(options),
+                f"warmup={config.warmup} and order={self.order} (order + 1 computed steps) are always computed: ask "
+                "for less, lower warmup, or run more steps",
+            )  # fmt: skip
+            self._intervals[num_steps] = interval
         return self._intervals[num_steps]
+
+    def check_ceiling_at_apply(self) -> None:
+        config = self.config
+        if config.speedup is None or config.speedup == 1:
+            return
+
+        def floor(num_steps: int) -> float:
+            return min(interval_options(num_steps, config.warmup, self.order))
+
+        check_ceiling(
+            "taylorseer", config.speedup, floor_over_step_counts(floor),
+            f"computing the warmup={config.warmup} first steps and order + 1 = {self.order + 1} steps of history",
+            "Ask for less or lower warmup / order",
+        )  # fmt: skip
 
     def decide(self, call: CallInfo, state: FORAState, values: list[float]) -> str:
         interval = self.interval(call.num_steps)

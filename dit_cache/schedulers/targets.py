@@ -39,12 +39,14 @@ def check_reached(policy: str, speedup: float, planned: float, num_steps: int, r
 
 def check_ceiling(policy: str, speedup: float, floor: float, why: str, fix: str, where: str = "") -> None:
     """At apply: raise when no step count can compute as little as 1 / speedup (within TOLERANCE) because at least
-    `floor` of the work is always computed (`why` says what keeps it)."""
+    `floor` of the work is always computed (`why` says what keeps it; `floor` over STEP_COUNTS, or a bound that holds
+    at every step count)."""
     if floor <= 1.0 / speedup + TOLERANCE + 1e-9:
         return
     most = 1.0 / (floor - TOLERANCE) if floor > TOLERANCE else float("inf")
     raise SpeedupError(
-        f"{policy}: speedup={speedup:g} is out of reach {where + ' ' if where else ''}at any step count: {why} keeps "
+        f"{policy}: speedup={speedup:g} is out of reach {where + ' ' if where else ''}at any step count "
+        f"({STEP_COUNTS[0]}-{STEP_COUNTS[-1]}): {why} keeps "
         f"at least {describe(floor)}, so targets up to {most:.2f}x are reachable. {fix}"
     )
 

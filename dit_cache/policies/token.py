@@ -245,7 +245,9 @@ class ToCaPolicy(Policy):
             return 1.0
         total = sum(slot.units for slot in self.model.slots)
         full = sum(1 for s in range(num_steps) if s % self.config.interval == 0)
-        partial = sum(self.mechanism.units(fraction, s, num_steps) for s in range(num_steps) if s % self.config.interval)
+        partial = sum(
+            self.mechanism.units(fraction, s, num_steps) for s in range(num_steps) if s % self.config.interval
+        )
         return (full * total + partial) / (num_steps * total)
 
     def _fraction_for_speedup(self, num_steps: int) -> float:

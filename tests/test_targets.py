@@ -224,3 +224,24 @@ def test_cfg_targets_on_a_real_cfg_pipeline():
     with dit_cache.cached(cfg_pipe, "cfg", speedup=1.5):
         run(cfg_pipe, "sd3", steps=10)
         assert abs(dit_cache.stats(cfg_pipe).compute_fraction - 1 / 1.5) <= TOLERANCE
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def test_eval_flags_rows_off_their_target(tmp_path):
+    """4 steps: the uniform baseline at 3x computes 2 of 4 (0.5, not 0.333): its rows carry off_target=True and the
+    report table says so; FORA at 2x computes 0.5: off_target=False, "no" in the table."""
+    from dit_cache.eval.report import markdown_table, summarize
+    from dit_cache.eval.runner import RESULTS, EvalPlan, evaluate, read_rows
+
+    plan = EvalPlan(model="tiny", prompts=[PROMPT], samples=1, steps=4, call_kwargs=TINY_TEXT_CALL,
+                    policies=["uniform", "fora"], peers=[], targets=[2.0, 3.0], runs=0)  # fmt: skip
+    evaluate(tiny_text_flux(vae=True), plan, tmp_path, progress=False)
+    _, rows = read_rows(tmp_path / RESULTS)
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["uniform@3"]["compute_fraction"] == 0.5 and by_method["uniform@3"]["off_target"] is True
+    assert by_method["fora@2"]["compute_fraction"] == 0.5 and by_method["fora@2"]["off_target"] is False
+    assert "off_target" not in by_method["uncached"]
+    table = markdown_table(summarize(rows)).splitlines()
+    column = table[0].split(" | ").index("off_target")
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[column] for line in table[2:]}
+    assert cells["uniform@3"] == "yes (1/1)" and cells["fora@2"] == "no"

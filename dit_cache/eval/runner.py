@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import threading
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import api
+from ..schedulers.targets import TOLERANCE
 from .counting import WorkCounter
 from .methods import Method, compute_fraction, ours, switch_on
 from .metrics import compare, lpips_status, to_frames
@@ -371,7 +373,19 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
     }  # fmt: skip
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason
+    flag = off_target(fraction, method.target)
+    if flag is not None:
+        row["off_target"] = flag
     return row
+
+
+def off_target(fraction: float, target: float | None) -> bool | None:
+    """Whether a row's achieved compute fraction is more than TOLERANCE from 1 / its speedup target (None: no
+    target, or no measured fraction). Planning misses are refused at apply; this catches the run's own drift
+    (prompts unlike the calibration ones, a peer tuned by interval)."""
+    if target is None or fraction is None or math.isnan(fraction):
+        return None
+    return abs(fraction - 1.0 / target) > TOLERANCE
 
 
 def _describe(options: dict) -> dict:

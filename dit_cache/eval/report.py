@@ -61,7 +61,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _off_target(items: list[dict]) -> str | None:
-    """"yes (k/n)" when k of the method's n samples computed more than 0.05 off 1 / target, "no" when none did."""
+    """`yes (k/n)` when k of the method's n samples computed more than 0.05 off 1 / target, `no` when none did."""
     flags = [r["off_target"] for r in items if r.get("off_target") is not None]
     if not flags:
         return None

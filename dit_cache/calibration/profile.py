@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .resample import position_grid, resample, resample_ratios, sigma_grid
+from .schema import FIX, SchemaError, check_profile
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class Profile:
             missing = set(data["arrays"]) - set(profile.arrays)
             if missing:
                 raise ProfileError(f"profile arrays {tensors_path} lack {sorted(missing)}; recalibrate")
+            profile.validate()
         if model is not None:
             profile.check_model(model)
         return profile
@@ -197,6 +199,10 @@ class Profile:
                 f"profile {source or ''} has format version {version!r}; this dit_cache reads version "
                 f"{PROFILE_FORMAT_VERSION}. Recalibrate with this version (dit-cache calibrate)"
             )
+        try:
+            check_profile(data)
+        except SchemaError as e:
+            raise ProfileError(f"profile {source or ''} is damaged: {e}; {FIX}") from None
         return cls(
             fingerprint=data["fingerprint"],
             sampler=data.get("sampler", {}),
@@ -207,6 +213,13 @@ class Profile:
             records=data.get("records", []),
             source=source,
         )
+
+    def validate(self) -> None:
+        """Raise `ProfileError` naming the first entry whose type or length does not fit its section."""
+        try:
+            check_profile(self.to_dict(), self.arrays)
+        except SchemaError as e:
+            raise ProfileError(f"profile {self.name!r} is damaged: {e}; {FIX}") from None
 
     def copy(self) -> Profile:
         clone = copy.copy(self)

@@ -216,7 +216,8 @@ def test_ceilings_are_refused_at_apply(pipe, profile8, policy, options, message)
 
 def test_cfg_targets_on_a_real_cfg_pipeline():
     """CFG reuse saves at most the unconditional half after the warm-up: 1.9x with warmup=0.2 is refused at apply;
-    1.5x lands within 0.05 at 10 steps of a real SD3 pipeline with batched CFG."""
+    1.5x lands within 0.05 at 10 steps of a real SD3 pipeline with batched CFG; 1.75x at 4 steps fails on the first
+    call, before any step ran."""
     cfg_pipe = tiny_pipeline("sd3")
     with pytest.raises(SpeedupError, match=r"cfg: speedup=1.9 is out of reach at any step count \(2-256\): computing both "
                                            "branches on the first step and the warm-up"):  # fmt: skip
@@ -224,6 +225,15 @@ def test_cfg_targets_on_a_real_cfg_pipeline():
     with dit_cache.cached(cfg_pipe, "cfg", speedup=1.5):
         run(cfg_pipe, "sd3", steps=10)
         assert abs(dit_cache.stats(cfg_pipe).compute_fraction - 1 / 1.5) <= TOLERANCE
+    # 1.75x is reachable with more steps, not at 4 (at best 5 of 8 branch calls): refused on the first call
+    blocks_run = []
+    hook = cfg_pipe.transformer.transformer_blocks[0].register_forward_pre_hook(lambda *_: blocks_run.append(1))
+    with dit_cache.cached(cfg_pipe, "cfg", speedup=1.75, warmup=0.2):
+        with pytest.raises(SpeedupError, match=r"cfg: speedup=1.75 .* out of reach at 4 steps: the closest setting "
+                                               r"gives compute fraction 0.625"):  # fmt: skip
+            run(cfg_pipe, "sd3", steps=4)
+    hook.remove()
+    assert blocks_run == []
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

@@ -186,6 +186,10 @@ class CFGPolicy(Policy):
             self._intervals[num_steps] = interval
         return self._intervals[num_steps]
 
+    def resolve_target(self, num_steps: int) -> None:
+        """Resolve speedup= for this step count before any block runs: an unreachable target fails here."""
+        self.interval(num_steps)
+
     def reuses(self, call: CallInfo) -> bool:
         """Whether the unconditional branch of `call`'s step is rebuilt (else both branches are computed). Called
         after `locate`, before the transformer runs; the stored difference exists."""
@@ -246,6 +250,7 @@ class CFGPolicy(Policy):
 
     def _uncond(self, call: CallInfo, args: tuple, kwargs: dict, run: Callable, locate: Locate) -> Any:
         locate(call, None)
+        self.resolve_target(call.num_steps)
         t = self.trajectory
         t.seen_uncond = True
         cond = t.cond
@@ -280,6 +285,7 @@ class CFGPolicy(Policy):
             return run(*args, **kwargs)
         half = batch // 2
         t = self.trajectory
+        self.resolve_target(call.num_steps)
         if t.delta is not None and t.delta.shape[0] == half and self.reuses(call):
             cond_half = slice(self.cond_index * half, (self.cond_index + 1) * half)
             half_args, half_kwargs = slice_batch(args, kwargs, batch, cond_half)

@@ -190,6 +190,9 @@ class MixPolicy(CFGPolicy):
         self._said = set()
         self._intervals = {}
 
+    def resolve_target(self, num_steps: int) -> None:
+        pass  # the chooser resolves the mixture's speedup= on its first decision
+
     # FasterCache's frequency weights are not part of the mixture: the stored difference is applied as is.
     def weights(self, step: int, num_steps: int) -> tuple[float, float]:
         return 1.0, 1.0

@@ -255,3 +255,18 @@ def test_eval_flags_rows_off_their_target(tmp_path):
     column = table[0].split(" | ").index("off_target")
     cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[column] for line in table[2:]}
     assert cells["uniform@3"] == "yes (1/1)" and cells["fora@2"] == "no"
+
+
+def test_a_call_lands_where_the_calibration_passed_the_same_sigma(profile30):
+    """Call grids are normalized by the calibration's first and last sigma: a 10-step call through every third
+    calibration sigma sits on those calibration points (own-end normalization stretched it over the whole grid)."""
+    sigmas = profile30.branches["cond"]["sigma"]
+    grid = np.asarray(profile30.branches["cond"]["grid"])
+    call = profile30.call_grid(10, sigmas[::3])
+    np.testing.assert_allclose(call, grid[::3], rtol=0, atol=1e-9)
+    assert call[-1] < 1.0
+    # ratios resampled there are the products of the calibrated ratios over each stretch of three steps
+    ratios = np.asarray(profile30.branches["cond"]["mag_ratio"])
+    at_call = profile30.per_step("cond", "mag_ratio", 10, sigmas[::3])
+    expected = [np.prod(ratios[3 * k - 2 : 3 * k + 1]) for k in range(1, 10)]
+    np.testing.assert_allclose(at_call[1:], expected, rtol=1e-9)

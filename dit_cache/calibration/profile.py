@@ -108,13 +108,24 @@ class Profile:
         return any(key in data for data in self.branches.values())
 
     def call_grid(self, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
-        """A call's grid in this profile's coordinate."""
+        """A call's grid in this profile's coordinate: its sigmas normalized by the calibration run's first and last
+        sigma, so a step lands where the calibration passed the same noise level (a coarser call, which stops at a
+        larger sigma, does not stretch its last steps over the calibration's end)."""
         if self.grid_kind == "sigma" and sigmas is not None and len(sigmas) == num_steps:
             try:
-                return sigma_grid(sigmas)
+                return sigma_grid(sigmas, self.sigma_ends())
             except ValueError:
                 pass
         return position_grid(num_steps)
+
+    def sigma_ends(self) -> tuple[float, float] | None:
+        """(first, last) sigma of the calibration trajectory, when the profile recorded them."""
+        for data in self.branches.values():
+            sigma = data.get("sigma")
+            if isinstance(sigma, list) and len(sigma) >= 2 and all(isinstance(v, (int, float)) for v in sigma):
+                if sigma[0] != sigma[-1]:
+                    return float(sigma[0]), float(sigma[-1])
+        return None
 
     def per_step(self, branch: str, key: str, num_steps: int, sigmas: list[float] | None = None) -> np.ndarray:
         """Per-step values of `key` for a call of `num_steps` steps (ratios resampled multiplicatively)."""

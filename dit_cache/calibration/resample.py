@@ -21,17 +21,24 @@ def position_grid(num_steps: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, num_steps)
 
 
-def sigma_grid(sigmas: Sequence[float]) -> np.ndarray:
-    """Normalized sigma `(s_0 - s) / (s_0 - s_end)` of a trajectory's per-step sigmas (strictly monotone)."""
+def sigma_grid(sigmas: Sequence[float], reference: tuple[float, float] | None = None) -> np.ndarray:
+    """Normalized sigma `(s_0 - s) / (s_0 - s_end)` of a trajectory's per-step sigmas (strictly monotone).
+
+    reference: (s_0, s_end) of another trajectory (a profile's calibration run) to place these sigmas on its grid:
+    the same sigma then gets the same coordinate at any step count. A call with fewer steps ends at a larger sigma
+    than a calibration with more (its last coordinate is below 1), and one with more steps goes past it (above 1).
+    Without it, each trajectory is stretched onto [0, 1] by its own ends.
+    """
     s = np.asarray(sigmas, dtype=np.float64)
     if s.ndim != 1 or len(s) < 1:
         raise ValueError("sigmas must be a non-empty 1-D sequence")
-    if len(s) == 1:
+    first, last = reference if reference is not None else (s[0], s[-1])
+    if len(s) == 1 and reference is None:
         return np.zeros(1)
-    span = s[0] - s[-1]
+    span = first - last
     if span == 0:
         return position_grid(len(s))
-    grid = (s[0] - s) / span
+    grid = (first - s) / span
     if np.any(np.diff(grid) <= 0):
         raise ValueError("sigmas must be strictly monotone along the trajectory")
     return grid
@@ -48,6 +55,22 @@ def resample(values: Sequence[float], src: Sequence[float], dst: Sequence[float]
     return np.interp(np.asarray(dst, dtype=np.float64), src_grid, v)
 
 
+def _cumulative(values: np.ndarray, src: Sequence[float], dst: Sequence[float]) -> np.ndarray:
+    """A cumulative curve at `dst`: interpolated inside the calibrated range, continued at the rate of its last
+    (first) stretch beyond it (a call that goes past the calibration's last sigma keeps changing at that rate)."""
+    src_grid = np.asarray(src, dtype=np.float64)
+    at = resample(values, src_grid, dst)
+    if len(values) < 2:
+        return at
+    d = np.asarray(dst, dtype=np.float64)
+    slope_end = (values[-1] - values[-2]) / (src_grid[-1] - src_grid[-2])
+    slope_start = (values[1] - values[0]) / (src_grid[1] - src_grid[0])
+    after, before = d > src_grid[-1], d < src_grid[0]
+    at[after] = values[-1] + slope_end * (d[after] - src_grid[-1])
+    at[before] = values[0] + slope_start * (d[before] - src_grid[0])
+    return at
+
+
 def resample_ratios(ratios: Sequence[float], src: Sequence[float], dst: Sequence[float]) -> np.ndarray:
     """Resample per-step ratios `x_k / x_(k-1)` (entry 0 is the ratio into the first step, conventionally 1).
 
@@ -60,7 +83,7 @@ def resample_ratios(ratios: Sequence[float], src: Sequence[float], dst: Sequence
         raise ValueError("magnitude ratios must be positive")
     cumulative = np.cumsum(np.log(r))
     cumulative = cumulative - cumulative[0]
-    at_dst = resample(cumulative, src, dst)
+    at_dst = _cumulative(cumulative, src, dst)
     out = np.empty(len(at_dst))
     out[0] = 1.0
     out[1:] = np.exp(np.diff(at_dst))
@@ -72,7 +95,7 @@ def resample_increments(increments: Sequence[float | None], src: Sequence[float]
     change is interpolated and differenced, so a coarser grid sees proportionally larger per-step changes."""
     steps = np.array([0.0 if v is None or not np.isfinite(v) else v for v in increments], dtype=np.float64)
     steps[0] = 0.0
-    at_dst = resample(np.cumsum(steps), src, dst)
+    at_dst = _cumulative(np.cumsum(steps), src, dst)
     out = np.zeros(len(at_dst))
     out[1:] = np.diff(at_dst)
     return out

@@ -162,12 +162,9 @@ class SegmentPolicy(Policy):
         with self._untuned():
             threshold, self.threshold = self.threshold, 1e12
             try:
-                return replay_fraction(self, [(branch, neutral) for branch in self.floor_branches()], num_steps, None)
+                return replay_fraction(self, [("cond", neutral)], num_steps, None)
             finally:
                 self.threshold = threshold
-
-    def floor_branches(self) -> list[str]:
-        return ["cond"]
 
     def check_ceiling_at_apply(self, why: str, fix: str) -> None:
         """At apply: refuse a speedup no step count reaches (structural floor over common step counts)."""

@@ -237,6 +237,14 @@ def test_cfg_targets_on_a_real_cfg_pipeline():
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
+def test_off_target_is_more_than_0_05_from_the_target():
+    from dit_cache.eval.runner import off_target
+
+    assert off_target(0.55, 2.0) is False  # 0.05 exactly (in float: 0.05000000000000004) is on target
+    assert off_target(0.5501, 2.0) is True and off_target(0.28, 3.0) is True
+    assert off_target(0.5, None) is None and off_target(float("nan"), 2.0) is None
+
+
 def test_eval_flags_rows_off_their_target(tmp_path):
     """4 steps: the uniform baseline at 3x computes 2 of 4 (0.5, not 0.333): its rows carry off_target=True and the
     report table says so; FORA at 2x computes 0.5: off_target=False, "no" in the table."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import api
-from ..schedulers.targets import TOLERANCE
+from ..schedulers.targets import within
 from .counting import WorkCounter
 from .methods import Method, compute_fraction, ours, switch_on
 from .metrics import compare, lpips_status, to_frames
@@ -380,12 +380,12 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
 
 
 def off_target(fraction: float, target: float | None) -> bool | None:
-    """Whether a row's achieved compute fraction is more than TOLERANCE from 1 / its speedup target (None: no
+    """Whether a row's achieved compute fraction is more than 0.05 from 1 / its speedup target (None: no
     target, or no measured fraction). Planning misses are refused at apply; this catches the run's own drift
     (prompts unlike the calibration ones, a peer tuned by interval)."""
     if target is None or fraction is None or math.isnan(fraction):
         return None
-    return abs(fraction - 1.0 / target) > TOLERANCE
+    return not within(fraction, target)
 
 
 def _describe(options: dict) -> dict:

@@ -19,6 +19,11 @@ class SpeedupError(ValueError):
     """A `speedup=` target that this policy cannot reach within TOLERANCE."""
 
 
+def within(fraction: float, speedup: float) -> bool:
+    """Whether a compute fraction meets a speedup target: |fraction - 1 / speedup| <= TOLERANCE (float noise aside)."""
+    return abs(fraction - 1.0 / speedup) <= TOLERANCE + 1e-9
+
+
 def describe(fraction: float) -> str:
     return f"compute fraction {fraction:.3f} ({1 / fraction:.2f}x)" if fraction > 0 else "compute fraction 0"
 
@@ -28,9 +33,9 @@ def check_reached(policy: str, speedup: float, planned: float, num_steps: int, r
 
     reachable: what this policy can reach at this step count, in words ("compute fractions 0.25-1.00").
     """
-    target = 1.0 / speedup
-    if abs(planned - target) <= TOLERANCE + 1e-9:
+    if within(planned, speedup):
         return
+    target = 1.0 / speedup
     raise SpeedupError(
         f"{policy}: speedup={speedup:g} (compute fraction {target:.3f}) is out of reach at {num_steps} steps: the "
         f"closest setting gives {describe(planned)}; reachable here: {reachable}. {fix}"

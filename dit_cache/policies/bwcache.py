@@ -180,7 +180,7 @@ class BWCachePolicy(Policy):
             floor = self.replay_fraction(traces, num_steps, 1e12)
             if floor > target + TOLERANCE:
                 raise SpeedupError(
-                    f"bwcache: speedup={self.config.speedup} is above what the rule reaches on this profile at "
+                    f"bwcache: speedup={self.config.speedup:g} is above what the rule reaches on this profile at "
                     f"{num_steps} steps (at most {1 / floor:.2f}x); ask for less or raise max_skip"
                 )
             check_reached(

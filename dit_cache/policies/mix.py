@@ -157,7 +157,7 @@ class MixChooser(TeaCachePolicy):
                 floor = fraction_at(1e12)
                 if floor > 1.0 / speedup + TOLERANCE:
                     raise SpeedupError(
-                        f"mix: speedup={speedup} is above what the mixture reaches on this profile at {num_steps} "
+                        f"mix: speedup={speedup:g} is above what the mixture reaches on this profile at {num_steps} "
                         "steps (forced full steps); ask for less or loosen max_skip"
                     )
                 check_reached(

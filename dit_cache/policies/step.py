@@ -132,7 +132,7 @@ class SegmentPolicy(Policy):
                 floor = fraction_at(1e12)
                 if floor > target + TOLERANCE:
                     raise SpeedupError(
-                        f"{self.name}: speedup={speedup} is above what this policy can reach on this profile at "
+                        f"{self.name}: speedup={speedup:g} is above what this policy can reach on this profile at "
                         f"{num_steps} steps (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
                         "ask for less, or loosen max_skip / retention / front_blocks"
                     )

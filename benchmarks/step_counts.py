@@ -1,7 +1,7 @@
 """Issue 10's step-count check: one profile, calibrated at the model's step count, drives every policy that takes
 `speedup=` at other step counts; each cell is the compute fraction reached on a calibration prompt, or the refusal.
 
-    python benchmarks/step_counts.py --model zoo:shapes-image [--prompts 2] [--out runs/step_counts.json]
+    python benchmarks/step_counts.py --model zoo:shapes-image [--prompts 2] [--policies lemica ...] [--out runs/step_counts.json]
 
 Every target is planned within 0.05 of 1 / speedup or refused (saying what is reachable). Schedules (lemica,
 taylorseer, toca's plan) run as planned; threshold policies plan on the profile's traces resampled to the step count,
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--model", default="zoo:shapes-image")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--out", default="runs/step_counts.json")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     args = parser.parse_args()
     torch.set_num_threads(1)
     pipe, prompts, settings = model_and_prompts(args.model, args.prompts, None, block_traces=True)
@@ -62,7 +63,7 @@ def main() -> None:
     profile = calibrate(pipe, prompts, settings, progress=False)
     print(f"calibrated {len(prompts)} prompts x {settings.steps} steps in {time.perf_counter() - started:.1f}s")
     rows = []
-    for policy in POLICIES:
+    for policy in args.policies:
         for target in TARGETS:
             for steps in STEPS:
                 rows.append(cell(pipe, settings, prompts, policy, steps, target, profile))

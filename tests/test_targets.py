@@ -176,13 +176,26 @@ def test_taylorseer_refuses_what_the_call_cannot_reach(pipe):
     with dit_cache.cached(pipe, "taylorseer", speedup=100.0):
         with pytest.raises(SpeedupError, match=r"taylorseer: speedup=100 \(compute fraction 0.010\) is out of reach "
                                                r"at 10 steps: the closest setting gives compute fraction 0.200 "
-                                               r"\(5.00x\); reachable here: compute fractions 0.200, 0.300"):  # fmt: skip
+                                               r"\(5.00x\); reachable here: compute fractions 0.200-1 in steps of "
+                                               r"1/10"):  # fmt: skip
             _fraction(pipe, 10)
         assert abs(_fraction(pipe, 200) - 0.01) <= TOLERANCE
     with pytest.raises(SpeedupError, match=r"taylorseer: speedup=1000 is out of reach at any step count \(2-256\): "
                                            "computing the warmup=20 first steps"):  # fmt: skip
         dit_cache.apply(pipe, "taylorseer", speedup=1000.0, warmup=20)
     assert not dit_cache.is_applied(pipe)
+
+
+@pytest.mark.parametrize("steps", [10, 20, 30])
+def test_taylorseer_spreads_computed_steps_where_no_interval_fits(pipe, steps):
+    """1.5x: intervals give 1 or about 1/2; the policy computes round(steps / 1.5) steps, the warm-up then evenly
+    spread up to the last step (gaps of 1 or 2)."""
+    with dit_cache.cached(pipe, "taylorseer", speedup=1.5):
+        fraction = _fraction(pipe, steps)
+        computed = _computed(pipe)
+    assert fraction == round(steps / 1.5) / steps and abs(fraction - 1 / 1.5) <= TOLERANCE
+    assert computed[:2] == [0, 1] and computed[-1] == steps - 1
+    assert set(np.diff(computed)) <= {1, 2}
 
 
 def test_toca_refuses_targets_between_partial_and_full_steps(pipe):

@@ -149,8 +149,11 @@ def test_speedup_at_another_step_count(pipe, reference):
 
 
 def test_speedup_above_what_the_schedule_allows(pipe, reference):
-    with pytest.raises(ValueError, match="above what a 8-step schedule allows"):
-        dit_cache.apply(pipe, "lemica", speedup=5.0, profile=reference)
+    # LeMiCa solves for each call's own step count (issue 10): what 8 steps cannot reach fails on the first 8-step call
+    dit_cache.apply(pipe, "lemica", speedup=6.0, profile=reference)
+    with pytest.raises(ValueError, match="out of reach at 8 steps: the closest setting gives compute fraction 0.250"):
+        pipe(prompt=PROMPTS[0], num_inference_steps=8, output_type="latent", **TINY_TEXT_CALL)
+    dit_cache.remove(pipe)
     dit_cache.apply(pipe, "teacache", speedup=7.0, profile=reference)
     with pytest.raises(ValueError, match="above what this policy can reach"):
         pipe(prompt=PROMPTS[0], num_inference_steps=8, output_type="latent", **TINY_TEXT_CALL)

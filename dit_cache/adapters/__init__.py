@@ -66,6 +66,14 @@ def _generic_spec(transformer: nn.Module) -> ModelSpec | None:
             groups.append(_generic_group(attr, blocks[0]))
     if not groups:
         return None
+    if not any(group.work_modules for group in groups):
+        first = getattr(transformer, groups[0].attr)[0]
+        raise TypeError(
+            f"dit_cache's generic adapter finds no attention or MLP submodules (diffusers Attention / FeedForward) in "
+            f"the {type(first).__name__} blocks of {type(transformer).__name__}.{groups[0].attr}, so it can neither "
+            "count nor reuse their work; register a ModelSpec whose BlockGroup names them (attention=..., mlp=...) "
+            "with dit_cache.register_adapter(spec) (see docs/adapters.md)"
+        )
     params = inspect.signature(getattr(transformer, groups[0].attr)[0].forward).parameters
     temb = next((n for n in _TEMB_ARG_NAMES if n in params), None)
     indicator = temb_indicator(temb) if temb else temb_indicator(groups[0].hidden_arg)
@@ -109,8 +117,28 @@ def _generic_group(attr: str, block: nn.Module) -> BlockGroup:
         encoder_index=encoder_index,
         attention=tuple(attention),
         mlp=tuple(mlp),
+        hidden_arg=_hidden_arg(attr, block, params),
         encoder_arg="encoder_hidden_states" if "encoder_hidden_states" in params else None,
     )
+
+
+def _hidden_arg(attr: str, block: nn.Module, params) -> str:
+    """The block argument that carries the hidden states: diffusers' `hidden_states`, else the first positional
+    parameter (a plain `nn.Linear` block takes `input`)."""
+    if "hidden_states" in params:
+        return "hidden_states"
+    positional = [
+        name
+        for name, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if not positional:
+        raise TypeError(
+            f"dit_cache's generic adapter cannot tell which argument of {type(block).__name__}.forward (in `{attr}`) "
+            f"carries the hidden states (parameters: {', '.join(params) or 'none'}); register a ModelSpec whose "
+            "BlockGroup names it with hidden_arg=... (see docs/adapters.md)"
+        )
+    return positional[0]
 
 
 for _module in (flux, wan, hunyuan_video, cogvideox, ltx, sd3, pixart, qwenimage):

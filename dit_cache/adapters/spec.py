@@ -118,7 +118,14 @@ class BlockCall:
 
     @property
     def hidden(self) -> torch.Tensor:
-        return self.get(self.group.hidden_arg)
+        hidden = self.get(self.group.hidden_arg)
+        if not isinstance(hidden, torch.Tensor):
+            raise TypeError(
+                f"dit_cache: a block of `{self.group.attr}` was called without a tensor in its "
+                f"`{self.group.hidden_arg}` argument (got {type(hidden).__name__}), which the adapter reads as the "
+                "hidden states; register a ModelSpec whose BlockGroup names the right hidden_arg (see docs/adapters.md)"
+            )
+        return hidden
 
     @property
     def encoder(self) -> torch.Tensor | None:

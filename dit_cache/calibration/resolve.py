@@ -52,6 +52,7 @@ def resolve_profile(value, transformer: nn.Module, policy: str, *, required: boo
         return profile
     if isinstance(value, Profile):
         value.check_model(transformer)
+        value.validate()
         return value
     if isinstance(value, (str, os.PathLike)):
         text = str(value)

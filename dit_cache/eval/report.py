@@ -15,7 +15,7 @@ import numpy as np
 from .runner import RESULTS, _file_key, check_output_dir, read_rows
 
 PSNR_CAP = 100.0  # identical outputs have infinite PSNR; averages cap them here
-COLUMNS = ("method", "target", "compute_fraction", "speedup", "transformer_speedup", "efficiency",
+COLUMNS = ("method", "target", "compute_fraction", "off_target", "speedup", "transformer_speedup", "efficiency",
            "transformer_efficiency", "psnr", "ssim", "lpips", "temporal_psnr", "peak_memory_mb", "samples")  # fmt: skip
 
 
@@ -44,7 +44,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         lines.append(
             {
                 "method": key, "family": first["family"], "name": first["name"], "target": first["target"],
-                "compute_fraction": fraction, "speedup": speedup, "transformer_speedup": inside,
+                "compute_fraction": fraction, "off_target": _off_target(items), "speedup": speedup,
+                "transformer_speedup": inside,
                 "efficiency": speedup * fraction if speedup and fraction else None,
                 "transformer_efficiency": inside * fraction if inside and fraction else None,
                 "psnr": _mean(min(r["psnr"], PSNR_CAP) for r in items), "ssim": _mean(r["ssim"] for r in items),
@@ -57,6 +58,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         )  # fmt: skip
     lines.sort(key=lambda x: (x["family"] != "dit_cache", x["name"], x["target"] or 0))
     return lines
+
+
+def _off_target(items: list[dict]) -> str | None:
+    """`yes (k/n)` when k of the method's n samples computed more than 0.05 off 1 / target, `no` when none did."""
+    flags = [r["off_target"] for r in items if r.get("off_target") is not None]
+    if not flags:
+        return None
+    return f"yes ({sum(flags)}/{len(flags)})" if any(flags) else "no"
 
 
 def _ratio(reference: dict, items: list[dict], key: str) -> float | None:

@@ -21,6 +21,7 @@ import torch
 
 from .. import api
 from ..calibration.runner import check_creatable
+from ..schedulers.targets import within
 from .counting import WorkCounter
 from .methods import Method, compute_fraction, ours, switch_on
 from .metrics import compare, lpips_status, to_frames
@@ -436,7 +437,19 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
     }  # fmt: skip
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason
+    flag = off_target(fraction, method.target)
+    if flag is not None:
+        row["off_target"] = flag
     return row
+
+
+def off_target(fraction: float, target: float | None) -> bool | None:
+    """Whether a row's achieved compute fraction is more than 0.05 from 1 / its speedup target (None: no
+    target, or no measured fraction). Planning misses are refused at apply; this catches the run's own drift
+    (prompts unlike the calibration ones, a peer tuned by interval)."""
+    if target is None or fraction is None or math.isnan(fraction):
+        return None
+    return not within(fraction, target)
 
 
 def _describe(options: dict) -> dict:

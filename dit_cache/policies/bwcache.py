@@ -35,6 +35,7 @@ from ..calibration.resample import resample_increments
 from ..config import BWCache
 from ..engine import BlockSlot
 from ..schedulers.budget import search_threshold
+from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import ModelContext, Policy, policy_for, shared_tuning
 from .step import rel_l1_rows, rel_l1_value
@@ -86,6 +87,7 @@ class BWCachePolicy(Policy):
         self.threshold = config.threshold
         self.profile = None
         self._tuned: dict[tuple, float] = shared_tuning(self)
+        self.check_ceiling_at_apply()
         if config.speedup is not None:
             self.profile = resolve_profile(config.profile, model.transformer, "bwcache")
             if self.profile is None or not any(k.endswith("/block_input_change") for k in self.profile.arrays):
@@ -93,6 +95,16 @@ class BWCachePolicy(Policy):
                     "bwcache: speedup= needs a profile with per-block traces; record one with "
                     "`dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
                 )
+
+    def check_ceiling_at_apply(self) -> None:
+        """Each block runs at least once in every max_skip + 1 steps: no step count goes under 1 / (max_skip + 1)."""
+        config = self.config
+        if config.speedup is not None and config.speedup > 1 and config.max_skip is not None:
+            check_ceiling(
+                "bwcache", config.speedup, 1.0 / (config.max_skip + 1),
+                f"running every block at least once in every max_skip + 1 = {config.max_skip + 1} steps",
+                "Ask for less or raise max_skip",
+            )  # fmt: skip
 
     def new_state(self) -> BWState:
         n = self.count
@@ -167,11 +179,16 @@ class BWCachePolicy(Policy):
             target = 1.0 / self.config.speedup
             best = search_threshold(lambda t: self.replay_fraction(traces, num_steps, t), target)
             floor = self.replay_fraction(traces, num_steps, 1e12)
-            if floor > target + 0.05:
-                raise ValueError(
-                    f"bwcache: speedup={self.config.speedup} is above what the rule reaches on this profile at "
+            if floor > target + TOLERANCE:
+                raise SpeedupError(
+                    f"bwcache: speedup={self.config.speedup:g} is above what the rule reaches on this profile at "
                     f"{num_steps} steps (at most {1 / floor:.2f}x); ask for less or raise max_skip"
                 )
+            check_reached(
+                "bwcache", self.config.speedup, self.replay_fraction(traces, num_steps, best), num_steps,
+                f"compute fractions {floor:.3f}-1, in jumps (a threshold moves whole blocks on these traces)",
+                "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
+            )  # fmt: skip
             self._tuned[key] = best
         return self._tuned[key]
 

@@ -26,6 +26,10 @@ class TinyFamily:
     masks: tuple[str, ...] = ()  # attention masks of the text tokens (all ones)
     scheduler: str = "FlowMatchEulerDiscreteScheduler"
     scheduler_kwargs: dict = field(default_factory=dict)
+    # pipeline components besides transformer/scheduler: name -> value, a function that makes it (a tiny VAE), or
+    # "transformer" for a second random transformer of the same config (Wan 2.2's `transformer_2`)
+    components: dict = field(default_factory=dict)
+    cfg: bool = True  # whether the pipeline runs classifier-free guidance at all
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -116,16 +120,59 @@ FAMILIES: dict[str, TinyFamily] = {
     ),
 }  # fmt: skip
 
+# More families, tested by tests/test_families.py (tests/test_pipelines.py keeps to FAMILIES above: its many
+# policies x settings per family would cost minutes per family).
+_WAN = dict(patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64,
+            num_layers=2, rope_max_seq_len=32, **_HEADS)
+_VIDEO = dict(height=32, width=32, num_frames=5)
+_GUIDED = dict(guidance_scale=4.0), dict(guidance_scale=1.0)
+
+
+def _tiny_wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                            latents_std=[1.0] * 4).eval()  # fmt: skip
+
+
+MORE_FAMILIES: dict[str, TinyFamily] = {
+    "wan22_a14b": TinyFamily(
+        "WanPipeline", "WanTransformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
+        components=dict(transformer_2="transformer", boundary_ratio=0.5),
+    ),
+    "wan22_ti2v": TinyFamily(
+        "WanPipeline", "WanTransformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
+        components=dict(expand_timesteps=True),
+    ),
+    "skyreels_v2": TinyFamily(
+        "SkyReelsV2Pipeline", "SkyReelsV2Transformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
+        scheduler="UniPCMultistepScheduler", scheduler_kwargs=dict(flow_shift=8.0, use_flow_sigmas=True, prediction_type="flow_prediction"),
+    ),
+    "wan_vace": TinyFamily(
+        "WanVACEPipeline", "WanVACETransformer3DModel", {**_WAN, "vace_layers": [0, 1], "vace_in_channels": 72},
+        _TEXT, _VIDEO, *_GUIDED, components=dict(vae=_tiny_wan_vae),
+    ),
+}  # fmt: skip
+
+ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
+
 
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     """A real diffusers pipeline of `family` with a tiny random transformer and no text encoder or VAE."""
     import diffusers
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
-    spec = FAMILIES[family]
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; families: {', '.join(ALL_FAMILIES)}")
+    spec = ALL_FAMILIES[family]
     torch.manual_seed(seed)
     transformer = spec.make_transformer(**transformer_kwargs).eval()
+    extra = {
+        name: spec.make_transformer(**transformer_kwargs).eval()
+        if value == "transformer"
+        else value() if callable(value) else value
+        for name, value in spec.components.items()
+    }
     scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_kwargs)
     pipeline_cls = getattr(diffusers, spec.pipeline)
     import inspect
@@ -136,6 +183,7 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     for name, param in params.items():
         if param.default is not inspect.Parameter.empty and name not in ("transformer", "scheduler"):
             components.pop(name, None)
+    components.update(extra)
     pipe = pipeline_cls(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -144,7 +192,7 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
 def tiny_inputs(family: str, *, cfg: bool = True, batch: int = 1, seed: int = 0, steps: int = 6) -> dict:
     """Call kwargs for `tiny_pipeline(family)`: prompt embeddings, size, steps, a seeded generator, latent output."""
     g = torch.Generator().manual_seed(seed)
-    kw = FAMILIES[family].make_inputs(batch, cfg, g)
+    kw = ALL_FAMILIES[family].make_inputs(batch, cfg, g)
     kw.update(num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + 1), output_type="latent")
     return kw
 

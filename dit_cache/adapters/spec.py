@@ -172,3 +172,59 @@ def adanorm_indicator(norm: str = "norm1") -> IndicatorFn:
         return getattr(block, norm)(call.hidden, emb=call.get("temb"))[0]
 
     return read
+
+
+# ---------------------------------------------------------------------------------------------------- shared shapes
+def wan_like(name: str, class_names: tuple[str, ...], doc: str, **kw: Any) -> ModelSpec:
+    """Wan-style video DiT: one list `blocks` returning the hidden tensor, self-attention `attn1`, cross-attention
+    `attn2`, MLP `ffn`; TeaCache's indicator is the projected timestep embedding the blocks get as `temb`."""
+    group = BlockGroup("blocks", hidden_index=None, attention=("attn1",), cross_attention=("attn2",), mlp=("ffn",))
+    return ModelSpec(
+        name, class_names, (group,), temb_indicator("temb"), "the projected timestep embedding `temb`", notes=doc, **kw
+    )
+
+
+def dit_like(
+    name: str,
+    class_names: tuple[str, ...],
+    doc: str,
+    *,
+    attr: str = "transformer_blocks",
+    attention: tuple[str, ...] = ("attn1",),
+    cross_attention: tuple[str, ...] = ("attn2",),
+    mlp: tuple[str, ...] = ("ff",),
+    temb: str = "temb",
+    encoder_arg: str | None = "encoder_hidden_states",
+    **kw: Any,
+) -> ModelSpec:
+    """DiT / PixArt-style model: one block list returning the hidden tensor, text (if any) by cross-attention;
+    TeaCache's indicator is the timestep embedding the blocks get as `temb`."""
+    group = BlockGroup(
+        attr, hidden_index=None, attention=attention, cross_attention=cross_attention, mlp=mlp, encoder_arg=encoder_arg
+    )
+    return ModelSpec(
+        name, class_names, (group,), temb_indicator(temb), f"the timestep embedding `{temb}`", notes=doc, **kw
+    )
+
+
+def double_single(
+    name: str,
+    class_names: tuple[str, ...],
+    doc: str,
+    *,
+    hidden_index: int,
+    encoder_index: int,
+    mlp: tuple[str, ...] = ("ff", "ff_context"),
+    single: BlockGroup | None = None,
+    indicator: IndicatorFn | None = None,
+    indicator_doc: str = "transformer_blocks[0].norm1(hidden_states, emb=temb): the modulated image input",
+    **kw: Any,
+) -> ModelSpec:
+    """Flux-style model: dual-stream `transformer_blocks` (joint attention `attn`, MLPs on both streams) returning
+    (hidden, encoder) at the given indices, then (optionally) single-stream blocks that keep the two streams apart."""
+    groups = (BlockGroup("transformer_blocks", hidden_index=hidden_index, encoder_index=encoder_index, mlp=mlp),)
+    if single is not None:
+        groups += (single,)
+    return ModelSpec(
+        name, class_names, groups, indicator or adanorm_indicator("norm1"), indicator_doc, notes=doc, **kw
+    )

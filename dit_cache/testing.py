@@ -30,6 +30,7 @@ class TinyFamily:
     # "transformer" for a second random transformer of the same config (Wan 2.2's `transformer_2`)
     components: dict = field(default_factory=dict)
     cfg: bool = True  # whether the pipeline runs classifier-free guidance at all
+    mask_dtype: torch.dtype = torch.long
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -44,12 +45,12 @@ class TinyFamily:
 
     def make_inputs(self, batch: int, cfg: bool, g: torch.Generator) -> dict:
         kw = {name: torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
-        kw.update({name: torch.ones(batch, TEXT_TOKENS, dtype=torch.long) for name in self.masks})
+        kw.update({name: torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks})
         if cfg:
             kw.update(
                 {f"negative_{name}": torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
             )
-            kw.update({f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=torch.long) for name in self.masks})
+            kw.update({f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks})
         kw.update(self.size)
         kw.update(self.cfg_on if cfg else self.cfg_off)
         return kw
@@ -152,6 +153,40 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
     "wan_vace": TinyFamily(
         "WanVACEPipeline", "WanVACETransformer3DModel", {**_WAN, "vace_layers": [0, 1], "vace_in_channels": 72},
         _TEXT, _VIDEO, *_GUIDED, components=dict(vae=_tiny_wan_vae),
+    ),
+    "flux2": TinyFamily(
+        "Flux2Pipeline", "Flux2Transformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
+             timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), **_HEADS),
+        _TEXT, dict(height=64, width=64, guidance_scale=4.0), {}, cfg=False,
+    ),
+    "chroma": TinyFamily(
+        "ChromaPipeline", "ChromaTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
+             axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64, guidance_scale=1.0), {}, masks=("prompt_attention_mask",),
+        mask_dtype=torch.bool, cfg=False,  # its CFG calls carry no cache_context (see docs/adapters.md)
+    ),
+    "mochi": TinyFamily(
+        "MochiPipeline", "MochiTransformer3DModel",
+        dict(patch_size=2, num_layers=2, pooled_projection_dim=16, in_channels=12, text_embed_dim=TEXT_DIM,
+             time_embed_dim=4, max_sequence_length=TEXT_TOKENS, **_HEADS),
+        _TEXT, dict(height=32, width=32, num_frames=7), *_GUIDED, masks=("prompt_attention_mask",),
+    ),
+    "sana": TinyFamily(
+        "SanaPipeline", "SanaTransformer2DModel",
+        dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_cross_attention_heads=2,
+             cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=TEXT_DIM, sample_size=4, **_HEADS),
+        _TEXT, dict(height=128, width=128, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
+        masks=("prompt_attention_mask",), scheduler="DPMSolverMultistepScheduler",
+    ),
+    "cogview4": TinyFamily(
+        "CogView4Pipeline", "CogView4Transformer2DModel",
+        dict(patch_size=2, in_channels=4, out_channels=4, num_layers=2, text_embed_dim=TEXT_DIM, time_embed_dim=8,
+             condition_dim=4, sample_size=8, rope_axes_dim=(8, 8), **_HEADS),
+        _TEXT, dict(height=64, width=64), *_GUIDED,
     ),
 }  # fmt: skip
 

@@ -87,13 +87,15 @@ class BlockGroup:
         return tuple(out)
 
 
-def single_stream_blocks(hidden_index: int, encoder_index: int) -> BlockGroup:
+def single_stream_blocks(hidden_index: int | None, encoder_index: int | None = None, **kw: Any) -> BlockGroup:
     """Flux-style `single_transformer_blocks`: `proj_out(cat(attn(x), act_mlp(proj_mlp(x))))`, gated. The MLP unit
-    ends with its activation, and attention and MLP feed only `proj_out`."""
+    ends with its activation, and attention and MLP feed only `proj_out`. `hidden_index=None`: blocks that take and
+    return the text and image tokens as one sequence (Chroma)."""
     return BlockGroup(
         "single_transformer_blocks",
         hidden_index=hidden_index,
         encoder_index=encoder_index,
+        **kw,
         mlp=("proj_mlp", "proj_out"),
         tails=(("proj_mlp", "act_mlp"),),
         feeds=(("attn", "proj_out"), ("proj_mlp", "proj_out")),
@@ -214,6 +216,7 @@ def double_single(
     *,
     hidden_index: int,
     encoder_index: int,
+    attention: tuple[str, ...] = ("attn",),
     mlp: tuple[str, ...] = ("ff", "ff_context"),
     single: BlockGroup | None = None,
     indicator: IndicatorFn | None = None,
@@ -222,7 +225,11 @@ def double_single(
 ) -> ModelSpec:
     """Flux-style model: dual-stream `transformer_blocks` (joint attention `attn`, MLPs on both streams) returning
     (hidden, encoder) at the given indices, then (optionally) single-stream blocks that keep the two streams apart."""
-    groups = (BlockGroup("transformer_blocks", hidden_index=hidden_index, encoder_index=encoder_index, mlp=mlp),)
+    groups = (
+        BlockGroup(
+            "transformer_blocks", hidden_index=hidden_index, encoder_index=encoder_index, attention=attention, mlp=mlp
+        ),
+    )
     if single is not None:
         groups += (single,)
     return ModelSpec(

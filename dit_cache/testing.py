@@ -31,6 +31,7 @@ class TinyFamily:
     components: dict = field(default_factory=dict)
     cfg: bool = True  # whether the pipeline runs classifier-free guidance at all
     mask_dtype: torch.dtype = torch.long
+    known_gaps: dict = field(default_factory=dict)  # policy name -> why it does not work on this family yet
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -129,6 +130,20 @@ _VIDEO = dict(height=32, width=32, num_frames=5)
 _GUIDED = dict(guidance_scale=4.0), dict(guidance_scale=1.0)
 
 
+def _guider():
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    return ClassifierFreeGuidance(guidance_scale=4.0)
+
+
+def _tiny_hunyuan15_vae():
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    return AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+                                       layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=2,
+                                       downsample_match_channel=False, upsample_match_channel=False).eval()  # fmt: skip
+
+
 def _tiny_wan_vae():
     from diffusers import AutoencoderKLWan
 
@@ -188,6 +203,29 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              condition_dim=4, sample_size=8, rope_axes_dim=(8, 8), **_HEADS),
         _TEXT, dict(height=64, width=64), *_GUIDED,
     ),
+    "hunyuan_video15": TinyFamily(
+        "HunyuanVideo15Pipeline", "HunyuanVideo15Transformer3DModel",
+        dict(in_channels=9, out_channels=4, num_layers=2, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=TEXT_DIM,
+             text_embed_2_dim=TEXT_DIM, image_embed_dim=12, rope_axes_dim=(4, 6, 6), target_size=16, task_type="t2v",
+             **_HEADS),
+        {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=16, width=16, num_frames=5), {}, {},
+        masks=("prompt_embeds_mask", "prompt_embeds_mask_2"), components=dict(guider=_guider, vae=_tiny_hunyuan15_vae),
+        known_gaps=dict(cfg="its guider names the branches pred_cond / pred_uncond, which CFG reuse does not read"),
+    ),
+    "auraflow": TinyFamily(
+        "AuraFlowPipeline", "AuraFlowTransformer2DModel",
+        dict(sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=2,
+             caption_projection_dim=32, joint_attention_dim=TEXT_DIM, out_channels=4, pos_embed_max_size=64,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64), *_GUIDED, masks=("prompt_attention_mask",),
+    ),
+    "allegro": TinyFamily(
+        "AllegroPipeline", "AllegroTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=24, sample_width=4, sample_height=4,
+             sample_frames=4, caption_channels=TEXT_DIM, attention_head_dim=12, num_attention_heads=2),
+        _TEXT, dict(height=32, width=32, num_frames=5), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), masks=("prompt_attention_mask",), scheduler="DDIMScheduler",
+    ),
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
@@ -195,6 +233,8 @@ ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
 
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     """A real diffusers pipeline of `family` with a tiny random transformer and no text encoder or VAE."""
+    import inspect
+
     import diffusers
 
     if family not in ALL_FAMILIES:
@@ -205,13 +245,11 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     extra = {
         name: spec.make_transformer(**transformer_kwargs).eval()
         if value == "transformer"
-        else value() if callable(value) else value
+        else value() if inspect.isfunction(value) else value
         for name, value in spec.components.items()
     }
     scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_kwargs)
     pipeline_cls = getattr(diffusers, spec.pipeline)
-    import inspect
-
     params = inspect.signature(pipeline_cls.__init__).parameters
     components = {name: None for name in params if name not in ("self", "args", "kwargs")}
     components.update(transformer=transformer, scheduler=scheduler)

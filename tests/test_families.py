@@ -58,10 +58,13 @@ def test_never_reuse_is_bitwise_uncached_and_remove_restores(family):
 
 
 @pytest.mark.parametrize("policy", list(REUSE))
-def test_reuse_cuts_compute_and_stays_finite(family, policy):
+def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     name, pipe, cfg, baseline = family
     if policy == "cfg" and not cfg:
         pytest.skip(f"{name}: the pipeline runs no classifier-free guidance")
+    gap = MORE_FAMILIES[name].known_gaps.get(policy)
+    if gap:  # strict: once the gap is closed this fails, and the entry loses its note
+        request.applymarker(pytest.mark.xfail(reason=f"{name}: {gap}", strict=True))
     with dit_cache.cached(pipe, REUSE[policy]):
         out = run(pipe, name, cfg=cfg, steps=STEPS)
         stats = dit_cache.stats(pipe)

@@ -32,6 +32,7 @@ class TinyFamily:
     cfg: bool = True  # whether the pipeline runs classifier-free guidance at all
     mask_dtype: torch.dtype = torch.long
     known_gaps: dict = field(default_factory=dict)  # policy name -> why it does not work on this family yet
+    fill_zeros: bool = False  # the class zero-initialises its modulation (blocks start as identities): fill it
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -42,7 +43,13 @@ class TinyFamily:
         if single_layers is not None:
             config["num_single_layers"] = single_layers
         config.update(kw)
-        return getattr(diffusers, self.transformer)(**config)
+        model = getattr(diffusers, self.transformer)(**config)
+        if self.fill_zeros:
+            with torch.no_grad():
+                for param in model.parameters():
+                    if not param.any():
+                        param.normal_(0.0, 0.1)
+        return model
 
     def make_inputs(self, batch: int, cfg: bool, g: torch.Generator) -> dict:
         kw = {name: torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
@@ -136,6 +143,22 @@ def _guider():
     return ClassifierFreeGuidance(guidance_scale=4.0)
 
 
+def _apg_guider():
+    from diffusers.guiders import AdaptiveProjectedGuidance
+
+    return AdaptiveProjectedGuidance()
+
+
+def _tiny_magvit():
+    from diffusers import AutoencoderKLMagvit
+
+    down = ("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3
+    up = ("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3
+    return AutoencoderKLMagvit(in_channels=3, out_channels=3, down_block_types=down, up_block_types=up,
+                               block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+                               norm_num_groups=2, spatial_group_norm=False).eval()  # fmt: skip
+
+
 def _tiny_hunyuan15_vae():
     from diffusers import AutoencoderKLHunyuanVideo15
 
@@ -225,6 +248,86 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              sample_frames=4, caption_channels=TEXT_DIM, attention_head_dim=12, num_attention_heads=2),
         _TEXT, dict(height=32, width=32, num_frames=5), dict(guidance_scale=4.0, negative_prompt=None),
         dict(guidance_scale=1.0), masks=("prompt_attention_mask",), scheduler="DDIMScheduler",
+    ),
+    "bria": TinyFamily(
+        "BriaPipeline", "BriaTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
+             pooled_projection_dim=None, axes_dims_rope=[0, 8, 8], **_HEADS),
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
+        components=dict(vae=lambda: _tiny_vae()),
+    ),
+    "ovis_image": TinyFamily(
+        "OvisImagePipeline", "OvisImageTransformer2DModel",
+        dict(patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1,
+             joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 4, 8), **_HEADS),
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
+    ),
+    "longcat_image": TinyFamily(
+        "LongCatImagePipeline", "LongCatImageTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
+             axes_dims_rope=(4, 4, 8), **_HEADS),
+        _TEXT, dict(height=64, width=64, enable_prompt_rewrite=False), *_GUIDED,
+    ),
+    "motif_video": TinyFamily(
+        "MotifVideoPipeline", "MotifVideoTransformer3DModel",
+        dict(in_channels=9, out_channels=4, num_layers=1, num_single_layers=1, text_embed_dim=TEXT_DIM,
+             rope_axes_dim=(4, 4, 4), attention_head_dim=12, num_attention_heads=2),
+        _TEXT, _VIDEO, {}, {}, masks=("prompt_attention_mask",), components=dict(guider=_apg_guider, vae=_tiny_wan_vae),
+        known_gaps=dict(cfg="its guider names the branches pred_cond / pred_uncond, which CFG reuse does not read"),
+    ),
+    "hunyuanimage": TinyFamily(
+        "HunyuanImagePipeline", "HunyuanImageTransformer2DModel",
+        dict(in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, num_refiner_layers=1,
+             patch_size=(1, 1), guidance_embeds=False, text_embed_dim=TEXT_DIM, text_embed_2_dim=TEXT_DIM,
+             rope_axes_dim=(8, 8), **_HEADS),
+        {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=64, width=64), {}, {},
+        masks=("prompt_embeds_mask", "prompt_embeds_mask_2"), cfg=False,
+    ),
+    "easyanimate": TinyFamily(
+        "EasyAnimatePipeline", "EasyAnimateTransformer3DModel",
+        dict(in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=TEXT_DIM, num_layers=2, sample_width=16,
+             sample_height=16, patch_size=2, **_HEADS),
+        _TEXT, dict(height=64, width=64, num_frames=5), *_GUIDED, masks=("prompt_attention_mask",),
+        components=dict(vae=_tiny_magvit),
+    ),
+    "cogview3plus": TinyFamily(
+        "CogView3PlusPipeline", "CogView3PlusTransformer2DModel",
+        dict(patch_size=2, in_channels=4, num_layers=2, out_channels=4, text_embed_dim=TEXT_DIM, time_embed_dim=8,
+             condition_dim=2, pos_embed_max_size=8, sample_size=8, **_HEADS),
+        _TEXT, dict(height=64, width=64), *_GUIDED, scheduler="CogVideoXDDIMScheduler",
+    ),
+    "kandinsky5": TinyFamily(
+        "Kandinsky5T2VPipeline", "Kandinsky5Transformer3DModel",
+        dict(in_visual_dim=4, in_text_dim=TEXT_DIM, in_text_dim2=TEXT_DIM, time_dim=16, out_visual_dim=4,
+             patch_size=(1, 2, 2), model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=2,
+             axes_dims=(4, 6, 6), visual_cond=False, attention_type="regular"),
+        {"prompt_embeds_qwen": (TEXT_TOKENS, TEXT_DIM), "prompt_embeds_clip": (TEXT_DIM,)},
+        dict(_VIDEO, prompt_cu_seqlens=torch.tensor([0, TEXT_TOKENS], dtype=torch.int32), guidance_scale=1.0), {},
+        cfg=False, fill_zeros=True,  # its CFG calls carry no cache_context (see docs/adapters.md)
+    ),
+    "sana_video": TinyFamily(
+        "SanaVideoPipeline", "SanaVideoTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=16,
+             cross_attention_dim=32, caption_channels=TEXT_DIM, sample_size=8, patch_size=(1, 2, 2),
+             qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **_HEADS),
+        _TEXT, dict(height=64, width=64, frames=5, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        scheduler="DPMSolverMultistepScheduler",
+    ),
+    "hunyuandit": TinyFamily(
+        "HunyuanDiTPipeline", "HunyuanDiT2DModel",
+        dict(sample_size=8, num_layers=2, patch_size=2, in_channels=4, cross_attention_dim=TEXT_DIM,
+             cross_attention_dim_t5=TEXT_DIM, pooled_projection_dim=16, hidden_size=32,
+             activation_fn="gelu-approximate", text_len=TEXT_TOKENS, text_len_t5=TEXT_TOKENS, **_HEADS),
+        {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=64, width=64, use_resolution_binning=False),
+        *_GUIDED, masks=("prompt_attention_mask", "prompt_attention_mask_2"), scheduler="DDPMScheduler",
+    ),
+    "dit": TinyFamily(
+        "DiTPipeline", "DiTTransformer2DModel",
+        dict(sample_size=8, num_layers=2, patch_size=2, in_channels=4, out_channels=8, attention_bias=True,
+             activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+             norm_elementwise_affine=False, **_HEADS),
+        {}, dict(class_labels=[1]), *_GUIDED, scheduler="DDIMScheduler", components=dict(id2label={0: "a", 1: "b"}, vae=lambda: _tiny_vae()),
     ),
 }  # fmt: skip
 

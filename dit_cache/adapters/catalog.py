@@ -1,8 +1,55 @@
 """The families added beyond the first eight, and the transformer classes dit_cache refuses, with the reason."""
 
-from . import allegro, auraflow, chroma, cogview4, flux2, hunyuan_video15, mochi, sana, skyreels_v2, wan_vace
+from . import (
+    allegro,
+    auraflow,
+    bria,
+    chroma,
+    cogview3plus,
+    cogview4,
+    dit,
+    easyanimate,
+    flux2,
+    hunyuan_video15,
+    hunyuandit,
+    hunyuanimage,
+    kandinsky5,
+    longcat_image,
+    mochi,
+    motif_video,
+    ovis_image,
+    sana,
+    sana_video,
+    skyreels_v2,
+    wan_vace,
+)
 
-SPECS = tuple(module.SPEC for module in (skyreels_v2, wan_vace, flux2, chroma, mochi, sana, cogview4, hunyuan_video15, auraflow, allegro))
+SPECS = tuple(
+    module.SPEC
+    for module in (
+        skyreels_v2,
+        wan_vace,
+        flux2,
+        chroma,
+        mochi,
+        sana,
+        cogview4,
+        hunyuan_video15,
+        auraflow,
+        allegro,
+        bria,
+        ovis_image,
+        longcat_image,
+        motif_video,
+        hunyuanimage,
+        easyanimate,
+        cogview3plus,
+        kandinsky5,
+        sana_video,
+        hunyuandit,
+        dit,
+    )
+)
 
 # class name -> why its blocks cannot be cached exactly (apply refuses it with this reason; see docs/adapters.md)
 REFUSED: dict[str, str] = {}

@@ -90,16 +90,15 @@ class BlockGroup:
 def single_stream_blocks(hidden_index: int | None, encoder_index: int | None = None, **kw: Any) -> BlockGroup:
     """Flux-style `single_transformer_blocks`: `proj_out(cat(attn(x), act_mlp(proj_mlp(x))))`, gated. The MLP unit
     ends with its activation, and attention and MLP feed only `proj_out`. `hidden_index=None`: blocks that take and
-    return the text and image tokens as one sequence (Chroma)."""
-    return BlockGroup(
-        "single_transformer_blocks",
-        hidden_index=hidden_index,
-        encoder_index=encoder_index,
-        **kw,
+    return the text and image tokens as one sequence (Chroma). `kw` overrides any field (Ovis-Image gates half of
+    `proj_mlp`'s output with the other half: `tails=(), feeds=()`)."""
+    fields: dict[str, Any] = dict(
         mlp=("proj_mlp", "proj_out"),
         tails=(("proj_mlp", "act_mlp"),),
         feeds=(("attn", "proj_out"), ("proj_mlp", "proj_out")),
     )
+    fields.update(kw)
+    return BlockGroup("single_transformer_blocks", hidden_index=hidden_index, encoder_index=encoder_index, **fields)
 
 
 # indicator(first_block, call) -> a tensor whose change between steps predicts the change of the output (TeaCache).
@@ -197,16 +196,17 @@ def dit_like(
     mlp: tuple[str, ...] = ("ff",),
     temb: str = "temb",
     encoder_arg: str | None = "encoder_hidden_states",
+    indicator: IndicatorFn | None = None,
+    indicator_doc: str | None = None,
     **kw: Any,
 ) -> ModelSpec:
     """DiT / PixArt-style model: one block list returning the hidden tensor, text (if any) by cross-attention;
-    TeaCache's indicator is the timestep embedding the blocks get as `temb`."""
+    TeaCache's indicator is the timestep embedding the blocks get as `temb` unless `indicator` is given."""
     group = BlockGroup(
         attr, hidden_index=None, attention=attention, cross_attention=cross_attention, mlp=mlp, encoder_arg=encoder_arg
     )
-    return ModelSpec(
-        name, class_names, (group,), temb_indicator(temb), f"the timestep embedding `{temb}`", notes=doc, **kw
-    )
+    doc_of_indicator = indicator_doc or f"the timestep embedding `{temb}`"
+    return ModelSpec(name, class_names, (group,), indicator or temb_indicator(temb), doc_of_indicator, notes=doc, **kw)
 
 
 def double_single(

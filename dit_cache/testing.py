@@ -329,6 +329,38 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              norm_elementwise_affine=False, **_HEADS),
         {}, dict(class_labels=[1]), *_GUIDED, scheduler="DDIMScheduler", components=dict(id2label={0: "a", 1: "b"}, vae=lambda: _tiny_vae()),
     ),
+    "pixart_sigma": TinyFamily(
+        "PixArtSigmaPipeline", "PixArtTransformer2DModel", {**FAMILIES["pixart"].config, "num_layers": 2}, _TEXT,
+        dict(height=64, width=64, use_resolution_binning=False), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), masks=("prompt_attention_mask",), scheduler="DPMSolverMultistepScheduler",
+    ),
+    "latte": TinyFamily(
+        "LattePipeline", "LatteTransformer3DModel",
+        dict(sample_size=8, num_layers=2, patch_size=2, caption_channels=TEXT_DIM, in_channels=4, video_length=3,
+             cross_attention_dim=32, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+             num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64, video_length=3), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), scheduler="DDIMScheduler",
+    ),
+    "krea2": TinyFamily(
+        "Krea2Pipeline", "Krea2Transformer2DModel",
+        dict(in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=32, timestep_embed_dim=8, text_hidden_dim=16, num_text_layers=3,
+             text_num_attention_heads=2, text_num_key_value_heads=1, text_intermediate_size=16,
+             num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 2, 2), rope_theta=1000.0),
+        {"prompt_embeds": (TEXT_TOKENS, 3, 16)}, dict(height=64, width=64, guidance_scale=0.0), {},
+        masks=("prompt_embeds_mask",), mask_dtype=torch.bool, cfg=False,
+        components=dict(text_encoder_select_layers=(0, 1, 2)),  # its CFG calls carry no cache_context
+    ),
+    "prx": TinyFamily(
+        "PRXPipeline", "PRXTransformer2DModel",
+        dict(patch_size=1, in_channels=4, context_in_dim=TEXT_DIM, hidden_size=32, mlp_ratio=2.0, num_heads=2,
+             depth=2, axes_dim=[8, 8]),
+        _TEXT, dict(height=64, width=64, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        mask_dtype=torch.bool, fill_zeros=True,
+    ),
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}

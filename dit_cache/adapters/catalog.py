@@ -14,10 +14,13 @@ from . import (
     hunyuandit,
     hunyuanimage,
     kandinsky5,
+    krea2,
+    latte,
     longcat_image,
     mochi,
     motif_video,
     ovis_image,
+    prx,
     sana,
     sana_video,
     skyreels_v2,
@@ -48,6 +51,9 @@ SPECS = tuple(
         sana_video,
         hunyuandit,
         dit,
+        krea2,
+        prx,
+        latte,
     )
 )
 

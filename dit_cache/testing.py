@@ -149,6 +149,27 @@ def _apg_guider():
     return AdaptiveProjectedGuidance()
 
 
+def _tiny_image(size: int = 32):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.arange(size * size * 3).reshape(size, size, 3) % 251).astype("uint8"))
+
+
+def _tiny_clip_vision():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=16)  # fmt: skip
+    return CLIPVisionModel(config).eval()
+
+
+def _tiny_clip_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
 def _tiny_magvit():
     from diffusers import AutoencoderKLMagvit
 
@@ -262,12 +283,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 4, 8), **_HEADS),
         _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
     ),
-    "longcat_image": TinyFamily(
-        "LongCatImagePipeline", "LongCatImageTransformer2DModel",
-        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
-             axes_dims_rope=(4, 4, 8), **_HEADS),
-        _TEXT, dict(height=64, width=64, enable_prompt_rewrite=False), *_GUIDED,
-    ),
     "motif_video": TinyFamily(
         "MotifVideoPipeline", "MotifVideoTransformer3DModel",
         dict(in_channels=9, out_channels=4, num_layers=1, num_single_layers=1, text_embed_dim=TEXT_DIM,
@@ -360,6 +375,12 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         _TEXT, dict(height=64, width=64, use_resolution_binning=False),
         dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
         mask_dtype=torch.bool, fill_zeros=True,
+    ),
+    "chronoedit": TinyFamily(
+        "ChronoEditPipeline", "ChronoEditTransformer3DModel",
+        {**_WAN, "in_channels": 12, "image_dim": 32, "added_kv_proj_dim": 32}, _TEXT,
+        dict(_VIDEO, image=_tiny_image(), guidance_scale=1.0), {}, cfg=False,  # CFG calls without cache_context
+        components=dict(vae=_tiny_wan_vae, image_encoder=_tiny_clip_vision, image_processor=_tiny_clip_processor),
     ),
 }  # fmt: skip
 

@@ -4,6 +4,7 @@ from . import (
     allegro,
     auraflow,
     bria,
+    chronoedit,
     chroma,
     cogview3plus,
     cogview4,
@@ -54,6 +55,7 @@ SPECS = tuple(
         krea2,
         prx,
         latte,
+        chronoedit,
     )
 )
 

@@ -382,6 +382,13 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(_VIDEO, image=_tiny_image(), guidance_scale=1.0), {}, cfg=False,  # CFG calls without cache_context
         components=dict(vae=_tiny_wan_vae, image_encoder=_tiny_clip_vision, image_processor=_tiny_clip_processor),
     ),
+    "ernie_image": TinyFamily(
+        "ErnieImagePipeline", "ErnieImageTransformer2DModel",
+        dict(hidden_size=32, num_attention_heads=2, num_layers=2, ffn_hidden_size=64, in_channels=16, out_channels=16,
+             text_in_dim=TEXT_DIM, rope_axes_dim=(4, 6, 6)),
+        _TEXT, dict(height=64, width=64, use_pe=False), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), fill_zeros=True,
+    ),
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}

@@ -10,6 +10,7 @@ from . import (
     cogview4,
     dit,
     easyanimate,
+    ernie_image,
     flux2,
     hunyuan_video15,
     hunyuandit,
@@ -56,6 +57,7 @@ SPECS = tuple(
         prx,
         latte,
         chronoedit,
+        ernie_image,
     )
 )
 

@@ -196,6 +196,7 @@ def dit_like(
     mlp: tuple[str, ...] = ("ff",),
     temb: str = "temb",
     encoder_arg: str | None = "encoder_hidden_states",
+    hidden_arg: str = "hidden_states",
     indicator: IndicatorFn | None = None,
     indicator_doc: str | None = None,
     **kw: Any,
@@ -203,7 +204,13 @@ def dit_like(
     """DiT / PixArt-style model: one block list returning the hidden tensor, text (if any) by cross-attention;
     TeaCache's indicator is the timestep embedding the blocks get as `temb` unless `indicator` is given."""
     group = BlockGroup(
-        attr, hidden_index=None, attention=attention, cross_attention=cross_attention, mlp=mlp, encoder_arg=encoder_arg
+        attr,
+        hidden_index=None,
+        attention=attention,
+        cross_attention=cross_attention,
+        mlp=mlp,
+        hidden_arg=hidden_arg,
+        encoder_arg=encoder_arg,
     )
     doc_of_indicator = indicator_doc or f"the timestep embedding `{temb}`"
     return ModelSpec(name, class_names, (group,), indicator or temb_indicator(temb), doc_of_indicator, notes=doc, **kw)

@@ -72,3 +72,27 @@ def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     assert out.shape == baseline.shape and torch.isfinite(out).all(), f"{name} {policy}"
     assert not torch.equal(out, baseline), f"{name} {policy}: reuse changed nothing"
     assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} {policy}: remove()"
+
+
+def test_unsupported_transformer_names_the_nearest_classes_and_how_to_register():
+    class FluxTransformer3DModel(torch.nn.Module):  # no adapter and no block list
+        pass
+
+    with pytest.raises(TypeError) as err:
+        dit_cache.apply(FluxTransformer3DModel(), "teacache")
+    text = str(err.value)
+    assert "Nearest supported classes: FluxTransformer2DModel" in text
+    assert "register_adapter" in text and "docs/adapters.md" in text
+
+
+def test_refused_transformer_is_refused_with_its_reason():
+    from diffusers import Lumina2Transformer2DModel
+
+    model = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 4, 8), axes_lens=(32, 32, 32),
+        cap_feat_dim=32,
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=r"Lumina2Transformer2DModel: Lumina2Pipeline passes the timestep as 1 - t"):
+        dit_cache.apply(model, "teacache")
+    assert not hasattr(model, "_dit_cache")

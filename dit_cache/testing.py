@@ -6,6 +6,7 @@ embeddings are passed in and `output_type="latent"`. Random weights prove mechan
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,9 @@ class TinyFamily:
             kw.update(
                 {f"negative_{name}": torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
             )
-            kw.update({f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks})
+            kw.update(
+                {f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks}
+            )
         kw.update(self.size)
         kw.update(self.cfg_on if cfg else self.cfg_off)
         return kw
@@ -132,7 +135,7 @@ FAMILIES: dict[str, TinyFamily] = {
 # More families, tested by tests/test_families.py (tests/test_pipelines.py keeps to FAMILIES above: its many
 # policies x settings per family would cost minutes per family).
 _WAN = dict(patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64,
-            num_layers=2, rope_max_seq_len=32, **_HEADS)
+            num_layers=2, rope_max_seq_len=32, **_HEADS)  # fmt: skip
 _VIDEO = dict(height=32, width=32, num_frames=5)
 _GUIDED = dict(guidance_scale=4.0), dict(guidance_scale=1.0)
 
@@ -396,8 +399,6 @@ ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
 
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     """A real diffusers pipeline of `family` with a tiny random transformer and no text encoder or VAE."""
-    import inspect
-
     import diffusers
 
     if family not in ALL_FAMILIES:
@@ -405,12 +406,7 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     spec = ALL_FAMILIES[family]
     torch.manual_seed(seed)
     transformer = spec.make_transformer(**transformer_kwargs).eval()
-    extra = {
-        name: spec.make_transformer(**transformer_kwargs).eval()
-        if value == "transformer"
-        else value() if inspect.isfunction(value) else value
-        for name, value in spec.components.items()
-    }
+    extra = {name: _component(spec, value, transformer_kwargs) for name, value in spec.components.items()}
     scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_kwargs)
     pipeline_cls = getattr(diffusers, spec.pipeline)
     params = inspect.signature(pipeline_cls.__init__).parameters
@@ -423,6 +419,12 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     pipe = pipeline_cls(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _component(spec: TinyFamily, value: Any, transformer_kwargs: dict) -> Any:
+    if value == "transformer":  # a second random transformer of the same config
+        return spec.make_transformer(**transformer_kwargs).eval()
+    return value() if inspect.isfunction(value) else value
 
 
 def tiny_inputs(family: str, *, cfg: bool = True, batch: int = 1, seed: int = 0, steps: int = 6) -> dict:

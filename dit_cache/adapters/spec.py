@@ -239,6 +239,4 @@ def double_single(
     )
     if single is not None:
         groups += (single,)
-    return ModelSpec(
-        name, class_names, groups, indicator or adanorm_indicator("norm1"), indicator_doc, notes=doc, **kw
-    )
+    return ModelSpec(name, class_names, groups, indicator or adanorm_indicator("norm1"), indicator_doc, notes=doc, **kw)

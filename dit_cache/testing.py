@@ -173,6 +173,30 @@ def _tiny_clip_processor():
     return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
+def _tiny_siglip():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=32, patch_size=16)  # fmt: skip
+    return SiglipVisionModel(config).eval()
+
+
+def _tiny_siglip_processor():
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": 32, "width": 32})
+
+
+def _tiny_hunyuan_vae():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+
+
 def _tiny_magvit():
     from diffusers import AutoencoderKLMagvit
 
@@ -392,6 +416,16 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         _TEXT, dict(height=64, width=64, use_pe=False), dict(guidance_scale=4.0, negative_prompt=None),
         dict(guidance_scale=1.0), fill_zeros=True,
     ),
+    "hunyuan_video_framepack": TinyFamily(
+        "HunyuanVideoFramepackPipeline", "HunyuanVideoFramepackTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2,
+             patch_size_t=1, guidance_embeds=True, text_embed_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+             rope_axes_dim=(4, 6, 6), image_condition_type=None, has_image_proj=True, image_proj_dim=32,
+             has_clean_x_embedder=True, **_HEADS),
+        _TEXT_POOLED, dict(image=_tiny_image(64), height=64, width=64, num_frames=9, latent_window_size=2), {},
+        masks=("prompt_attention_mask",), cfg=False,  # its true-CFG calls carry no cache_context
+        components=dict(vae=_tiny_hunyuan_vae, image_encoder=_tiny_siglip, feature_extractor=_tiny_siglip_processor),
+    ),
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
@@ -438,10 +472,11 @@ def tiny_inputs(family: str, *, cfg: bool = True, batch: int = 1, seed: int = 0,
 def run(pipe, family: str, **kw) -> torch.Tensor:
     """Call the pipeline with `tiny_inputs(family, **kw)` and return its (latent) output as a tensor."""
     out = pipe(**tiny_inputs(family, **kw))
-    for attr in ("images", "frames"):
-        if hasattr(out, attr):
-            return torch.as_tensor(getattr(out, attr))
-    return torch.as_tensor(out[0])
+    value = next((getattr(out, attr) for attr in ("images", "frames") if hasattr(out, attr)), None)
+    value = out[0] if value is None else value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return torch.cat([part.flatten() for part in value])  # one latent per section (FramePack)
+    return torch.as_tensor(value)
 
 
 # ------------------------------------------------------------------------------------------------ with text encoders

@@ -13,6 +13,7 @@ from . import (
     ernie_image,
     flux2,
     hunyuan_video15,
+    hunyuan_video_framepack,
     hunyuandit,
     hunyuanimage,
     kandinsky5,
@@ -58,6 +59,7 @@ SPECS = tuple(
         latte,
         chronoedit,
         ernie_image,
+        hunyuan_video_framepack,
     )
 )
 

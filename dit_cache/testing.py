@@ -197,6 +197,43 @@ def _tiny_hunyuan_vae():
     ).eval()  # fmt: skip
 
 
+def _tiny_ltx2_vae():
+    from diffusers import AutoencoderKLLTX2Video
+
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,),
+        layers_per_block=(1,), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False), downsample_type=("spatial",),
+        upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    return vae
+
+
+def _tiny_ltx2_audio_vae():
+    from diffusers import AutoencoderKLLTX2Audio
+
+    return AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()  # fmt: skip
+
+
+def _tiny_ltx2_connectors():
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+
+    return LTX2TextConnectors(
+        caption_channels=TEXT_DIM, text_proj_in_factor=2, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=16, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=16, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_double_precision=False,
+        rope_type="split",
+    ).eval()  # fmt: skip
+
+
 def _tiny_magvit():
     from diffusers import AutoencoderKLMagvit
 
@@ -425,6 +462,20 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         _TEXT_POOLED, dict(image=_tiny_image(64), height=64, width=64, num_frames=9, latent_window_size=2), {},
         masks=("prompt_attention_mask",), cfg=False,  # its true-CFG calls carry no cache_context
         components=dict(vae=_tiny_hunyuan_vae, image_encoder=_tiny_siglip, feature_extractor=_tiny_siglip_processor),
+    ),
+    "ltx2": TinyFamily(
+        "LTX2Pipeline", "LTX2VideoTransformer3DModel",
+        dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, cross_attention_dim=32, audio_in_channels=4,
+             audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=8,
+             audio_cross_attention_dim=16, num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=TEXT_DIM,
+             rope_double_precision=False, rope_type="split", **_HEADS),
+        {"prompt_embeds": (TEXT_TOKENS, TEXT_DIM * 2)},
+        dict(height=32, width=32, num_frames=5, frame_rate=25.0, stg_scale=0.0, modality_scale=1.0,
+             guidance_rescale=0.0, audio_guidance_scale=1.0, audio_stg_scale=0.0, audio_modality_scale=1.0,
+             audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None, use_cross_timestep=False),
+        dict(guidance_scale=3.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        components=dict(vae=_tiny_ltx2_vae, audio_vae=_tiny_ltx2_audio_vae, connectors=_tiny_ltx2_connectors),
+        known_gaps=dict(cfg="the transformer returns (video, audio); CFG reuse rebuilds a single output tensor"),
     ),
 }  # fmt: skip
 

@@ -20,6 +20,7 @@ from . import (
     krea2,
     latte,
     longcat_image,
+    ltx2,
     mochi,
     motif_video,
     ovis_image,
@@ -60,6 +61,7 @@ SPECS = tuple(
         chronoedit,
         ernie_image,
         hunyuan_video_framepack,
+        ltx2,
     )
 )
 

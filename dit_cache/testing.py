@@ -167,10 +167,18 @@ def _tiny_clip_vision():
     return CLIPVisionModel(config).eval()
 
 
-def _tiny_clip_processor():
+def _tiny_clip_processor(size: int = 32):
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _tiny_clip_vision_4():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=4, intermediate_size=16, patch_size=1)  # fmt: skip
+    return CLIPVisionModelWithProjection(config).eval()
 
 
 def _tiny_siglip():
@@ -252,12 +260,12 @@ def _tiny_hunyuan15_vae():
                                        downsample_match_channel=False, upsample_match_channel=False).eval()  # fmt: skip
 
 
-def _tiny_wan_vae():
+def _tiny_wan_vae(z_dim: int = 4):
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
-                            latents_std=[1.0] * 4).eval()  # fmt: skip
+    return AutoencoderKLWan(base_dim=3, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=[0.0] * z_dim,
+                            latents_std=[1.0] * z_dim).eval()  # fmt: skip
 
 
 MORE_FAMILIES: dict[str, TinyFamily] = {
@@ -476,6 +484,20 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(guidance_scale=3.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
         components=dict(vae=_tiny_ltx2_vae, audio_vae=_tiny_ltx2_audio_vae, connectors=_tiny_ltx2_connectors),
         known_gaps=dict(cfg="the transformer returns (video, audio); CFG reuse rebuilds a single output tensor"),
+    ),
+    "wan_animate": TinyFamily(
+        "WanAnimatePipeline", "WanAnimateTransformer3DModel",
+        dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16,
+             out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, image_dim=4,
+             rope_max_seq_len=32, motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16,
+             motion_style_dim=8, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
+             face_encoder_num_heads=2, inject_face_latents_blocks=2),
+        _TEXT,
+        dict(image=_tiny_image(16), pose_video=[_tiny_image(16)] * 9, face_video=[_tiny_image(16)] * 9, height=16,
+             width=16, segment_frame_length=9, mode="animate", guidance_scale=1.0),
+        {}, cfg=False,
+        components=dict(vae=lambda: _tiny_wan_vae(16), image_encoder=_tiny_clip_vision_4,
+                        image_processor=lambda: _tiny_clip_processor(4)),
     ),
 }  # fmt: skip
 

@@ -28,6 +28,7 @@ from . import (
     sana,
     sana_video,
     skyreels_v2,
+    wan_animate,
     wan_vace,
 )
 
@@ -62,6 +63,7 @@ SPECS = tuple(
         ernie_image,
         hunyuan_video_framepack,
         ltx2,
+        wan_animate,
     )
 )
 

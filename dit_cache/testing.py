@@ -242,6 +242,22 @@ def _tiny_ltx2_connectors():
     ).eval()  # fmt: skip
 
 
+def _tiny_smollm3():
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    config = SmolLM3Config(vocab_size=len(TINY_VOCAB) + 3, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)  # fmt: skip
+    return SmolLM3ForCausalLM(config).eval()
+
+
+def _tiny_fibo_vae():
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=4, decoder_base_dim=4, num_res_blocks=1, out_channels=12, patch_size=2,
+                            scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+                            z_dim=16).eval()  # fmt: skip
+
+
 def _tiny_magvit():
     from diffusers import AutoencoderKLMagvit
 
@@ -498,6 +514,16 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         {}, cfg=False,
         components=dict(vae=lambda: _tiny_wan_vae(16), image_encoder=_tiny_clip_vision_4,
                         image_processor=lambda: _tiny_clip_processor(4)),
+    ),
+    "bria_fibo": TinyFamily(
+        "BriaFiboPipeline", "BriaFiboTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+             num_attention_heads=2, joint_attention_dim=64, text_encoder_dim=32, pooled_projection_dim=None,
+             axes_dims_rope=[0, 8, 8]),
+        {}, dict(prompt="a red circle", height=64, width=64, max_sequence_length=TEXT_TOKENS),
+        dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
+        components=dict(text_encoder=_tiny_smollm3, tokenizer=lambda: word_tokenizer(), vae=_tiny_fibo_vae),
+        known_gaps=dict(cfg="the per-layer text features come as a list (text_encoder_layers) CFG reuse does not halve"),
     ),
 }  # fmt: skip
 

@@ -4,6 +4,7 @@ from . import (
     allegro,
     auraflow,
     bria,
+    bria_fibo,
     chroma,
     chronoedit,
     cogview3plus,
@@ -64,6 +65,7 @@ SPECS = tuple(
         hunyuan_video_framepack,
         ltx2,
         wan_animate,
+        bria_fibo,
     )
 )
 

@@ -525,6 +525,14 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         components=dict(text_encoder=_tiny_smollm3, tokenizer=lambda: word_tokenizer(), vae=_tiny_fibo_vae),
         known_gaps=dict(cfg="the per-layer text features come as a list (text_encoder_layers) CFG reuse does not halve"),
     ),
+    "glm_image": TinyFamily(
+        "GlmImagePipeline", "GlmImageTransformer2DModel",
+        dict(patch_size=2, in_channels=4, out_channels=4, num_layers=2, text_embed_dim=TEXT_DIM, time_embed_dim=16,
+             condition_dim=8, prior_vq_quantizer_codebook_size=128, **_HEADS),
+        _TEXT, dict(height=64, width=64, guidance_scale=1.0, prior_token_ids=torch.arange(64)[None] * 7 % 128), {},
+        cfg=False,  # its CFG calls carry no cache_context; prior tokens given (no GLM autoregressive model)
+        components=dict(vae=lambda: _tiny_vae()),
+    ),
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}

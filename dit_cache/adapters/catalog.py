@@ -13,6 +13,7 @@ from . import (
     easyanimate,
     ernie_image,
     flux2,
+    glm_image,
     hunyuan_video15,
     hunyuan_video_framepack,
     hunyuandit,
@@ -66,6 +67,7 @@ SPECS = tuple(
         ltx2,
         wan_animate,
         bria_fibo,
+        glm_image,
     )
 )
 

@@ -34,6 +34,7 @@ class TinyFamily:
     mask_dtype: torch.dtype = torch.long
     known_gaps: dict = field(default_factory=dict)  # policy name -> why it does not work on this family yet
     fill_zeros: bool = False  # the class zero-initialises its modulation (blocks start as identities): fill it
+    attributes: dict = field(default_factory=dict)  # pipeline attributes to set after construction
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -284,6 +285,9 @@ def _tiny_wan_vae(z_dim: int = 4):
                             latents_std=[1.0] * z_dim).eval()  # fmt: skip
 
 
+# HiDream's Llama features: (layers, batch, tokens, dim), layer first (the batch-first `embeds` cannot say it)
+_LLAMA = torch.randn(2, 3, 1, TEXT_TOKENS, 16, generator=torch.Generator().manual_seed(0))
+
 MORE_FAMILIES: dict[str, TinyFamily] = {
     "wan22_a14b": TinyFamily(
         "WanPipeline", "WanTransformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
@@ -533,6 +537,16 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         cfg=False,  # its CFG calls carry no cache_context; prior tokens given (no GLM autoregressive model)
         components=dict(vae=lambda: _tiny_vae()),
     ),
+    "hidream_image": TinyFamily(
+        "HiDreamImagePipeline", "HiDreamImageTransformer2DModel",
+        dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+             num_attention_heads=4, caption_channels=[TEXT_DIM, 16], text_emb_dim=64, num_routed_experts=4,
+             num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1, 2)),
+        {"prompt_embeds_t5": (TEXT_TOKENS, TEXT_DIM), "pooled_prompt_embeds": (64,)},
+        dict(height=64, width=64, prompt_embeds_llama3=_LLAMA[0]),
+        dict(guidance_scale=4.0, negative_prompt_embeds_llama3=_LLAMA[1]), dict(guidance_scale=1.0),
+        components=dict(vae=lambda: _tiny_vae()), attributes=dict(default_sample_size=16),  # it resizes to this area
+    ),
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
@@ -558,6 +572,8 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
             components.pop(name, None)
     components.update(extra)
     pipe = pipeline_cls(**components)
+    for name, value in spec.attributes.items():
+        setattr(pipe, name, value)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -14,6 +14,7 @@ from . import (
     ernie_image,
     flux2,
     glm_image,
+    hidream_image,
     hunyuan_video15,
     hunyuan_video_framepack,
     hunyuandit,
@@ -68,6 +69,7 @@ SPECS = tuple(
         wan_animate,
         bria_fibo,
         glm_image,
+        hidream_image,
     )
 )
 

@@ -40,7 +40,7 @@ class ArgReader:
 
 @dataclass(frozen=True)
 class BlockGroup:
-    """One list of blocks, e.g. Flux's `single_transformer_blocks`.
+    """One list of blocks, e.g. Flux's `single_transformer_blocks` (`attr`; see `block_list` for wrapped blocks).
 
     `hidden_index` / `encoder_index`: where the image stream and the text (encoder) stream sit in the tuple a block
     returns; `hidden_index=None` means the block returns the hidden tensor itself. `attention`, `cross_attention` and
@@ -150,11 +150,21 @@ class ModelSpec:
         """(group, index in group, block) in execution order."""
         found = []
         for group in self.groups:
-            modules = getattr(transformer, group.attr, None)
+            modules = block_list(transformer, group.attr)
             if modules is None:
                 continue
             found.extend((group, i, block) for i, block in enumerate(modules))
         return found
+
+
+def block_list(transformer: nn.Module, attr: str) -> Any:
+    """The blocks named by a group's `attr`: an attribute (`"blocks"`), or `"outer.*.inner"` for blocks wrapped in
+    another module each (HiDream's `single_stream_blocks[i].block`)."""
+    if ".*." not in attr:
+        return getattr(transformer, attr, None)
+    outer, inner = attr.split(".*.", 1)
+    wrappers = getattr(transformer, outer, None)
+    return None if wrappers is None else [wrapper.get_submodule(inner) for wrapper in wrappers]
 
 
 def temb_indicator(arg: str = "temb") -> IndicatorFn:

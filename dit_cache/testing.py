@@ -259,6 +259,22 @@ def _tiny_fibo_vae():
                             z_dim=16).eval()  # fmt: skip
 
 
+def _tiny_qwen25vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(
+        vocab_size=len(TINY_VOCAB) + 3,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+    )
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32)  # fmt: skip
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision)).eval()
+
+
 def _tiny_magvit():
     from diffusers import AutoencoderKLMagvit
 
@@ -546,6 +562,15 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(height=64, width=64, prompt_embeds_llama3=_LLAMA[0]),
         dict(guidance_scale=4.0, negative_prompt_embeds_llama3=_LLAMA[1]), dict(guidance_scale=1.0),
         components=dict(vae=lambda: _tiny_vae()), attributes=dict(default_sample_size=16),  # it resizes to this area
+    ),
+    "longcat_image": TinyFamily(
+        "LongCatImagePipeline", "LongCatImageTransformer2DModel",
+        dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
+             axes_dims_rope=(4, 4, 8), **_HEADS),
+        {}, dict(prompt="a red circle", height=64, width=64, enable_prompt_rewrite=False),
+        dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
+        components=dict(text_encoder=_tiny_qwen25vl, tokenizer=lambda: word_tokenizer(), vae=lambda: _tiny_vae()),
+        attributes=dict(tokenizer_max_length=TEXT_TOKENS),  # its pipeline cannot take prompt_embeds (0.42.1)
     ),
 }  # fmt: skip
 

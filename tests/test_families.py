@@ -97,3 +97,15 @@ def test_refused_transformer_is_refused_with_its_reason():
     with pytest.raises(TypeError, match=r"Lumina2Transformer2DModel: Lumina2Pipeline passes the timestep as 1 - t"):
         dit_cache.apply(model, "teacache")
     assert not hasattr(model, "_dit_cache")
+
+
+def test_registered_and_refused_classes_are_diffusers_classes():
+    """Adapters and refusals are looked up by class name: a typo would silently never match."""
+    import diffusers
+
+    from dit_cache.adapters import catalog
+
+    names = set(dit_cache.supported_classes()) | set(catalog.REFUSED)
+    assert not set(catalog.REFUSED) & set(dit_cache.supported_classes())
+    missing = [name for name in sorted(names) if not hasattr(diffusers, name)]
+    assert not missing, f"not diffusers classes: {missing}"

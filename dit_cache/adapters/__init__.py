@@ -3,12 +3,13 @@ block lists the way diffusers does. Register a new family with `dit_cache.regist
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 
 from torch import nn
 
-from . import cogvideox, flux, hunyuan_video, ltx, pixart, qwenimage, sd3, wan
+from . import catalog, cogvideox, flux, hunyuan_video, ltx, pixart, qwenimage, sd3, wan
 from .spec import ArgReader, BlockCall, BlockGroup, ModelSpec, adanorm_indicator, temb_indicator
 
 logger = logging.getLogger(__name__)
@@ -41,17 +42,27 @@ def supported_classes() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def nearest_classes(name: str) -> str:
+    """A sentence naming the supported classes closest to `name`."""
+    close = difflib.get_close_matches(name, supported_classes(), n=3, cutoff=0.4)
+    return f"Nearest supported classes: {', '.join(close)}. " if close else ""
+
+
 def find_spec(transformer: nn.Module) -> ModelSpec:
     """The registered spec of `transformer`'s class (or a base class), else a generic one, else a clear error."""
     for cls in type(transformer).__mro__:
         if cls.__name__ in _REGISTRY:
             return _REGISTRY[cls.__name__]
+    refused = catalog.REFUSED.get(type(transformer).__name__)
+    if refused is not None:
+        raise TypeError(f"dit_cache cannot cache {type(transformer).__name__}: {refused}")
     spec = _generic_spec(transformer)
     if spec is None:
         raise TypeError(
             f"dit_cache cannot cache {type(transformer).__name__}: no adapter is registered for it and it has no "
-            f"block list (looked for nn.ModuleList attributes {', '.join(BLOCK_LIST_NAMES)}). Supported classes: "
-            f"{', '.join(supported_classes())}. To add one, describe its blocks with dit_cache.adapters.ModelSpec "
+            f"block list (looked for nn.ModuleList attributes {', '.join(BLOCK_LIST_NAMES)}). "
+            f"{nearest_classes(type(transformer).__name__)}Supported classes: {', '.join(supported_classes())}. "
+            "To add one, describe its blocks with dit_cache.adapters.ModelSpec "
             "and call dit_cache.register_adapter(spec) (see docs/adapters.md)."
         )
     logger.info("dit_cache: no adapter for %s, using the generic block-list adapter", type(transformer).__name__)
@@ -141,8 +152,8 @@ def _hidden_arg(attr: str, block: nn.Module, params) -> str:
     return positional[0]
 
 
-for _module in (flux, wan, hunyuan_video, cogvideox, ltx, sd3, pixart, qwenimage):
-    register_adapter(_module.SPEC)
+for _spec in (*(m.SPEC for m in (flux, wan, hunyuan_video, cogvideox, ltx, sd3, pixart, qwenimage)), *catalog.SPECS):
+    register_adapter(_spec)
 
 __all__ = [
     "ArgReader",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .adapters import ArgReader, BlockCall, BlockGroup, ModelSpec
-from .state import CallInfo, StepLocator, branch_of
+from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of
 from .stats import StepRecord
 
 if TYPE_CHECKING:
@@ -192,6 +192,11 @@ class CacheEngine:
     def _locate(self, call: CallInfo, values: list[float]) -> None:
         timestep_value = values.pop(0) if self.locator.needs_timestep(call) and call.timestep is not None else None
         self.locator.locate(call, timestep_value)
+        if call.branch == NO_CONTEXT_BRANCH and self.last_step.get(NO_CONTEXT_BRANCH) == call.step:
+            # A second call of the same step with no cache_context: a pipeline that runs its unconditional branch
+            # as a separate call and names neither (Chroma, Kandinsky 5...). Same step, so not a restart: its own
+            # state, or it would reuse the other branch's features. (A third call of the step is a restart.)
+            call.branch = SECOND_CALL_BRANCH
         self._maybe_new_trajectory(call)
         if call.branch not in self.states:
             self.states[call.branch] = self.policy.new_state()
@@ -208,8 +213,10 @@ class CacheEngine:
             values = self._read(call, probe)
             self._locate(call, values)
         state = self.states.get(call.branch)
-        if probed_state is not None and state is not probed_state:
-            values = []  # a new trajectory began (no end-of-call reset ran): the probe compared with the last one
+        if state is not probed_state and probed_state is not None:
+            # Locating found another state than the probe compared with (a new trajectory began with no end-of-call
+            # reset, or a second call of the step got its own branch): probe again against the right one.
+            values = self._read(call, self.policy.probe(call, state, slot, block_call), timestep=False)
         if state is None:  # a branch a policy named after locating (the conditional half of a batched CFG call)
             state = self.states[call.branch] = self.policy.new_state()
         call.decision = self.policy.decide(call, state, values)

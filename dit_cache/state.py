@@ -1,9 +1,10 @@
 """Where a transformer call sits: its CFG branch and its denoising step, read from what the pipeline passes.
 
 The branch comes from diffusers' `cache_context` ("cond", "uncond", "cond_uncond"...) or is "batch" when the pipeline
-sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one). The step comes from the context's
-`step_index` when the pipeline gives one (Wan), else from matching the `timestep` argument against the pipeline
-scheduler's timesteps. Calls are never counted.
+sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one); a second call of an already
+located step without a context (sequential CFG that names neither branch: Chroma, Kandinsky 5) is "batch:2". The
+step comes from the context's `step_index` when the pipeline gives one (Wan), else from matching the `timestep`
+argument against the pipeline scheduler's timesteps. Calls are never counted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 COMPUTE, REUSE, FORECAST = "computed", "reused", "forecast"
 PARTIAL = "partial"  # part of the work computed (some tokens, some blocks), the rest reused or forecast
 NO_CONTEXT_BRANCH = "batch"
+SECOND_CALL_BRANCH = "batch:2"  # a second call of one step without a context (sequential CFG that names neither)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 
 import dit_cache
 from dit_cache.adapters import find_spec
-from dit_cache.testing import MORE_FAMILIES, run, tiny_pipeline
+from dit_cache.testing import MORE_FAMILIES, run, tiny_inputs, tiny_pipeline
 
 pytestmark = pytest.mark.pipeline
 STEPS = 4
@@ -114,3 +114,38 @@ def test_registered_and_refused_classes_are_diffusers_classes():
     assert not set(catalog.REFUSED) & shipped
     missing = [name for name in sorted(names) if not hasattr(diffusers, name)]
     assert not missing, f"not diffusers classes: {missing}"
+
+
+def test_sequential_cfg_without_cache_context_keeps_the_branches_apart():
+    """Chroma runs its unconditional branch as a second call of each step and names neither: the second call of a
+    step gets its own state (never the other branch's features), so caching works and matches a run whose calls
+    are named by cache_context."""
+    pipe = tiny_pipeline("chroma")
+    transformer = pipe.transformer
+    original = type(transformer)
+    names = []
+
+    class Named(original):  # the same model, its calls named the way Wan's pipeline names them
+        def __call__(self, *args, **kwargs):
+            names.append("uncond" if kwargs["encoder_hidden_states"] is self.negative else "cond")
+            with self.cache_context(names[-1]):
+                return super().__call__(*args, **kwargs)
+
+    def guided():
+        kw = {**tiny_inputs("chroma", cfg=True, steps=6), "guidance_scale": 4.0}
+        transformer.negative = kw["negative_prompt_embeds"]
+        return pipe(**kw).images
+
+    with dit_cache.cached(pipe, "fora", interval=2):
+        plain = guided()
+        stats = dit_cache.stats(pipe)
+        transformer.__class__ = Named
+        try:
+            named = guided()
+        finally:
+            transformer.__class__ = original
+    assert names == ["cond", "uncond"] * 6
+    assert {r.branch for r in stats.records} == {"batch", "batch:2"}
+    assert stats.compute_fraction == 0.5
+    assert torch.isfinite(plain).all()
+    assert torch.equal(plain, named)

@@ -306,22 +306,7 @@ def test_diffusers_cache_hooks_placed_without_enable_cache_are_refused():
 def test_stats_of_a_call_that_ran_one_of_two_transformers_describe_that_call():
     """Wan 2.2 hands steps under a boundary to `transformer_2`; a call whose steps all stay above it leaves
     transformer_2 unrun, and stats then hold only that call's records (none of transformer_2's older ones)."""
-    import diffusers
-
-    from dit_cache.testing import FAMILIES
-
-    torch.manual_seed(0)
-    make = FAMILIES["wan"].make_transformer
-    pipe = diffusers.WanPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
-        transformer=make().eval(),
-        transformer_2=make().eval(),
-        boundary_ratio=0.5,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline("wan22_a14b")  # two experts, boundary_ratio 0.5
     dit_cache.apply(pipe, "schedule", steps=(0, 3))
     run(pipe, "wan", steps=STEPS)
     assert {r.transformer for r in dit_cache.stats(pipe).records} == {"transformer", "transformer_2"}

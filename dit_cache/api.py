@@ -121,7 +121,8 @@ def apply(
         if not slots:
             raise TypeError(f"{name} ({type(transformer).__name__}) has no blocks under {spec.name}'s block lists")
         policy_obj = policy_class(config)(config, ModelContext(transformer, spec, slots))
-        locator = StepLocator(_scheduler_source(transformer, scheduler, pipeline), spec.timestep_scale)
+        source = _scheduler_source(transformer, scheduler, pipeline)
+        locator = StepLocator(source, spec.timestep_scale, spec.timestep_offset)
         engine = CacheEngine(transformer, name, spec, slots, policy_obj, locator, process_group)
         patches.append((transformer, _Patch(config, engine, Installation(engine))))
 

@@ -111,18 +111,26 @@ class StepLocator:
 
     `scheduler_source` returns the scheduler of the pipeline that is calling (it may be swapped after `apply`, or
     the transformer shared by another pipeline). The scheduler's timesteps are copied to the host once per
-    `set_timesteps` (a new tensor each time).
+    `set_timesteps` (a new tensor each time). The transformer's timestep argument maps to the scheduler's timestep
+    affinely: `timestep_offset + timestep_scale * timestep` (Flux passes t / 1000: scale 1000; Z-Image passes
+    (1000 - t) / 1000: scale -1000, offset 1000).
     """
 
-    def __init__(self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0) -> None:
+    def __init__(
+        self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0, timestep_offset: float = 0.0
+    ) -> None:
         self._scheduler_source = scheduler_source
-        self._scale = timestep_scale
+        self._scale, self._offset = timestep_scale, timestep_offset
         # the (timesteps, sigmas) tensors read last (held, so that a new tensor is never mistaken for them) and
         # their in-place write counters
         self._tables_of: tuple = (None, None)
         self._versions: tuple = (None, None)
         self._timesteps: list[float] = []
         self._sigmas: list[float] | None = None
+
+    def scheduler_timestep(self, timestep_value: float) -> float:
+        """The scheduler timestep of the transformer's timestep argument (the adapter's affine map)."""
+        return self._offset + self._scale * timestep_value
 
     def needs_timestep(self, call: CallInfo) -> bool:
         return call.step_index is None or call.num_steps is None or call.sigma is None
@@ -150,7 +158,7 @@ class StepLocator:
         if call.step_index is not None and call.num_steps is not None:
             call.step = call.step_index
         elif tables is not None and timestep_value is not None:
-            t = timestep_value * self._scale
+            t = self.scheduler_timestep(timestep_value)
             call.step = min(range(len(timesteps)), key=lambda i: abs(timesteps[i] - t))
             call.num_steps = len(timesteps)
         else:
@@ -163,4 +171,4 @@ class StepLocator:
             if call.sigmas is not None and call.step < len(call.sigmas):
                 call.sigma = call.sigmas[call.step]
             elif timestep_value is not None:
-                call.sigma = timestep_value * self._scale / 1000.0
+                call.sigma = self.scheduler_timestep(timestep_value) / 1000.0

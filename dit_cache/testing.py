@@ -35,6 +35,7 @@ class TinyFamily:
     known_gaps: dict = field(default_factory=dict)  # policy name -> why it does not work on this family yet
     fill_zeros: bool = False  # the class zero-initialises its modulation (blocks start as identities): fill it
     attributes: dict = field(default_factory=dict)  # pipeline attributes to set after construction
+    embeds_as_list: bool = False  # the pipeline takes each embedding as a list, one (tokens, dim) tensor a prompt
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -63,6 +64,8 @@ class TinyFamily:
             kw.update(
                 {f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks}
             )
+        if self.embeds_as_list:  # Z-Image
+            kw.update({name: list(kw[name].unbind(0)) for name in kw if name.removeprefix("negative_") in self.embeds})
         kw.update(self.size)
         kw.update(self.cfg_on if cfg else self.cfg_off)
         return kw
@@ -571,6 +574,22 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
         components=dict(text_encoder=_tiny_qwen25vl, tokenizer=lambda: word_tokenizer(), vae=lambda: _tiny_vae()),
         attributes=dict(tokenizer_max_length=TEXT_TOKENS),  # its pipeline cannot take prompt_embeds (0.42.1)
+    ),
+    "z_image": TinyFamily(
+        "ZImagePipeline", "ZImageTransformer2DModel",
+        dict(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_DIM,
+             axes_dims=[4, 6, 6], axes_lens=[64, 32, 32]),
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=0.0), embeds_as_list=True,
+        known_gaps=dict(cfg="its batched CFG passes latents and prompt embeddings as lists, which CFG reuse does not halve"),
+    ),
+    "lumina2": TinyFamily(
+        "Lumina2Pipeline", "Lumina2Transformer2DModel",
+        dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=2, num_refiner_layers=1,
+             num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 4, 8), axes_lens=(32, 32, 32),
+             cap_feat_dim=TEXT_DIM),
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=1.0),
+        masks=("prompt_attention_mask",),
+        known_gaps=dict(cfg="its CFG calls carry no cache_context: CFG reuse cannot tell which one is unconditional"),
     ),
 }  # fmt: skip
 

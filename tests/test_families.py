@@ -87,16 +87,44 @@ def test_unsupported_transformer_names_the_nearest_classes_and_how_to_register()
 
 
 def test_refused_transformer_is_refused_with_its_reason():
-    from diffusers import Lumina2Transformer2DModel
+    from diffusers import CosmosTransformer3DModel
 
-    model = Lumina2Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
-        num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 4, 8), axes_lens=(32, 32, 32),
-        cap_feat_dim=32,
+    model = CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1, mlp_ratio=2.0,
+        text_embed_dim=32, adaln_lora_dim=8, max_size=(4, 8, 8), patch_size=(1, 2, 2), rope_scale=(1.0, 1.0, 1.0),
     )  # fmt: skip
-    with pytest.raises(TypeError, match=r"Lumina2Transformer2DModel: Lumina2Pipeline passes the timestep as 1 - t"):
+    with pytest.raises(TypeError, match=r"CosmosTransformer3DModel: its pipelines pass the timestep in three"):
         dit_cache.apply(model, "teacache")
     assert not hasattr(model, "_dit_cache")
+
+
+@pytest.mark.parametrize(
+    "scale, offset, passed",
+    [
+        (1.0, 0.0, lambda t: t),  # SD3, Wan: the scheduler's timestep
+        (1000.0, 0.0, lambda t: t / 1000),  # Flux, Qwen-Image
+        (-1000.0, 1000.0, lambda t: (1000 - t) / 1000),  # Z-Image, Lumina 2: reversed
+    ],
+    ids=["identity", "flux", "reversed"],
+)
+@pytest.mark.parametrize("with_sigmas", [True, False], ids=["sigmas", "no-sigmas"])
+def test_step_locator_maps_the_transformer_timestep_to_the_scheduler_step(scale, offset, passed, with_sigmas):
+    """scheduler timestep = timestep_offset + timestep_scale * the transformer's timestep: every step of a shifted
+    schedule is found from what the pipeline passes, and the sigma fallback (a scheduler without sigmas) goes
+    through the same map."""
+    from types import SimpleNamespace
+
+    from dit_cache.state import CallInfo, StepLocator
+
+    timesteps = torch.tensor([1000.0, 937.5, 812.5, 600.0, 312.5, 62.5])
+    sigmas = torch.cat([timesteps / 1000, torch.zeros(1)]) if with_sigmas else None
+    scheduler = SimpleNamespace(timesteps=timesteps, sigmas=sigmas)
+    locator = StepLocator(lambda: scheduler, timestep_scale=scale, timestep_offset=offset)
+    for step, t in enumerate(timesteps.tolist()):
+        call = CallInfo(branch="batch", timestep=torch.tensor([passed(t)]))
+        locator.locate(call, float(torch.tensor(passed(t), dtype=torch.float32)))
+        assert (call.step, call.num_steps) == (step, len(timesteps))
+        assert call.sigma == pytest.approx(t / 1000, abs=1e-6)
 
 
 def test_registered_and_refused_classes_are_diffusers_classes():

@@ -24,6 +24,7 @@ from . import (
     latte,
     longcat_image,
     ltx2,
+    lumina2,
     mochi,
     motif_video,
     ovis_image,
@@ -33,6 +34,7 @@ from . import (
     skyreels_v2,
     wan_animate,
     wan_vace,
+    z_image,
 )
 
 SPECS = tuple(
@@ -70,27 +72,18 @@ SPECS = tuple(
         bria_fibo,
         glm_image,
         hidream_image,
+        z_image,
+        lumina2,
     )
 )
 
 # class name -> why its blocks cannot be cached exactly (apply refuses it with this reason; see docs/adapters.md)
-_NO_STEP = (
-    "dit_cache reads a call's step by matching its timestep (times the adapter's timestep_scale) to the scheduler's "
-    "timesteps, and its CFG branch from a cache_context"
-)
 REFUSED: dict[str, str] = {
-    "Lumina2Transformer2DModel": (
-        "Lumina2Pipeline passes the timestep as 1 - t / 1000 and runs classifier-free guidance as two calls per step "
-        f"without a cache_context; {_NO_STEP}, so it could tell neither (a timestep map in the step locator would "
-        "lift this)"
-    ),
-    "ZImageTransformer2DModel": (
-        "ZImagePipeline passes the timestep reversed, as (1000 - t) / 1000; "
-        f"{_NO_STEP}, so it cannot tell the step (a timestep map in the step locator would lift this)"
-    ),
     "CosmosTransformer3DModel": (
-        "the Cosmos 2 pipelines pass sigma / (sigma + 1) as the timestep and run classifier-free guidance as two "
-        f"calls without a cache_context; {_NO_STEP}, so it could tell neither (the Cosmos 1 pipelines also need the "
-        "cosmos_guardrail safety checker to run at all)"
+        "its pipelines pass the timestep in three conventions (Cosmos 1: the EDM scheduler's timestep; Cosmos 2: "
+        "sigma / (sigma + 1), not an affine map of the scheduler's timestep; Cosmos 2.5: sigma, per frame where "
+        "frames are conditioning), so one adapter's timestep map (scheduler timestep = timestep_offset + "
+        "timestep_scale * timestep) cannot locate the step for all of them; and every Cosmos pipeline needs the "
+        "cosmos_guardrail safety checker to run at all"
     ),
 }

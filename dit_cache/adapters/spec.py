@@ -137,9 +137,11 @@ class BlockCall:
 class ModelSpec:
     """What dit_cache knows about one transformer family.
 
-    `timestep_scale`: the pipeline's scheduler timestep is the transformer's `timestep` argument times this
-    (Flux and Qwen-Image pipelines pass `t / 1000`). `cfg_batch_order`: the order of the two halves of a batch when
-    the pipeline batches classifier-free guidance (diffusers concatenates negative first).
+    `timestep_scale`, `timestep_offset`: the pipeline's scheduler timestep is `timestep_offset + timestep_scale *`
+    the transformer's timestep argument (Flux and Qwen-Image pipelines pass `t / 1000`: scale 1000; Z-Image and
+    Lumina 2 pass it reversed, `(1000 - t) / 1000`: scale -1000, offset 1000). `cfg_batch_order`: the order of
+    the two halves of a batch when the pipeline batches classifier-free guidance (diffusers concatenates negative
+    first).
     """
 
     name: str
@@ -148,6 +150,7 @@ class ModelSpec:
     indicator: IndicatorFn
     indicator_doc: str
     timestep_scale: float = 1.0
+    timestep_offset: float = 0.0
     timestep_arg: str = "timestep"
     cfg_batch_order: tuple[str, str] = ("uncond", "cond")
     notes: str = ""

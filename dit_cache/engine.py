@@ -92,6 +92,7 @@ class CacheEngine:
         self.reader = ArgReader(transformer.forward)
         self.states: dict[str, Any] = {}
         self.last_step: dict[str, int] = {}
+        self.batch_of: dict[str, int] = {}  # the batch size of each branch's hidden states, last seen
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
@@ -107,6 +108,7 @@ class CacheEngine:
         self.policy.reset(self.states)
         self.states = {}
         self.last_step.clear()
+        self.batch_of.clear()
         self.num_steps = None
         self.call = None
 
@@ -212,7 +214,7 @@ class CacheEngine:
         else:
             values = self._read(call, probe)
             self._locate(call, values)
-        state = self.states.get(call.branch)
+        state = self._batch_checked(call, self.states.get(call.branch), block_call)
         if state is not probed_state and probed_state is not None:
             # Locating found another state than the probe compared with (a new trajectory began with no end-of-call
             # reset, or a second call of the step got its own branch): probe again against the right one.
@@ -221,6 +223,17 @@ class CacheEngine:
             state = self.states[call.branch] = self.policy.new_state()
         call.decision = self.policy.decide(call, state, values)
         call.prepared = True
+
+    def _batch_checked(self, call: CallInfo, state: Any, block_call: BlockCall) -> Any:
+        """`call`'s state, fresh if the pipeline changed the branch's batch size mid-trajectory (Z-Image's
+        cfg_truncation drops the unconditional half of its batched CFG call): the kept features have the old batch."""
+        hidden = block_call.get(block_call.group.hidden_arg)
+        batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.dim() >= 1 else None
+        if state is not None and batch is not None and self.batch_of.get(call.branch, batch) != batch:
+            self.policy.reset({call.branch: state})
+            state = self.states[call.branch] = self.policy.new_state()
+        self.batch_of[call.branch] = batch
+        return state
 
     def _read(self, call: CallInfo, probe: torch.Tensor | None, *, timestep: bool = True) -> list[float]:
         parts = []
@@ -252,6 +265,7 @@ class CacheEngine:
             self.policy.reset(self.states)
             self.states = {}
             self.last_step.clear()
+            self.batch_of.clear()
         if not self.last_step:  # first call of a pipeline call: stats describe this call from here on
             self.records = []
         self.num_steps = call.num_steps

@@ -177,3 +177,27 @@ def test_sequential_cfg_without_cache_context_keeps_the_branches_apart():
     assert stats.compute_fraction == 0.5
     assert torch.isfinite(plain).all()
     assert torch.equal(plain, named)
+
+
+def test_a_branch_whose_batch_changes_mid_trajectory_starts_afresh():
+    """Z-Image's cfg_truncation drops the unconditional half of its batched CFG call on the late steps: features
+    kept at batch 2 cannot serve batch 1, so the branch starts afresh there (a reused residual used to broadcast to
+    two images, and FORA's to crash the pipeline's unpatchify)."""
+    pipe = tiny_pipeline("z_image")
+
+    def truncated():
+        return pipe(**{**tiny_inputs("z_image", cfg=True, steps=6), "cfg_truncation": 0.5}).images
+
+    batches = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    baseline = truncated()
+    handle.remove()
+    switch = 4  # the first step whose (1000 - t) / 1000 exceeds 0.5 (not a step FORA computes anyway)
+    assert batches == [2] * switch + [1] * (6 - switch)
+    with dit_cache.cached(pipe, "teacache", threshold=0.0):
+        assert torch.equal(truncated(), baseline)
+    with dit_cache.cached(pipe, "fora", interval=3):
+        out = truncated()
+        stats = dit_cache.stats(pipe)
+    assert stats.computed_steps() == [0, 3, switch]
+    assert out.shape == baseline.shape and torch.isfinite(out).all()

@@ -580,7 +580,7 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_DIM,
              axes_dims=[4, 6, 6], axes_lens=[64, 32, 32]),
         _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=0.0), embeds_as_list=True,
-        known_gaps=dict(cfg="its batched CFG passes latents and prompt embeddings as lists, which CFG reuse does not halve"),
+        known_gaps=dict(cfg="its batched CFG passes latents and prompt embeddings as lists CFG reuse does not halve"),
     ),
     "lumina2": TinyFamily(
         "Lumina2Pipeline", "Lumina2Transformer2DModel",

@@ -144,8 +144,8 @@ UNMATCHED: dict[str, tuple[str, str, str]] = {
     "lumina-next": (
         "teacache",
         "LuminaNextDiT2DModel",
-        "no adapter: LuminaPipeline (Lumina-Next-SFT) passes the timestep as 1 - t / 1000, which the step locator "
-        "cannot map to the scheduler's steps (the Lumina 2 case in docs/adapters.md)",
+        "no adapter: LuminaPipeline (Lumina-Next-SFT) has no tiny entry to test one with, and it passes the timestep "
+        "as 1 - t / 1000 (as Lumina 2 does), so its adapter needs a timestep map to locate the step",
     ),
     "consisid": (
         "teacache",

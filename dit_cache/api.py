@@ -12,6 +12,7 @@ from torch import nn
 
 from . import policies  # noqa: F401  (registers the policies)
 from .adapters import find_spec
+from .calibration.builtin import note_experts
 from .config import PolicyConfig, make_config
 from .engine import CacheEngine, build_slots
 from .hooks import Installation
@@ -94,6 +95,7 @@ def apply(
     """
     config = make_config(policy, **options)
     targets = _transformers(target)
+    note_experts([t for _, t in targets])  # experts (Wan 2.2 A14B) get no built-in profile of a single model
     for name, transformer in targets:
         if getattr(transformer, _ATTR, None) is not None and not replace:
             raise RuntimeError(

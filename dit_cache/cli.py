@@ -186,15 +186,13 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import adapters
-    from .calibration import builtin_names
+    from .eval.methods import user_policies
+    from .families import text
 
     print(f"dit-cache {__version__}")
-    from .eval.methods import user_policies
-
     print("policies:", ", ".join(user_policies()))
-    print("adapters:", ", ".join(adapters.supported_classes()))
-    print("built-in profiles:", ", ".join(builtin_names()))
+    print()
+    print(text())
     return 0
 
 
@@ -226,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", required=True, help="profile path (.json; arrays go to .safetensors beside it)")
     cal.set_defaults(handler=_calibrate)
 
-    info = sub.add_parser("info", help="policies, adapters and built-in profiles")
+    info = sub.add_parser("info", help="transformer classes x policies x built-in profiles")
     info.set_defaults(handler=_info)
     try:
         from .eval.cli import add_commands

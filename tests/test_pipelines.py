@@ -144,7 +144,7 @@ def test_wan22_two_transformers_get_one_state_each():
 
 def test_builtin_profile_serves_another_step_count():
     """A model with FLUX.1-dev's layout gets the published MagCache ratios (28 steps) resampled to 10 steps."""
-    pipe = tiny_pipeline("flux", layers=19, single_layers=38, guidance_embeds=True)
+    pipe = tiny_pipeline("flux", layers=19, single_layers=38, guidance_embeds=True, in_channels=64)
     inputs = dict(cfg=False, steps=10)
     baseline = run(pipe, "flux", **inputs)
     with dit_cache.cached(pipe, "magcache"):

@@ -12,6 +12,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from torch import nn
 
+from .compiling import compiled, outside_graph
 from .engine import BlockSlot, CacheEngine
 
 TRANSFORMER_HOOK = "dit_cache.transformer"
@@ -42,10 +43,11 @@ class TransformerHook(ModelHook):
         self.engine = engine
         self.context = _ContextReceiver()
 
+    @outside_graph
     def new_forward(self, module: nn.Module, *args, **kwargs):
         self.engine.begin_call(args, kwargs, self.context.current)
         try:
-            output = self.engine.run_call(self.fn_ref.original_forward, args, kwargs)
+            output = self.engine.run_call(compiled(self.fn_ref.original_forward), args, kwargs)
         except BaseException:
             self.engine.reset()  # an interrupted call leaves nothing behind
             raise
@@ -61,8 +63,9 @@ class BlockHook(ModelHook):
         super().__init__()
         self.engine, self.slot = engine, slot
 
+    @outside_graph
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        return self.engine.run_block(self.slot, self.fn_ref.original_forward, args, kwargs)
+        return self.engine.run_block(self.slot, compiled(self.fn_ref.original_forward), args, kwargs)
 
 
 class SubmoduleHook(ModelHook):
@@ -70,8 +73,9 @@ class SubmoduleHook(ModelHook):
         super().__init__()
         self.engine, self.slot, self.name = engine, slot, name
 
+    @outside_graph
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        return self.engine.run_submodule(self.slot, self.name, self.fn_ref.original_forward, args, kwargs)
+        return self.engine.run_submodule(self.slot, self.name, compiled(self.fn_ref.original_forward), args, kwargs)
 
 
 class TailHook(ModelHook):
@@ -79,8 +83,9 @@ class TailHook(ModelHook):
         super().__init__()
         self.engine, self.slot, self.unit = engine, slot, unit
 
+    @outside_graph
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        return self.engine.run_tail(self.slot, self.unit, self.fn_ref.original_forward, args, kwargs)
+        return self.engine.run_tail(self.slot, self.unit, compiled(self.fn_ref.original_forward), args, kwargs)
 
 
 @dataclass

@@ -114,7 +114,9 @@ def summary(rows: list[dict]) -> list[dict]:
     for row in rows:
         if row["compile"] == "eager":
             continue
-        eager = next(r for r in rows if r["compile"] == "eager" and (r["model"], r["policy"]) == (row["model"], row["policy"]))
+        eager = next(
+            r for r in rows if r["compile"] == "eager" and (r["model"], r["policy"]) == (row["model"], row["policy"])
+        )
         out.append(
             {
                 "model": row["model"],

@@ -28,7 +28,7 @@ def _transformers(target: Any) -> list[tuple[str, nn.Module]]:
     components = getattr(target, "components", None)
     if isinstance(components, dict):
         found = [
-            (name, module)
+            (name, _compiled_inner(module))
             for name, module in components.items()
             if name.startswith("transformer") and isinstance(module, nn.Module)
         ]
@@ -40,8 +40,14 @@ def _transformers(target: Any) -> list[tuple[str, nn.Module]]:
             )
         return found
     if isinstance(target, nn.Module):
-        return [("transformer", target)]
+        return [("transformer", _compiled_inner(target))]
     raise TypeError(f"apply() takes a diffusers pipeline or a transformer module, got {type(target).__name__}")
+
+
+def _compiled_inner(module: nn.Module) -> nn.Module:
+    """The module a `torch.compile(module)` wrapper compiles: patched in its place, it runs under the wrapper's
+    compilation (see compiling.py)."""
+    return getattr(module, "_orig_mod", module) if type(module).__name__ == "OptimizedModule" else module
 
 
 class _Patch:

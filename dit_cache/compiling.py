@@ -42,7 +42,15 @@ def outside_graph(fn: Callable) -> Callable:
             _parked.callback = outer
             set_eval_frame(callback)
 
-    return torch.compiler.disable(run, recursive=False)
+    return torch.compiler.disable(run, recursive=False, reason=FULLGRAPH_REASON)
+
+
+FULLGRAPH_REASON = (
+    "dit_cache takes its caching decisions outside compiled graphs, so a graph that calls a patched module breaks "
+    "there. fullgraph=True works with regional compilation (transformer.compile_repeated_blocks(fullgraph=True)) "
+    "and a policy that decides per step or block (teacache, magcache, fbcache, schedule, lemica...); otherwise "
+    "compile with fullgraph=False"
+)
 
 
 def compiled(forward: Callable) -> Callable:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from diffusers.hooks import HookRegistry, ModelHook
@@ -42,9 +43,13 @@ class TransformerHook(ModelHook):
         super().__init__()
         self.engine = engine
         self.context = _ContextReceiver()
+        self.blocks: list[tuple[nn.Module, BlockHook]] = []
 
     @outside_graph
     def new_forward(self, module: nn.Module, *args, **kwargs):
+        for block, hook in self.blocks:  # regional compilation done after `apply`
+            if block._compiled_call_impl is not None:
+                hook.adopt_compiled_call(block)
         self.engine.begin_call(args, kwargs, self.context.current)
         try:
             output = self.engine.run_call(compiled(self.fn_ref.original_forward), args, kwargs)
@@ -59,13 +64,58 @@ class TransformerHook(ModelHook):
 
 
 class BlockHook(ModelHook):
+    """Runs a block through the engine. A block compiled on its own (regional compilation:
+    `transformer.compile_repeated_blocks()`, before or after `apply`) has its compiled call taken over while the hook
+    is on: the engine's glue runs eagerly and calls the compiled call on the block's own forward, so the compiled
+    region is the block alone (one graph per block class, `fullgraph=True` included, where the policy places no
+    hooks inside the block). `remove` hands the compiled call back."""
+
     def __init__(self, engine: CacheEngine, slot: BlockSlot) -> None:
         super().__init__()
         self.engine, self.slot = engine, slot
+        self.compiled_call = None
 
     @outside_graph
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        return self.engine.run_block(self.slot, compiled(self.fn_ref.original_forward), args, kwargs)
+        if self.compiled_call is None:
+            forward = compiled(self.fn_ref.original_forward)
+        else:
+            forward = functools.partial(_call_unhooked, module, self.compiled_call, self.fn_ref.original_forward)
+        return self.engine.run_block(self.slot, forward, args, kwargs)
+
+    def adopt_compiled_call(self, module: nn.Module) -> None:
+        compiled_call = getattr(module, "_compiled_call_impl", None)
+        if compiled_call is not None and not _has_module_hooks(module):
+            self.compiled_call, module._compiled_call_impl = compiled_call, None
+
+    def initialize_hook(self, module: nn.Module) -> nn.Module:
+        self.adopt_compiled_call(module)
+        return module
+
+    def deinitalize_hook(self, module: nn.Module) -> nn.Module:
+        if self.compiled_call is not None and getattr(module, "_compiled_call_impl", None) is None:
+            module._compiled_call_impl = self.compiled_call
+        self.compiled_call = None
+        return module
+
+
+def _call_unhooked(module: nn.Module, compiled_call, original_forward, *args, **kwargs):
+    """`module`'s compiled call with its forward set back to `original_forward` for the call. The class's own forward
+    is exposed by dropping the instance attribute, so the compiled code guards on nothing specific to this block."""
+    hooked = module.__dict__.pop("forward")
+    if getattr(original_forward, "__func__", None) is not getattr(type(module), "forward", None):
+        module.forward = original_forward  # another hook below ours: keep it
+    try:
+        return compiled_call(*args, **kwargs)
+    finally:
+        module.forward = hooked
+
+
+def _has_module_hooks(module: nn.Module) -> bool:
+    """torch hooks run by `_call_impl`: the eager call already ran them, a compiled `_call_impl` would run them again."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
 
 
 class SubmoduleHook(ModelHook):
@@ -111,9 +161,12 @@ class Installation:
     def install(self) -> None:
         engine = self.engine
         try:
-            self._place(engine.transformer, TransformerHook(engine), TRANSFORMER_HOOK)
+            transformer_hook = TransformerHook(engine)
+            self._place(engine.transformer, transformer_hook, TRANSFORMER_HOOK)
             for slot in engine.slots:
-                self._place(slot.module, BlockHook(engine, slot), BLOCK_HOOK)
+                block_hook = BlockHook(engine, slot)
+                self._place(slot.module, block_hook, BLOCK_HOOK)
+                transformer_hook.blocks.append((slot.module, block_hook))
                 if engine.policy.uses_submodules:
                     for name, sub in slot.work.items():
                         self._place(sub, SubmoduleHook(engine, slot, name), SUBMODULE_HOOK)

@@ -24,6 +24,13 @@ except ImportError:  # a torch without dynamo: nothing is ever compiled
 
 _parked = threading.local()
 
+FULLGRAPH_REASON = (
+    "dit_cache takes its caching decisions outside compiled graphs, so a graph that calls a patched module breaks "
+    "there. fullgraph=True works with regional compilation (transformer.compile_repeated_blocks(fullgraph=True)) "
+    "and a policy that decides per step or block (teacache, magcache, fbcache, schedule, lemica...); otherwise "
+    "compile with fullgraph=False"
+)
+
 
 def outside_graph(fn: Callable) -> Callable:
     """`fn` (a hook's forward) run eagerly even where a compiled region calls it; the compile callback active at the
@@ -45,21 +52,12 @@ def outside_graph(fn: Callable) -> Callable:
     return torch.compiler.disable(run, recursive=False, reason=FULLGRAPH_REASON)
 
 
-FULLGRAPH_REASON = (
-    "dit_cache takes its caching decisions outside compiled graphs, so a graph that calls a patched module breaks "
-    "there. fullgraph=True works with regional compilation (transformer.compile_repeated_blocks(fullgraph=True)) "
-    "and a policy that decides per step or block (teacache, magcache, fbcache, schedule, lemica...); otherwise "
-    "compile with fullgraph=False"
-)
-
-
 def compiled(forward: Callable) -> Callable:
     """`forward` run under the compile callback parked by the enclosing `outside_graph` call (as is, if none)."""
     callback = getattr(_parked, "callback", None)
     if callback is None:
         return forward
 
-    @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
         set_eval_frame(callback)
         try:

@@ -72,7 +72,6 @@ def eager():
 @pytest.mark.parametrize(
     "family, policy, mode, order",
     [
-        ("wan", "fora", "whole", "apply_first"),
         ("wan", "fora", "whole", "compile_first"),
         ("wan", "fora", "wrapped", "apply_first"),
         ("wan", "fora", "wrapped", "compile_first"),

@@ -66,3 +66,15 @@ def compiled(forward: Callable) -> Callable:
             set_eval_frame(None)
 
     return run
+
+
+def skip_registry_frame(module: torch.nn.Module) -> None:
+    """diffusers' HookRegistry wraps a hooked module's forward in a small function (one code object for every hook).
+    Where a compiled region calls the module, dynamo would compile that wrapper as a frame of its own, once per
+    module type and argument layout, and hit its recompile limit on a large model: mark it as a frame dynamo skips
+    (its callees, our hook and through it the module's own forward, are still handled as above)."""
+    wrapper = getattr(module.forward, "func", None)
+    if set_eval_frame is not None and getattr(wrapper, "__code__", None) is not None:
+        from torch._dynamo.decorators import skip
+
+        skip(wrapper)

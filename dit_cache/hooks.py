@@ -13,7 +13,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from torch import nn
 
-from .compiling import compiled, outside_graph
+from .compiling import compiled, outside_graph, skip_registry_frame
 from .engine import BlockSlot, CacheEngine
 
 TRANSFORMER_HOOK = "dit_cache.transformer"
@@ -156,6 +156,7 @@ class Installation:
     def _place(self, module: nn.Module, hook: ModelHook, name: str) -> None:
         record = _Placed(module, name, hasattr(module, "_diffusers_hook"), "forward" in module.__dict__)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        skip_registry_frame(module)
         self.placed.append(record)
 
     def install(self) -> None:

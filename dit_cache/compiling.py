@@ -78,3 +78,4 @@ def skip_registry_frame(module: torch.nn.Module) -> None:
         from torch._dynamo.decorators import skip
 
         skip(wrapper)
+        wrapper._torchdynamo_disable_msg = FULLGRAPH_REASON  # what fullgraph=True's error says

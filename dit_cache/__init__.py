@@ -25,6 +25,7 @@ from .config import (
     ToCa,
     policy_names,
 )
+from .schedulers import SpeedupError
 from .stats import Stats
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "Schedule",
+    "SpeedupError",
     "Stats",
     "TaylorSeer",
     "TeaCache",

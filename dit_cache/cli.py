@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -13,8 +14,11 @@ from typing import Any
 from . import __version__
 
 
-def load_pipeline(model: str | None, factory: str | None, *, device: str | None = None, dtype: str | None = None):
-    """A pipeline from `--model PATH_OR_ID` (or zoo:NAME) or `--pipeline module:function`."""
+def load_pipeline(
+    model: str | None, factory: str | None, *, device: str | None = None, dtype: str | None = None, label: str = ""
+):
+    """A pipeline from `--model PATH_OR_ID` (or zoo:NAME) or `--pipeline module:function`. `label` names the model
+    in errors where the user did not pass --model (the demo's model)."""
     if (model is None) == (factory is None):
         raise SystemExit("give exactly one of --model PATH_OR_ID and --pipeline module:function")
     if factory is not None:
@@ -39,6 +43,7 @@ def load_pipeline(model: str | None, factory: str | None, *, device: str | None 
         import torch
         from diffusers import DiffusionPipeline
 
+        label = label or f"--model {model}"
         path = model
         if model.startswith("zoo:"):
             from .eval import zoo
@@ -50,12 +55,70 @@ def load_pipeline(model: str | None, factory: str | None, *, device: str | None 
         try:
             pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
         except Exception as e:  # noqa: BLE001 - turn any loading failure into one clear line
-            raise SystemExit(f"cannot load --model {model}: {e}") from None
+            raise SystemExit(f"cannot load {label}: {e}{_missing_packages_hint()}") from None
     if device:
         pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _missing_packages_hint() -> str:
+    """What to install when a load failed for want of a package diffusers only uses if present."""
+    missing = [name for name in ("accelerate", "transformers") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return ""
+    return f" ({', '.join(missing)} not installed: pip install {' '.join(missing)}, or pip install 'dit-cache[eval]')"
+
+
+def model_settings(model: str, steps: int | None, call_kwargs: dict) -> tuple[int, dict, list[str]]:
+    """(steps, call kwargs, default prompts) for `--model`: a zoo model brings its own settings (resolution, text
+    length, guidance: its pipeline's defaults are far outside what it was trained on) and prompts; explicit
+    `--steps` and `--call-kwargs` override them."""
+    if not model or not model.startswith("zoo:"):
+        return steps or 30, dict(call_kwargs), []
+    from .eval import zoo
+
+    name = model[len("zoo:") :]
+    settings = zoo.settings(name)
+    default_steps = settings.pop("num_inference_steps")
+    settings.update(call_kwargs)
+    return steps or default_steps, settings, zoo.prompts(name)
+
+
+def json_kwargs(text: str | None, flag: str = "--call-kwargs") -> dict:
+    """A JSON object of pipeline arguments from the command line."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{flag} {text!r} is not valid JSON ({e}); write e.g. \'{{"negative_prompt": ""}}\'') from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object of pipeline arguments, got {text!r}")
+    return value
+
+
+def check_call_kwargs(pipe: Any, kwargs: dict, flag: str = "--call-kwargs") -> None:
+    """Refuse arguments the pipeline's __call__ does not take, before any generation."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(k for k in kwargs if k not in parameters)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} -> {m[0]}" for k in unknown if (m := difflib.get_close_matches(k, parameters, n=1))]
+        raise ValueError(
+            f"{flag}: {type(pipe).__name__} takes no argument {', '.join(map(repr, unknown))}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + f"; remove it. Its arguments: {', '.join(n for n in parameters if n != 'self')}"
+        )
 
 
 def _distributed() -> tuple[int, int, Any]:
@@ -78,15 +141,19 @@ def _device(state) -> str | None:
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibration.runner import CalibrationSettings, calibrate, check_writable, merge_shards, read_prompts
 
-    prompts = read_prompts(args.prompts)
+    steps, call_kwargs, prompts = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
+    if args.prompts:
+        prompts = read_prompts(args.prompts)
+    if not prompts:
+        raise ValueError("--prompts is required (a text file, one prompt a line); only zoo models bring their own")
     settings = CalibrationSettings(
-        steps=args.steps,
+        steps=steps,
         guidance=args.guidance,
         height=args.height,
         width=args.width,
         frames=args.frames,
         seeds=tuple(args.seeds),
-        call_kwargs=json.loads(args.call_kwargs) if args.call_kwargs else {},
+        call_kwargs=call_kwargs,
         lemica=args.lemica,
         lemica_max_span=args.lemica_max_span,
         lemica_prompts=args.lemica_prompts,
@@ -95,6 +162,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     out = check_writable(args.out)  # before loading any model
     rank, world, state = _distributed()
     pipe = load_pipeline(args.model, args.pipeline, device=args.device or _device(state))
+    check_call_kwargs(pipe, settings.call_kwargs)
     target = out if world == 1 else out.with_suffix(f".shard{rank}.json")
     profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=rank, world_size=world)
     if world > 1:
@@ -118,11 +186,13 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import adapters, config
+    from . import adapters
     from .calibration import builtin_names
 
     print(f"dit-cache {__version__}")
-    print("policies:", ", ".join(config.policy_names()))
+    from .eval.methods import user_policies
+
+    print("policies:", ", ".join(user_policies()))
     print("adapters:", ", ".join(adapters.supported_classes()))
     print("built-in profiles:", ", ".join(builtin_names()))
     return 0
@@ -137,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = cal.add_argument_group("pipeline")
     source.add_argument("--model", help="path or hub id for DiffusionPipeline.from_pretrained, or zoo:NAME")
     source.add_argument("--pipeline", help="module:function returning a ready pipeline")
-    cal.add_argument("--prompts", required=True, help="text file, one prompt a line")
-    cal.add_argument("--steps", type=int, default=30)
+    cal.add_argument("--prompts", help="text file, one prompt a line (default for zoo models: their prompt set)")
+    cal.add_argument("--steps", type=int, help="denoising steps (default: the zoo model's own setting, else 30)")
     cal.add_argument("--guidance", type=float, default=None, help="guidance_scale passed to the pipeline")
     cal.add_argument("--height", type=int)
     cal.add_argument("--width", type=int)

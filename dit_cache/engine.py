@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .adapters import ArgReader, BlockCall, BlockGroup, ModelSpec
-from .state import CallInfo, StepLocator, branch_of
+from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of
 from .stats import StepRecord
 
 if TYPE_CHECKING:
@@ -62,6 +62,14 @@ def build_slots(transformer: nn.Module, spec: ModelSpec) -> list[BlockSlot]:
     return slots
 
 
+def diffusers_cache_conflict(name: str, policy: str, cache: object) -> str:
+    return (
+        f"{name} has dit_cache's {policy!r} applied; diffusers' {type(cache).__name__} would cache the same blocks "
+        f"with its own hooks and change the outputs dit_cache reports on. Use one: dit_cache.remove(pipe) before "
+        f"{name}.enable_cache(...), or {name}.disable_cache() and keep dit_cache"
+    )
+
+
 class CacheEngine:
     def __init__(
         self,
@@ -87,10 +95,15 @@ class CacheEngine:
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
+        self.calls_since_reset = 0
+        self.stale = False  # a pipeline call ended without passing through the hooks (its older records are dropped)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def reset(self) -> None:
         """Drop all state (diffusers also calls this, through the hook, at the end of every pipeline call)."""
+        if not self.calls_since_reset and self.records:  # a pipeline call ended that this transformer did not see
+            self.records, self.stale = [], True
+        self.calls_since_reset = 0
         self.policy.reset(self.states)
         self.states = {}
         self.last_step.clear()
@@ -98,6 +111,11 @@ class CacheEngine:
         self.call = None
 
     def begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
+        cache = getattr(self.transformer, "_cache_config", None)
+        if cache is not None:  # diffusers' enable_cache reached past our guard (CacheMixin.enable_cache(t, ...))
+            raise RuntimeError(diffusers_cache_conflict(self.name, self.policy.name, cache))
+        self.calls_since_reset += 1
+        self.stale = False
         branch, fields = branch_of(context)
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)
@@ -174,6 +192,11 @@ class CacheEngine:
     def _locate(self, call: CallInfo, values: list[float]) -> None:
         timestep_value = values.pop(0) if self.locator.needs_timestep(call) and call.timestep is not None else None
         self.locator.locate(call, timestep_value)
+        if call.branch == NO_CONTEXT_BRANCH and self.last_step.get(NO_CONTEXT_BRANCH) == call.step:
+            # A second call of the same step with no cache_context: a pipeline that runs its unconditional branch
+            # as a separate call and names neither (Chroma, Kandinsky 5...). Same step, so not a restart: its own
+            # state, or it would reuse the other branch's features. (A third call of the step is a restart.)
+            call.branch = SECOND_CALL_BRANCH
         self._maybe_new_trajectory(call)
         if call.branch not in self.states:
             self.states[call.branch] = self.policy.new_state()
@@ -182,13 +205,18 @@ class CacheEngine:
 
     def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
         """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
-        probe = self.policy.probe(call, self.states.get(call.branch), slot, block_call)
+        probed_state = self.states.get(call.branch)
+        probe = self.policy.probe(call, probed_state, slot, block_call)
         if call.located:  # the step was read before the call; only the probe is left to read
             values = self._read(call, probe, timestep=False)
         else:
             values = self._read(call, probe)
             self._locate(call, values)
         state = self.states.get(call.branch)
+        if state is not probed_state and probed_state is not None:
+            # Locating found another state than the probe compared with (a new trajectory began with no end-of-call
+            # reset, or a second call of the step got its own branch): probe again against the right one.
+            values = self._read(call, self.policy.probe(call, state, slot, block_call), timestep=False)
         if state is None:  # a branch a policy named after locating (the conditional half of a batched CFG call)
             state = self.states[call.branch] = self.policy.new_state()
         call.decision = self.policy.decide(call, state, values)

@@ -2,19 +2,29 @@
 
 `remove` leaves each module exactly as `apply` found it: hooks gone, and the instance attributes the registry added
 (`forward`, `_diffusers_hook`) deleted where they did not exist before.
+
+Offloading: our hooks always sit innermost, next to the module's own forward, whichever was placed first. Offload
+hooks (accelerate's `CpuOffload` / `AlignDevicesHook` of `enable_model_cpu_offload` and
+`enable_sequential_cpu_offload`, diffusers' group offloading) then run on every call, moving weights before we decide
+and reuse on the device the block runs on, and a skipped block costs no forward but keeps their onload/offload
+pairs balanced. accelerate keeps the forward it wraps in `module._old_forward` and restores exactly that when the
+pipeline re-offloads after every call (`maybe_free_model_hooks`), so we place ourselves under `_old_forward`; in a
+diffusers registry we insert ourselves below the hooks already there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, HookFunctionReference, StateManager
 from torch import nn
 
 from .compiling import compiled, outside_graph, skip_registry_frame
-from .engine import BlockSlot, CacheEngine
+from .engine import BlockSlot, CacheEngine, diffusers_cache_conflict
 
 TRANSFORMER_HOOK = "dit_cache.transformer"
 BLOCK_HOOK = "dit_cache.block"
@@ -61,6 +71,16 @@ class TransformerHook(ModelHook):
     def reset_state(self, module: nn.Module) -> nn.Module:
         self.engine.reset()
         return module
+
+
+class _RefuseEnableCache:
+    """Stands in for `transformer.enable_cache` while dit_cache is applied (an instance attribute; removed again)."""
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
+
+    def __call__(self, config, *args, **kwargs):
+        raise RuntimeError(diffusers_cache_conflict(self.engine.name, self.engine.policy.name, config))
 
 
 class BlockHook(ModelHook):
@@ -138,12 +158,84 @@ class TailHook(ModelHook):
         return self.engine.run_tail(self.slot, self.unit, compiled(self.fn_ref.original_forward), args, kwargs)
 
 
+@contextlib.contextmanager
+def _under_accelerate(module: nn.Module) -> Iterator[None]:
+    """While inside, `module.forward` is the forward that accelerate's hook wraps (if one does): what is placed on
+    it then runs after accelerate's pre-forward, and stays in place when accelerate re-installs its hook."""
+    outer = module.__dict__.get("forward")
+    wrapped = module.__dict__.get("_hf_hook") is not None and "_old_forward" in module.__dict__ and outer is not None
+    if not wrapped:
+        yield
+        return
+    module.forward = module._old_forward
+    try:
+        yield
+    finally:
+        module._old_forward = module.forward
+        module.forward = outer
+
+
+def _is_class_forward(module: nn.Module) -> bool:
+    """Whether `module.forward` is the class's own method (no instance attribute, or the bound method itself)."""
+    forward = module.__dict__.get("forward")
+    return forward is None or (
+        getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
+    )
+
+
+def _register_innermost(registry: HookRegistry, hook: ModelHook, name: str) -> None:
+    """`registry.register_hook`, but below the hooks already registered (diffusers only appends outermost)."""
+    if not registry._fn_refs:
+        registry.register_hook(hook, name)
+        return
+    module = registry._module_ref = hook.initialize_hook(registry._module_ref)
+    first = registry._fn_refs[0]
+    inner = first.original_forward if first.original_forward is not None else first.forward
+    fn_ref = HookFunctionReference()
+    fn_ref.pre_forward, fn_ref.post_forward, fn_ref.original_forward = hook.pre_forward, hook.post_forward, inner
+    fn_ref.forward = functools.partial(hook.new_forward, module)
+
+    def chained(*args, **kwargs):
+        args, kwargs = fn_ref.pre_forward(module, *args, **kwargs)
+        return fn_ref.post_forward(module, fn_ref.forward(*args, **kwargs))
+
+    _point_at(first, functools.update_wrapper(chained, inner))
+    hook.fn_ref = fn_ref
+    registry.hooks[name] = hook
+    registry._hook_order.insert(0, name)
+    registry._fn_refs.insert(0, fn_ref)
+
+
+def _point_at(fn_ref: HookFunctionReference, forward) -> None:
+    """Make the hook of `fn_ref` call `forward` as the forward below it."""
+    if fn_ref.original_forward is not None:  # a hook with its own new_forward calls original_forward
+        fn_ref.original_forward = forward
+    else:
+        fn_ref.forward = forward
+
+
+def _unregister(registry: HookRegistry, name: str) -> None:
+    """`registry.remove_hook(name)`, also right when a hook with its own `new_forward` sits above (diffusers then
+    overwrites that hook's forward with the one below)."""
+    index = registry._hook_order.index(name)
+    if index == len(registry._hook_order) - 1:
+        registry.remove_hook(name, recurse=False)
+        return
+    fn_ref = registry._fn_refs[index]
+    below = fn_ref.original_forward if fn_ref.original_forward is not None else fn_ref.forward
+    _point_at(registry._fn_refs[index + 1], below)
+    registry._module_ref = registry.hooks[name].deinitalize_hook(registry._module_ref)
+    del registry.hooks[name]
+    registry._hook_order.pop(index)
+    registry._fn_refs.pop(index)
+
+
 @dataclass
 class _Placed:
     module: nn.Module
     hook_name: str
     had_registry: bool
-    had_forward_attr: bool
+    had_forward_attr: bool  # below accelerate's hook, if one wraps the module
 
 
 class Installation:
@@ -154,9 +246,10 @@ class Installation:
         self.placed: list[_Placed] = []
 
     def _place(self, module: nn.Module, hook: ModelHook, name: str) -> None:
-        record = _Placed(module, name, hasattr(module, "_diffusers_hook"), "forward" in module.__dict__)
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-        skip_registry_frame(module)
+        with _under_accelerate(module):
+            record = _Placed(module, name, hasattr(module, "_diffusers_hook"), not _is_class_forward(module))
+            _register_innermost(HookRegistry.check_if_exists_or_initialize(module), hook, name)
+            skip_registry_frame(module)
         self.placed.append(record)
 
     def install(self) -> None:
@@ -177,20 +270,25 @@ class Installation:
             self.uninstall()
             raise
         engine.transformer._diffusers_hook.invalidate_child_registries_cache()
+        if callable(getattr(type(engine.transformer), "enable_cache", None)):  # diffusers' CacheMixin
+            engine.transformer.enable_cache = _RefuseEnableCache(engine)
 
     def uninstall(self) -> None:
+        if isinstance(self.engine.transformer.__dict__.get("enable_cache"), _RefuseEnableCache):
+            del self.engine.transformer.enable_cache
         for record in reversed(self.placed):
             module = record.module
             registry = getattr(module, "_diffusers_hook", None)
-            if registry is None:
+            if registry is None or record.hook_name not in registry.hooks:
                 continue
-            registry.remove_hook(record.hook_name, recurse=False)
-            if registry.hooks:
-                continue
-            if not record.had_forward_attr and "forward" in module.__dict__:
-                del module.forward
-            if not record.had_registry:
-                del module._diffusers_hook
+            with _under_accelerate(module):
+                _unregister(registry, record.hook_name)
+                if registry.hooks:
+                    continue
+                if not record.had_forward_attr and "forward" in module.__dict__:
+                    del module.forward
+                if not record.had_registry:
+                    del module._diffusers_hook
         self.placed.clear()
         root = getattr(self.engine.transformer, "_diffusers_hook", None)
         if root is not None:

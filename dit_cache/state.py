@@ -1,13 +1,15 @@
 """Where a transformer call sits: its CFG branch and its denoising step, read from what the pipeline passes.
 
 The branch comes from diffusers' `cache_context` ("cond", "uncond", "cond_uncond"...) or is "batch" when the pipeline
-sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one). The step comes from the context's
-`step_index` when the pipeline gives one (Wan), else from matching the `timestep` argument against the pipeline
-scheduler's timesteps. Calls are never counted.
+sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one); a second call of an already
+located step without a context (sequential CFG that names neither branch: Chroma, Kandinsky 5) is "batch:2". The
+step comes from the context's `step_index` when the pipeline gives one (Wan), else from matching the `timestep`
+argument against the pipeline scheduler's timesteps. Calls are never counted.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,7 @@ import torch
 COMPUTE, REUSE, FORECAST = "computed", "reused", "forecast"
 PARTIAL = "partial"  # part of the work computed (some tokens, some blocks), the rest reused or forecast
 NO_CONTEXT_BRANCH = "batch"
+SECOND_CALL_BRANCH = "batch:2"  # a second call of one step without a context (sequential CFG that names neither)
 
 
 @dataclass
@@ -59,17 +62,65 @@ def branch_of(context: Any) -> tuple[str, dict]:
     return str(getattr(context, "name", NO_CONTEXT_BRANCH)), fields
 
 
+_MAX_FRAMES = 64  # a pipeline's __call__ is a few frames above the transformer hook; hooks of others add some
+
+
+def unwrap(module: Any) -> Any:
+    """The module itself under a `torch.compile` wrapper (`pipe.transformer = torch.compile(pipe.transformer)`)."""
+    return getattr(module, "_orig_mod", module)
+
+
+def calling_pipeline(transformer: Any) -> Any:
+    """The pipeline whose `__call__` is running `transformer` now, found on the Python stack, or None.
+
+    Why the stack: a patched transformer can be shared by several pipelines (`Pipeline.from_pipe(pipe,
+    scheduler=...)` shares every component it is not given), each stepping its own scheduler, and dit_cache never
+    sees those pipelines before they call. The pipeline that is calling is the one frame up the stack whose `self`
+    holds this transformer as a component (diffusers pipelines keep components as instance attributes), so each
+    call is located on the scheduler that produced its timestep. One short walk per transformer call, in the same
+    place as the step's host read.
+    """
+    if torch.compiler.is_compiling():  # frames are not traceable: leave the graph for the walk
+        return _calling_pipeline_eager(transformer)
+    frame = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__call__" and frame.f_code.co_varnames[:1] == ("self",):
+            owner = frame.f_locals.get("self")
+            if any(unwrap(value) is transformer for value in getattr(owner, "__dict__", {}).values()):
+                return owner
+        frame = frame.f_back
+    return None
+
+
+_calling_pipeline_eager = torch.compiler.disable(calling_pipeline)
+
+
+def _version(tensor: Any) -> int | None:
+    """The in-place write counter of a tensor, or None where there is none: not a tensor, or an inference tensor
+    (made under `torch.inference_mode()`, which tracks no versions; reading `_version` raises). Schedulers make a
+    new timesteps tensor on every `set_timesteps`, so identity alone still tells a new trajectory."""
+    if not isinstance(tensor, torch.Tensor) or tensor.is_inference():
+        return None
+    return tensor._version
+
+
 class StepLocator:
     """Turns a call's timestep into (step, num_steps, sigma) using the pipeline's scheduler.
 
-    `scheduler_source` returns the scheduler the pipeline currently uses (it may be swapped after `apply`).
-    The scheduler's timesteps are copied to the host once per `set_timesteps` (a new tensor each time).
+    `scheduler_source` returns the scheduler of the pipeline that is calling (it may be swapped after `apply`, or
+    the transformer shared by another pipeline). The scheduler's timesteps are copied to the host once per
+    `set_timesteps` (a new tensor each time).
     """
 
     def __init__(self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0) -> None:
         self._scheduler_source = scheduler_source
         self._scale = timestep_scale
-        self._cache_key: tuple | None = None
+        # the (timesteps, sigmas) tensors read last (held, so that a new tensor is never mistaken for them) and
+        # their in-place write counters
+        self._tables_of: tuple = (None, None)
+        self._versions: tuple = (None, None)
         self._timesteps: list[float] = []
         self._sigmas: list[float] | None = None
 
@@ -82,13 +133,13 @@ class StepLocator:
         if timesteps is None or len(timesteps) == 0:
             return None
         sigmas = getattr(scheduler, "sigmas", None)
-        key = (id(timesteps), getattr(timesteps, "_version", None), id(sigmas))
-        if key != self._cache_key:
+        versions = (_version(timesteps), _version(sigmas))
+        if self._tables_of[0] is not timesteps or self._tables_of[1] is not sigmas or versions != self._versions:
             self._timesteps = [float(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
             self._sigmas = None
             if sigmas is not None and len(sigmas) >= len(self._timesteps):
                 self._sigmas = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()][: len(self._timesteps)]
-            self._cache_key = key
+            self._tables_of, self._versions = (timesteps, sigmas), versions
         return self._timesteps, self._sigmas
 
     def locate(self, call: CallInfo, timestep_value: float | None) -> None:

@@ -6,6 +6,7 @@ embeddings are passed in and `output_type="latent"`. Random weights prove mechan
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,14 @@ class TinyFamily:
     masks: tuple[str, ...] = ()  # attention masks of the text tokens (all ones)
     scheduler: str = "FlowMatchEulerDiscreteScheduler"
     scheduler_kwargs: dict = field(default_factory=dict)
+    # pipeline components besides transformer/scheduler: name -> value, a function that makes it (a tiny VAE), or
+    # "transformer" for a second random transformer of the same config (Wan 2.2's `transformer_2`)
+    components: dict = field(default_factory=dict)
+    cfg: bool = True  # whether the pipeline runs classifier-free guidance at all
+    mask_dtype: torch.dtype = torch.long
+    known_gaps: dict = field(default_factory=dict)  # policy name -> why it does not work on this family yet
+    fill_zeros: bool = False  # the class zero-initialises its modulation (blocks start as identities): fill it
+    attributes: dict = field(default_factory=dict)  # pipeline attributes to set after construction
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -36,16 +45,24 @@ class TinyFamily:
         if single_layers is not None:
             config["num_single_layers"] = single_layers
         config.update(kw)
-        return getattr(diffusers, self.transformer)(**config)
+        model = getattr(diffusers, self.transformer)(**config)
+        if self.fill_zeros:
+            with torch.no_grad():
+                for param in model.parameters():
+                    if not param.any():
+                        param.normal_(0.0, 0.1)
+        return model
 
     def make_inputs(self, batch: int, cfg: bool, g: torch.Generator) -> dict:
         kw = {name: torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
-        kw.update({name: torch.ones(batch, TEXT_TOKENS, dtype=torch.long) for name in self.masks})
+        kw.update({name: torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks})
         if cfg:
             kw.update(
                 {f"negative_{name}": torch.randn(batch, *shape, generator=g) for name, shape in self.embeds.items()}
             )
-            kw.update({f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=torch.long) for name in self.masks})
+            kw.update(
+                {f"negative_{name}": torch.ones(batch, TEXT_TOKENS, dtype=self.mask_dtype) for name in self.masks}
+            )
         kw.update(self.size)
         kw.update(self.cfg_on if cfg else self.cfg_off)
         return kw
@@ -116,35 +133,486 @@ FAMILIES: dict[str, TinyFamily] = {
     ),
 }  # fmt: skip
 
+# More families, tested by tests/test_families.py (tests/test_pipelines.py keeps to FAMILIES above: its many
+# policies x settings per family would cost minutes per family).
+_WAN = dict(patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64,
+            num_layers=2, rope_max_seq_len=32, **_HEADS)  # fmt: skip
+_VIDEO = dict(height=32, width=32, num_frames=5)
+_GUIDED = dict(guidance_scale=4.0), dict(guidance_scale=1.0)
+
+
+def _guider():
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    return ClassifierFreeGuidance(guidance_scale=4.0)
+
+
+def _apg_guider():
+    from diffusers.guiders import AdaptiveProjectedGuidance
+
+    return AdaptiveProjectedGuidance()
+
+
+def _tiny_image(size: int = 32):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.arange(size * size * 3).reshape(size, size, 3) % 251).astype("uint8"))
+
+
+def _tiny_clip_vision():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=16)  # fmt: skip
+    return CLIPVisionModel(config).eval()
+
+
+def _tiny_clip_processor(size: int = 32):
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _tiny_clip_vision_4():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=4, intermediate_size=16, patch_size=1)  # fmt: skip
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def _tiny_siglip():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=32, patch_size=16)  # fmt: skip
+    return SiglipVisionModel(config).eval()
+
+
+def _tiny_siglip_processor():
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": 32, "width": 32})
+
+
+def _tiny_hunyuan_vae():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+
+
+def _tiny_ltx2_vae():
+    from diffusers import AutoencoderKLLTX2Video
+
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,),
+        layers_per_block=(1,), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False), downsample_type=("spatial",),
+        upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    return vae
+
+
+def _tiny_ltx2_audio_vae():
+    from diffusers import AutoencoderKLLTX2Audio
+
+    return AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()  # fmt: skip
+
+
+def _tiny_ltx2_connectors():
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+
+    return LTX2TextConnectors(
+        caption_channels=TEXT_DIM, text_proj_in_factor=2, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=16, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=16, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_double_precision=False,
+        rope_type="split",
+    ).eval()  # fmt: skip
+
+
+def _tiny_smollm3():
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    config = SmolLM3Config(vocab_size=len(TINY_VOCAB) + 3, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)  # fmt: skip
+    return SmolLM3ForCausalLM(config).eval()
+
+
+def _tiny_fibo_vae():
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=4, decoder_base_dim=4, num_res_blocks=1, out_channels=12, patch_size=2,
+                            scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+                            z_dim=16).eval()  # fmt: skip
+
+
+def _tiny_qwen25vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(
+        vocab_size=len(TINY_VOCAB) + 3,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+    )
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32)  # fmt: skip
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision)).eval()
+
+
+def _tiny_magvit():
+    from diffusers import AutoencoderKLMagvit
+
+    down = ("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3
+    up = ("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3
+    return AutoencoderKLMagvit(in_channels=3, out_channels=3, down_block_types=down, up_block_types=up,
+                               block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+                               norm_num_groups=2, spatial_group_norm=False).eval()  # fmt: skip
+
+
+def _tiny_hunyuan15_vae():
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    return AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+                                       layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=2,
+                                       downsample_match_channel=False, upsample_match_channel=False).eval()  # fmt: skip
+
+
+def _tiny_wan_vae(z_dim: int = 4):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=3, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=[0.0] * z_dim,
+                            latents_std=[1.0] * z_dim).eval()  # fmt: skip
+
+
+# HiDream's Llama features: (layers, batch, tokens, dim), layer first (the batch-first `embeds` cannot say it)
+_LLAMA = torch.randn(2, 3, 1, TEXT_TOKENS, 16, generator=torch.Generator().manual_seed(0))
+
+MORE_FAMILIES: dict[str, TinyFamily] = {
+    "wan22_a14b": TinyFamily(
+        "WanPipeline", "WanTransformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
+        components=dict(transformer_2="transformer", boundary_ratio=0.5),
+    ),
+    "wan22_ti2v": TinyFamily(
+        "WanPipeline", "WanTransformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
+        components=dict(expand_timesteps=True),
+    ),
+    "skyreels_v2": TinyFamily(
+        "SkyReelsV2Pipeline", "SkyReelsV2Transformer3DModel", _WAN, _TEXT, _VIDEO, *_GUIDED,
+        scheduler="UniPCMultistepScheduler", scheduler_kwargs=dict(flow_shift=8.0, use_flow_sigmas=True, prediction_type="flow_prediction"),
+    ),
+    "wan_vace": TinyFamily(
+        "WanVACEPipeline", "WanVACETransformer3DModel", {**_WAN, "vace_layers": [0, 1], "vace_in_channels": 72},
+        _TEXT, _VIDEO, *_GUIDED, components=dict(vae=_tiny_wan_vae),
+    ),
+    "flux2": TinyFamily(
+        "Flux2Pipeline", "Flux2Transformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
+             timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), **_HEADS),
+        _TEXT, dict(height=64, width=64, guidance_scale=4.0), {}, cfg=False,
+    ),
+    "chroma": TinyFamily(
+        "ChromaPipeline", "ChromaTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
+             axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64, guidance_scale=1.0), {}, masks=("prompt_attention_mask",),
+        mask_dtype=torch.bool, cfg=False,  # its CFG calls carry no cache_context (see docs/adapters.md)
+    ),
+    "mochi": TinyFamily(
+        "MochiPipeline", "MochiTransformer3DModel",
+        dict(patch_size=2, num_layers=2, pooled_projection_dim=16, in_channels=12, text_embed_dim=TEXT_DIM,
+             time_embed_dim=4, max_sequence_length=TEXT_TOKENS, **_HEADS),
+        _TEXT, dict(height=32, width=32, num_frames=7), *_GUIDED, masks=("prompt_attention_mask",),
+    ),
+    "sana": TinyFamily(
+        "SanaPipeline", "SanaTransformer2DModel",
+        dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_cross_attention_heads=2,
+             cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=TEXT_DIM, sample_size=4, **_HEADS),
+        _TEXT, dict(height=128, width=128, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
+        masks=("prompt_attention_mask",), scheduler="DPMSolverMultistepScheduler",
+    ),
+    "cogview4": TinyFamily(
+        "CogView4Pipeline", "CogView4Transformer2DModel",
+        dict(patch_size=2, in_channels=4, out_channels=4, num_layers=2, text_embed_dim=TEXT_DIM, time_embed_dim=8,
+             condition_dim=4, sample_size=8, rope_axes_dim=(8, 8), **_HEADS),
+        _TEXT, dict(height=64, width=64), *_GUIDED,
+    ),
+    "hunyuan_video15": TinyFamily(
+        "HunyuanVideo15Pipeline", "HunyuanVideo15Transformer3DModel",
+        dict(in_channels=9, out_channels=4, num_layers=2, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=TEXT_DIM,
+             text_embed_2_dim=TEXT_DIM, image_embed_dim=12, rope_axes_dim=(4, 6, 6), target_size=16, task_type="t2v",
+             **_HEADS),
+        {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=16, width=16, num_frames=5), {}, {},
+        masks=("prompt_embeds_mask", "prompt_embeds_mask_2"), components=dict(guider=_guider, vae=_tiny_hunyuan15_vae),
+        known_gaps=dict(cfg="its guider names the branches pred_cond / pred_uncond, which CFG reuse does not read"),
+    ),
+    "auraflow": TinyFamily(
+        "AuraFlowPipeline", "AuraFlowTransformer2DModel",
+        dict(sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=2,
+             caption_projection_dim=32, joint_attention_dim=TEXT_DIM, out_channels=4, pos_embed_max_size=64,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64), *_GUIDED, masks=("prompt_attention_mask",),
+    ),
+    "allegro": TinyFamily(
+        "AllegroPipeline", "AllegroTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=24, sample_width=4, sample_height=4,
+             sample_frames=4, caption_channels=TEXT_DIM, attention_head_dim=12, num_attention_heads=2),
+        _TEXT, dict(height=32, width=32, num_frames=5), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), masks=("prompt_attention_mask",), scheduler="DDIMScheduler",
+    ),
+    "bria": TinyFamily(
+        "BriaPipeline", "BriaTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
+             pooled_projection_dim=None, axes_dims_rope=[0, 8, 8], **_HEADS),
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
+        components=dict(vae=lambda: _tiny_vae()),
+    ),
+    "ovis_image": TinyFamily(
+        "OvisImagePipeline", "OvisImageTransformer2DModel",
+        dict(patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1,
+             joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 4, 8), **_HEADS),
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0),
+    ),
+    "motif_video": TinyFamily(
+        "MotifVideoPipeline", "MotifVideoTransformer3DModel",
+        dict(in_channels=9, out_channels=4, num_layers=1, num_single_layers=1, text_embed_dim=TEXT_DIM,
+             rope_axes_dim=(4, 4, 4), attention_head_dim=12, num_attention_heads=2),
+        _TEXT, _VIDEO, {}, {}, masks=("prompt_attention_mask",), components=dict(guider=_apg_guider, vae=_tiny_wan_vae),
+        known_gaps=dict(cfg="its guider names the branches pred_cond / pred_uncond, which CFG reuse does not read"),
+    ),
+    "hunyuanimage": TinyFamily(
+        "HunyuanImagePipeline", "HunyuanImageTransformer2DModel",
+        dict(in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, num_refiner_layers=1,
+             patch_size=(1, 1), guidance_embeds=False, text_embed_dim=TEXT_DIM, text_embed_2_dim=TEXT_DIM,
+             rope_axes_dim=(8, 8), **_HEADS),
+        {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=64, width=64), {}, {},
+        masks=("prompt_embeds_mask", "prompt_embeds_mask_2"), cfg=False,
+    ),
+    "easyanimate": TinyFamily(
+        "EasyAnimatePipeline", "EasyAnimateTransformer3DModel",
+        dict(in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=TEXT_DIM, num_layers=2, sample_width=16,
+             sample_height=16, patch_size=2, **_HEADS),
+        _TEXT, dict(height=64, width=64, num_frames=5), *_GUIDED, masks=("prompt_attention_mask",),
+        components=dict(vae=_tiny_magvit),
+    ),
+    "cogview3plus": TinyFamily(
+        "CogView3PlusPipeline", "CogView3PlusTransformer2DModel",
+        dict(patch_size=2, in_channels=4, num_layers=2, out_channels=4, text_embed_dim=TEXT_DIM, time_embed_dim=8,
+             condition_dim=2, pos_embed_max_size=8, sample_size=8, **_HEADS),
+        _TEXT, dict(height=64, width=64), *_GUIDED, scheduler="CogVideoXDDIMScheduler",
+    ),
+    "kandinsky5": TinyFamily(
+        "Kandinsky5T2VPipeline", "Kandinsky5Transformer3DModel",
+        dict(in_visual_dim=4, in_text_dim=TEXT_DIM, in_text_dim2=TEXT_DIM, time_dim=16, out_visual_dim=4,
+             patch_size=(1, 2, 2), model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=2,
+             axes_dims=(4, 6, 6), visual_cond=False, attention_type="regular"),
+        {"prompt_embeds_qwen": (TEXT_TOKENS, TEXT_DIM), "prompt_embeds_clip": (TEXT_DIM,)},
+        dict(_VIDEO, prompt_cu_seqlens=torch.tensor([0, TEXT_TOKENS], dtype=torch.int32), guidance_scale=1.0), {},
+        cfg=False, fill_zeros=True,  # its CFG calls carry no cache_context (see docs/adapters.md)
+    ),
+    "sana_video": TinyFamily(
+        "SanaVideoPipeline", "SanaVideoTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=16,
+             cross_attention_dim=32, caption_channels=TEXT_DIM, sample_size=8, patch_size=(1, 2, 2),
+             qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **_HEADS),
+        _TEXT, dict(height=64, width=64, frames=5, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        scheduler="DPMSolverMultistepScheduler",
+    ),
+    "hunyuandit": TinyFamily(
+        "HunyuanDiTPipeline", "HunyuanDiT2DModel",
+        dict(sample_size=8, num_layers=2, patch_size=2, in_channels=4, cross_attention_dim=TEXT_DIM,
+             cross_attention_dim_t5=TEXT_DIM, pooled_projection_dim=16, hidden_size=32,
+             activation_fn="gelu-approximate", text_len=TEXT_TOKENS, text_len_t5=TEXT_TOKENS, **_HEADS),
+        {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=64, width=64, use_resolution_binning=False),
+        *_GUIDED, masks=("prompt_attention_mask", "prompt_attention_mask_2"), scheduler="DDPMScheduler",
+    ),
+    "dit": TinyFamily(
+        "DiTPipeline", "DiTTransformer2DModel",
+        dict(sample_size=8, num_layers=2, patch_size=2, in_channels=4, out_channels=8, attention_bias=True,
+             activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+             norm_elementwise_affine=False, **_HEADS),
+        {}, dict(class_labels=[1]), *_GUIDED, scheduler="DDIMScheduler", components=dict(id2label={0: "a", 1: "b"}, vae=lambda: _tiny_vae()),
+    ),
+    "pixart_sigma": TinyFamily(
+        "PixArtSigmaPipeline", "PixArtTransformer2DModel", {**FAMILIES["pixart"].config, "num_layers": 2}, _TEXT,
+        dict(height=64, width=64, use_resolution_binning=False), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), masks=("prompt_attention_mask",), scheduler="DPMSolverMultistepScheduler",
+    ),
+    "latte": TinyFamily(
+        "LattePipeline", "LatteTransformer3DModel",
+        dict(sample_size=8, num_layers=2, patch_size=2, caption_channels=TEXT_DIM, in_channels=4, video_length=3,
+             cross_attention_dim=32, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+             num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+             **_HEADS),
+        _TEXT, dict(height=64, width=64, video_length=3), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), scheduler="DDIMScheduler",
+    ),
+    "krea2": TinyFamily(
+        "Krea2Pipeline", "Krea2Transformer2DModel",
+        dict(in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=32, timestep_embed_dim=8, text_hidden_dim=16, num_text_layers=3,
+             text_num_attention_heads=2, text_num_key_value_heads=1, text_intermediate_size=16,
+             num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 2, 2), rope_theta=1000.0),
+        {"prompt_embeds": (TEXT_TOKENS, 3, 16)}, dict(height=64, width=64, guidance_scale=0.0), {},
+        masks=("prompt_embeds_mask",), mask_dtype=torch.bool, cfg=False,
+        components=dict(text_encoder_select_layers=(0, 1, 2)),  # its CFG calls carry no cache_context
+    ),
+    "prx": TinyFamily(
+        "PRXPipeline", "PRXTransformer2DModel",
+        dict(patch_size=1, in_channels=4, context_in_dim=TEXT_DIM, hidden_size=32, mlp_ratio=2.0, num_heads=2,
+             depth=2, axes_dim=[8, 8]),
+        _TEXT, dict(height=64, width=64, use_resolution_binning=False),
+        dict(guidance_scale=4.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        mask_dtype=torch.bool, fill_zeros=True,
+    ),
+    "chronoedit": TinyFamily(
+        "ChronoEditPipeline", "ChronoEditTransformer3DModel",
+        {**_WAN, "in_channels": 12, "image_dim": 32, "added_kv_proj_dim": 32}, _TEXT,
+        dict(_VIDEO, image=_tiny_image(), guidance_scale=1.0), {}, cfg=False,  # CFG calls without cache_context
+        components=dict(vae=_tiny_wan_vae, image_encoder=_tiny_clip_vision, image_processor=_tiny_clip_processor),
+    ),
+    "ernie_image": TinyFamily(
+        "ErnieImagePipeline", "ErnieImageTransformer2DModel",
+        dict(hidden_size=32, num_attention_heads=2, num_layers=2, ffn_hidden_size=64, in_channels=16, out_channels=16,
+             text_in_dim=TEXT_DIM, rope_axes_dim=(4, 6, 6)),
+        _TEXT, dict(height=64, width=64, use_pe=False), dict(guidance_scale=4.0, negative_prompt=None),
+        dict(guidance_scale=1.0), fill_zeros=True,
+    ),
+    "hunyuan_video_framepack": TinyFamily(
+        "HunyuanVideoFramepackPipeline", "HunyuanVideoFramepackTransformer3DModel",
+        dict(in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2,
+             patch_size_t=1, guidance_embeds=True, text_embed_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+             rope_axes_dim=(4, 6, 6), image_condition_type=None, has_image_proj=True, image_proj_dim=32,
+             has_clean_x_embedder=True, **_HEADS),
+        _TEXT_POOLED, dict(image=_tiny_image(64), height=64, width=64, num_frames=9, latent_window_size=2), {},
+        masks=("prompt_attention_mask",), cfg=False,  # its true-CFG calls carry no cache_context
+        components=dict(vae=_tiny_hunyuan_vae, image_encoder=_tiny_siglip, feature_extractor=_tiny_siglip_processor),
+    ),
+    "ltx2": TinyFamily(
+        "LTX2Pipeline", "LTX2VideoTransformer3DModel",
+        dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, cross_attention_dim=32, audio_in_channels=4,
+             audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=8,
+             audio_cross_attention_dim=16, num_layers=2, qk_norm="rms_norm_across_heads", caption_channels=TEXT_DIM,
+             rope_double_precision=False, rope_type="split", **_HEADS),
+        {"prompt_embeds": (TEXT_TOKENS, TEXT_DIM * 2)},
+        dict(height=32, width=32, num_frames=5, frame_rate=25.0, stg_scale=0.0, modality_scale=1.0,
+             guidance_rescale=0.0, audio_guidance_scale=1.0, audio_stg_scale=0.0, audio_modality_scale=1.0,
+             audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None, use_cross_timestep=False),
+        dict(guidance_scale=3.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
+        components=dict(vae=_tiny_ltx2_vae, audio_vae=_tiny_ltx2_audio_vae, connectors=_tiny_ltx2_connectors),
+        known_gaps=dict(cfg="the transformer returns (video, audio); CFG reuse rebuilds a single output tensor"),
+    ),
+    "wan_animate": TinyFamily(
+        "WanAnimatePipeline", "WanAnimateTransformer3DModel",
+        dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16,
+             out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, image_dim=4,
+             rope_max_seq_len=32, motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16,
+             motion_style_dim=8, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
+             face_encoder_num_heads=2, inject_face_latents_blocks=2),
+        _TEXT,
+        dict(image=_tiny_image(16), pose_video=[_tiny_image(16)] * 9, face_video=[_tiny_image(16)] * 9, height=16,
+             width=16, segment_frame_length=9, mode="animate", guidance_scale=1.0),
+        {}, cfg=False,
+        components=dict(vae=lambda: _tiny_wan_vae(16), image_encoder=_tiny_clip_vision_4,
+                        image_processor=lambda: _tiny_clip_processor(4)),
+    ),
+    "bria_fibo": TinyFamily(
+        "BriaFiboPipeline", "BriaFiboTransformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+             num_attention_heads=2, joint_attention_dim=64, text_encoder_dim=32, pooled_projection_dim=None,
+             axes_dims_rope=[0, 8, 8]),
+        {}, dict(prompt="a red circle", height=64, width=64, max_sequence_length=TEXT_TOKENS),
+        dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
+        components=dict(text_encoder=_tiny_smollm3, tokenizer=lambda: word_tokenizer(), vae=_tiny_fibo_vae),
+        known_gaps=dict(cfg="the per-layer text features come as a list (text_encoder_layers) CFG reuse does not halve"),
+    ),
+    "glm_image": TinyFamily(
+        "GlmImagePipeline", "GlmImageTransformer2DModel",
+        dict(patch_size=2, in_channels=4, out_channels=4, num_layers=2, text_embed_dim=TEXT_DIM, time_embed_dim=16,
+             condition_dim=8, prior_vq_quantizer_codebook_size=128, **_HEADS),
+        _TEXT, dict(height=64, width=64, guidance_scale=1.0, prior_token_ids=torch.arange(64)[None] * 7 % 128), {},
+        cfg=False,  # its CFG calls carry no cache_context; prior tokens given (no GLM autoregressive model)
+        components=dict(vae=lambda: _tiny_vae()),
+    ),
+    "hidream_image": TinyFamily(
+        "HiDreamImagePipeline", "HiDreamImageTransformer2DModel",
+        dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+             num_attention_heads=4, caption_channels=[TEXT_DIM, 16], text_emb_dim=64, num_routed_experts=4,
+             num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1, 2)),
+        {"prompt_embeds_t5": (TEXT_TOKENS, TEXT_DIM), "pooled_prompt_embeds": (64,)},
+        dict(height=64, width=64, prompt_embeds_llama3=_LLAMA[0]),
+        dict(guidance_scale=4.0, negative_prompt_embeds_llama3=_LLAMA[1]), dict(guidance_scale=1.0),
+        components=dict(vae=lambda: _tiny_vae()), attributes=dict(default_sample_size=16),  # it resizes to this area
+    ),
+    "longcat_image": TinyFamily(
+        "LongCatImagePipeline", "LongCatImageTransformer2DModel",
+        dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
+             axes_dims_rope=(4, 4, 8), **_HEADS),
+        {}, dict(prompt="a red circle", height=64, width=64, enable_prompt_rewrite=False),
+        dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
+        components=dict(text_encoder=_tiny_qwen25vl, tokenizer=lambda: word_tokenizer(), vae=lambda: _tiny_vae()),
+        attributes=dict(tokenizer_max_length=TEXT_TOKENS),  # its pipeline cannot take prompt_embeds (0.42.1)
+    ),
+}  # fmt: skip
+
+ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
+
 
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     """A real diffusers pipeline of `family` with a tiny random transformer and no text encoder or VAE."""
     import diffusers
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
-    spec = FAMILIES[family]
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; families: {', '.join(ALL_FAMILIES)}")
+    spec = ALL_FAMILIES[family]
     torch.manual_seed(seed)
     transformer = spec.make_transformer(**transformer_kwargs).eval()
+    extra = {name: _component(spec, value, transformer_kwargs) for name, value in spec.components.items()}
     scheduler = getattr(diffusers, spec.scheduler)(**spec.scheduler_kwargs)
     pipeline_cls = getattr(diffusers, spec.pipeline)
-    import inspect
-
     params = inspect.signature(pipeline_cls.__init__).parameters
     components = {name: None for name in params if name not in ("self", "args", "kwargs")}
     components.update(transformer=transformer, scheduler=scheduler)
     for name, param in params.items():
         if param.default is not inspect.Parameter.empty and name not in ("transformer", "scheduler"):
             components.pop(name, None)
+    components.update(extra)
     pipe = pipeline_cls(**components)
+    for name, value in spec.attributes.items():
+        setattr(pipe, name, value)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _component(spec: TinyFamily, value: Any, transformer_kwargs: dict) -> Any:
+    if value == "transformer":  # a second random transformer of the same config
+        return spec.make_transformer(**transformer_kwargs).eval()
+    return value() if inspect.isfunction(value) else value
 
 
 def tiny_inputs(family: str, *, cfg: bool = True, batch: int = 1, seed: int = 0, steps: int = 6) -> dict:
     """Call kwargs for `tiny_pipeline(family)`: prompt embeddings, size, steps, a seeded generator, latent output."""
     g = torch.Generator().manual_seed(seed)
-    kw = FAMILIES[family].make_inputs(batch, cfg, g)
+    kw = ALL_FAMILIES[family].make_inputs(batch, cfg, g)
     kw.update(num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + 1), output_type="latent")
     return kw
 
@@ -152,10 +620,11 @@ def tiny_inputs(family: str, *, cfg: bool = True, batch: int = 1, seed: int = 0,
 def run(pipe, family: str, **kw) -> torch.Tensor:
     """Call the pipeline with `tiny_inputs(family, **kw)` and return its (latent) output as a tensor."""
     out = pipe(**tiny_inputs(family, **kw))
-    for attr in ("images", "frames"):
-        if hasattr(out, attr):
-            return torch.as_tensor(getattr(out, attr))
-    return torch.as_tensor(out[0])
+    value = next((getattr(out, attr) for attr in ("images", "frames") if hasattr(out, attr)), None)
+    value = out[0] if value is None else value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return torch.cat([part.flatten() for part in value])  # one latent per section (FramePack)
+    return torch.as_tensor(value)
 
 
 # ------------------------------------------------------------------------------------------------ with text encoders

@@ -88,10 +88,15 @@ def test_unsupported_model_names_supported_classes_and_how_to_register():
     assert "FluxTransformer2DModel" in text and "register_adapter" in text
 
 
-def test_generic_fallback_finds_block_lists():
-    """AuraFlow has no adapter: the generic one finds `single_transformer_blocks` (its `joint_transformer_blocks`
-    are not a standard name and change the token layout, so they stay uncached) and caches them."""
+def test_generic_fallback_finds_block_lists(monkeypatch):
+    """AuraFlow with its adapter taken away: the generic one finds `single_transformer_blocks` (its
+    `joint_transformer_blocks` are not a standard name and change the token layout, so they stay uncached) and caches
+    them, as the registered adapter does."""
     from diffusers import AuraFlowTransformer2DModel
+
+    from dit_cache import adapters
+
+    monkeypatch.delitem(adapters._REGISTRY, "AuraFlowTransformer2DModel")
 
     torch.manual_seed(0)
     model = AuraFlowTransformer2DModel(

@@ -149,8 +149,11 @@ def test_speedup_at_another_step_count(pipe, reference):
 
 
 def test_speedup_above_what_the_schedule_allows(pipe, reference):
-    with pytest.raises(ValueError, match="above what a 8-step schedule allows"):
-        dit_cache.apply(pipe, "lemica", speedup=5.0, profile=reference)
+    # LeMiCa solves for each call's own step count (issue 10): what 8 steps cannot reach fails on the first 8-step call
+    dit_cache.apply(pipe, "lemica", speedup=6.0, profile=reference)
+    with pytest.raises(ValueError, match="out of reach at 8 steps: the closest setting gives compute fraction 0.250"):
+        pipe(prompt=PROMPTS[0], num_inference_steps=8, output_type="latent", **TINY_TEXT_CALL)
+    dit_cache.remove(pipe)
     dit_cache.apply(pipe, "teacache", speedup=7.0, profile=reference)
     with pytest.raises(ValueError, match="above what this policy can reach"):
         pipe(prompt=PROMPTS[0], num_inference_steps=8, output_type="latent", **TINY_TEXT_CALL)
@@ -243,3 +246,72 @@ def test_global_edges_replayed_equal_full_regeneration(pipe, monkeypatch):
         full = global_edges(pipe, settings, "a red circle", 0)
     assert (replayed == full).all()  # inf where no edge, equal floats elsewhere
     assert replayed_calls.calls < full_calls.calls
+
+
+def test_resume_on_another_prompt_list_is_refused_naming_the_first_difference(pipe, reference, tmp_path):
+    out = reference.save(tmp_path / "done.json")
+    assert Profile.load(out).policies["calibration_prompts"]["labels"] == PROMPTS
+    changed = [PROMPTS[0], "a yellow star", PROMPTS[2]]
+    with pytest.raises(ProfileError, match="the first difference is prompt 2: 'a blue square on dots' in the "
+                                           "profile, 'a yellow star' in this run"):  # fmt: skip
+        calibrate(pipe, changed, SETTINGS, out, resume=True, progress=False)
+    with pytest.raises(
+        ProfileError, match=r"prompt 3: 'a green triangle' in the profile, none \(this list is shorter\)"
+    ):
+        calibrate(pipe, PROMPTS[:2], SETTINGS, out, resume=True, progress=False)
+    with pytest.raises(
+        ProfileError, match=r"prompt 4: none \(its list is shorter\) in the profile, 'a cat' in this run"
+    ):
+        calibrate(pipe, [*PROMPTS, "a cat"], SETTINGS, out, resume=True, progress=False)
+    # a profile written before prompt lists were kept: its recorded jobs are compared
+    legacy = reference.copy()
+    del legacy.policies["calibration_prompts"]
+    out = legacy.save(tmp_path / "legacy.json")
+    with pytest.raises(ProfileError, match="prompt 2: 'a blue square on dots' in the profile, 'a yellow star'"):
+        calibrate(pipe, changed, SETTINGS, out, resume=True, progress=False)
+    assert not dit_cache.is_applied(pipe)
+
+
+def test_cli_refuses_call_kwargs_the_pipeline_does_not_take(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    (tmp_path / "factory.py").write_text("from dit_cache.testing import tiny_text_flux\n\ndef make():\n"
+                                         "    return tiny_text_flux()\n")  # fmt: skip
+    base = ["calibrate", "--pipeline", "factory:make", "--prompts", "prompts.txt", "--out", "sub/p.json"]
+    assert main([*base, "--call-kwargs", '{"bogus_kw": 1}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dit-cache: error: --call-kwargs: FluxPipeline takes no argument 'bogus_kw'; remove it")
+    assert main([*base, "--call-kwargs", '{"true_cfg_scal": 2}']) == 2
+    assert "(did you mean true_cfg_scal -> true_cfg_scale?)" in capsys.readouterr().err
+    assert main([*base, "--call-kwargs", "not json"]) == 2
+    assert "--call-kwargs 'not json' is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "sub").exists()  # no profile, and no folder for it
+
+
+@pytest.mark.pipeline
+def test_cli_calibrates_a_zoo_model_with_its_own_settings(tmp_path, monkeypatch):
+    """`--model zoo:NAME` calls the pipeline with the zoo's settings (64x64, 9 frames, 12 text tokens, CFG 4), as
+    eval and demo do; --call-kwargs overrides them."""
+    from dit_cache.eval import zoo
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "p.txt").write_text("a red circle moving left on stripes\n")
+    base = ["calibrate", "--model", "zoo:shapes-video", "--prompts", str(tmp_path / "p.txt"), "--steps", "2"]
+    assert main([*base, "--out", str(tmp_path / "zoo.json")]) == 0
+    profile = Profile.load(tmp_path / "zoo.json")
+    expected = zoo.settings("shapes-video")
+    del expected["num_inference_steps"]
+    assert profile.policies["calibration"]["call_kwargs"] == expected
+    assert profile.sampler["steps"] == 2 and sorted(profile.branches) == ["cond", "uncond"]  # CFG against ""
+    assert main([*base, "--call-kwargs", '{"guidance_scale": 1.0}', "--out", str(tmp_path / "nocfg.json")]) == 0
+    profile = Profile.load(tmp_path / "nocfg.json")
+    assert profile.policies["calibration"]["call_kwargs"] == dict(expected, guidance_scale=1.0)
+    assert "uncond" not in profile.branches  # the override reached the pipeline
+
+
+def test_merging_shards_of_different_prompt_lists_is_refused(pipe, tmp_path):
+    calibrate(pipe, PROMPTS[:2], SETTINGS, tmp_path / "s0.json", rank=0, world_size=2, progress=False)
+    calibrate(pipe, ["a cat", "a dog"], SETTINGS, tmp_path / "s1.json", rank=1, world_size=2, progress=False)
+    with pytest.raises(ProfileError, match="different prompt lists"):
+        merge_shards([tmp_path / "s0.json", tmp_path / "s1.json"], tmp_path / "merged.json")
+    assert not (tmp_path / "merged.json").exists()

@@ -199,3 +199,120 @@ def test_two_process_accelerate_launch_gives_the_rows_of_one_process(saved_pipel
 
     assert (tmp_path / "two" / "results.rank1.jsonl").exists()
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
+
+
+def _strict_lines(path):
+    """Every line of a results file parsed as strict JSON (no NaN / Infinity: other languages' parsers reject them)."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_torn_last_line_is_dropped_and_redone(pipe, tmp_path):
+    plan = _plan(policies=["uniform"], peers=[], samples=2, runs=0, timing_samples=0)
+    evaluate(pipe, plan, tmp_path, progress=False)
+    path = tmp_path / RESULTS
+    whole = _strict_lines(path)
+    text = path.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    path.write_text(text[: len(text) - len(last) // 2 - 1])  # killed halfway through writing the last row
+    evaluate(pipe, plan, tmp_path, progress=False)
+    again = _strict_lines(path)  # every line whole again
+    assert len(again) == len(whole)
+    assert [(r.get("method"), r.get("sample")) for r in again] == [(r.get("method"), r.get("sample")) for r in whole]
+    # a last row that lost only its newline is whole: kept, and the next row starts on a line of its own
+    path.write_text(path.read_text().rstrip("\n"))
+    evaluate(pipe, plan, tmp_path, progress=False)
+    assert _strict_lines(path) == again
+
+
+def test_identical_output_is_written_as_strict_json_and_read_back_as_inf(pipe, tmp_path):
+    from dit_cache.eval.report import summarize
+
+    plan = _plan(policies=["fora:interval=1"], peers=[], samples=1, runs=0, timing_samples=0)
+    evaluate(pipe, plan, tmp_path, progress=False)
+    lines = _strict_lines(tmp_path / RESULTS)
+    written = next(r for r in lines if r.get("method") == "fora:interval=1")
+    assert written["psnr"] is None and written["nonfinite"] == {"psnr": "inf"}  # every step computed: identical
+    _, rows = read_rows(tmp_path / RESULTS)
+    row = next(r for r in rows if r["method"] == "fora:interval=1")
+    assert row["psnr"] == math.inf and "nonfinite" not in row
+    assert summarize(rows)[0]["psnr"] == 100.0  # the report's cap for identical outputs
+
+
+def test_cli_refuses_bad_input_before_loading_and_leaves_no_folder(saved_pipeline, tmp_path, capsys, monkeypatch):
+    import dit_cache.cli as cli
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    loads = []
+    real_load = cli.load_pipeline
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    base = ["eval", "--model", str(saved_pipeline), "--prompts", str(prompts), "--peers", "none", "--samples", "1"]
+    cases = [
+        (["--policies", "teacache:treshold=0.1"], "teacache has no option 'treshold' (in 'teacache:treshold=0.1'); "
+         "did you mean threshold?"),
+        (["--policies", "recorder"], "unknown policy 'recorder'"),
+        (["--policies", "fora:interval=0"], "'fora:interval=0': "),
+        (["--call-kwargs", "{bogus"], "--call-kwargs '{bogus' is not valid JSON"),
+        (["--call-kwargs", "[1]"], "--call-kwargs must be a JSON object"),
+    ]  # fmt: skip
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"out{i}" / "nested"
+        assert main([*base, *extra, "--out", str(out)]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / f"out{i}").exists()
+    assert not loads  # each of those was refused before any model was loaded
+    # a pipeline argument the pipeline does not take: found once the pipeline is known, still before any folder
+    call = dict(TINY_TEXT_CALL, bogus_kw=1)
+    assert main([*base, "--policies", "uniform", "--call-kwargs", json.dumps(call), "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the loading progress bars
+    assert last.startswith("dit-cache: error: --call-kwargs: FluxPipeline takes no argument 'bogus_kw'; remove it")
+    assert "Traceback" not in err
+    assert not (tmp_path / "k").exists()
+    # report: nothing to report on, nothing written
+    assert main(["report", str(tmp_path / "none"), "--out", str(tmp_path / "rep")]) == 2
+    assert "has no results.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "none").exists()
+
+
+def test_demo_validates_its_policy_first_and_never_offers_internal_ones(tmp_path, capsys, monkeypatch):
+    import dit_cache.cli as cli
+
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded before validation"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--policy", "typo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown policy 'typo'" in err and "magcache" in err and "recorder" not in err
+    assert main(["demo", "--speedup", "1", "--out", str(out)]) == 2
+    assert "--speedup must be above 1" in capsys.readouterr().err
+    assert main(["demo", "--policy", "cfg", "--speedup", "3", "--out", str(out)]) == 2
+    assert "--policy cfg --speedup 3: cfg: speedup=3.0 is out of reach" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["info"]) == 0
+    policies = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("policies:"))
+    assert "magcache" in policies and "recorder" not in policies
+
+
+def test_demo_load_failure_names_the_demo_model_and_the_missing_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    from diffusers import DiffusionPipeline
+
+    def fail(*args, **kwargs):
+        raise ValueError("low_cpu_mem_usage cannot be False when keep_in_fp32_modules is True")
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", fail)
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(tmp_path / "demo")])
+    message = str(exit_.value.code)
+    assert message.startswith("cannot load the demo model zoo:shapes-video: low_cpu_mem_usage")
+    assert "--model" not in message and "pip install accelerate" in message
+    assert not (tmp_path / "demo").exists()

@@ -112,12 +112,13 @@ def test_zero_thresholds_never_reuse():
 
 
 def test_speedup_scales_both_thresholds_on_the_profile():
-    model, sched = TokenDiT(num_blocks=2), FakeScheduler(10)
+    # 11 steps: these uniform traces reach 0.5 within 0.05 (at 10 steps the closest is 0.445: refused)
+    model, sched = TokenDiT(num_blocks=2), FakeScheduler(11)
     profile = Profile(fingerprint=model_fingerprint(model))
-    profile.records = [{"index": 0, "branches": {"batch": {"x": [None] + [0.25] * 9}}}]
-    profile.branches["batch"] = {"grid": [i / 9 for i in range(10)]}
+    profile.records = [{"index": 0, "branches": {"batch": {"x": [None] + [0.25] * 10}}}]
+    profile.branches["batch"] = {"grid": [i / 10 for i in range(11)]}
     dit_cache.apply(model, "mix", speedup=2.0, profile=profile, modes=("step", "token"), scheduler=sched)
-    drive(model, sched, [1.25**i for i in range(10)], hidden=[torch.randn(1, 16, 2) for _ in range(10)])
+    drive(model, sched, [1.25**i for i in range(11)], hidden=[torch.randn(1, 16, 2) for _ in range(11)])
     chooser = model._dit_cache.engine.policy.inner
     assert chooser.reuse_threshold == pytest.approx(chooser.token_threshold / 2)
     assert dit_cache.stats(model).compute_fraction == pytest.approx(0.5, abs=0.1)

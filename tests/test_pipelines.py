@@ -125,22 +125,7 @@ def test_exception_inside_a_call_leaves_no_state(family_pipe):
 
 
 def test_wan22_two_transformers_get_one_state_each():
-    import diffusers
-
-    from dit_cache.testing import FAMILIES
-
-    torch.manual_seed(0)
-    make = FAMILIES["wan"].make_transformer
-    pipe = diffusers.WanPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
-        transformer=make().eval(),
-        transformer_2=make().eval(),
-        boundary_ratio=0.5,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline("wan22_a14b")  # two experts, boundary_ratio 0.5
     baseline = run(pipe, "wan", cfg=True, steps=STEPS)
     dit_cache.apply(pipe, "teacache", threshold=0.0)
     assert torch.equal(run(pipe, "wan", cfg=True, steps=STEPS), baseline)

@@ -179,3 +179,44 @@ def test_shapes_video_pipeline_follows_prompts(monkeypatch, one_thread):
     hits = [c == S.parse_prompt(p)["colour"] for p, c in zip(prompts, colours)]
     assert sum(hits) >= 6, list(zip(prompts, colours))
     # not asserted: the shipped model did not learn the motion direction (docs/zoo.md, "Known limits")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the profile saved with a model
+
+
+@pytest.mark.pipeline
+def test_apply_finds_the_profile_saved_with_the_model(tmp_path, monkeypatch, one_thread):
+    """`apply(pipe, "magcache")` with no profile= uses the dit_cache_profile.json of the folder the pipeline was
+    loaded from: the zoo's shipped one, or one a user saved beside their own copy; without it, the usual error."""
+    import shutil
+
+    import dit_cache
+    from dit_cache.calibration import Profile, ProfileError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = zoo.load("shapes-video")
+    pipe.set_progress_bar_config(disable=True)
+    shipped = os.path.join(zoo.path("shapes-video"), "dit_cache_profile.json")
+    with dit_cache.cached(pipe, "magcache", speedup=2.0):
+        assert pipe.transformer._dit_cache.engine.policy.profile.source == shipped
+        kw = zoo.settings("shapes-video")
+        kw.update(num_inference_steps=10, output_type="latent")
+        pipe(zoo.prompts("shapes-video")[0], generator=torch.Generator().manual_seed(0), **kw)
+        assert abs(dit_cache.stats(pipe).compute_fraction - 0.5) <= 0.1
+
+    copy = tmp_path / "my-video-model"  # a user's copy of the pipeline, first without a profile
+    shutil.copytree(zoo.path("shapes-video"), copy, ignore=shutil.ignore_patterns("dit_cache_profile.*"))
+    mine = type(pipe).from_pretrained(copy)
+    with pytest.raises(ProfileError, match="needs a calibration profile"):
+        dit_cache.apply(mine, "magcache")
+    Profile.load(shipped).save(copy / "dit_cache_profile.json")
+    mine = type(pipe).from_pretrained(copy)
+    with dit_cache.cached(mine, "magcache"):
+        assert mine.transformer._dit_cache.engine.policy.profile.source == str(copy / "dit_cache_profile.json")
+    # a profile of another model beside it is not used
+    other = Profile.load(shipped)
+    other.fingerprint = dict(other.fingerprint, config_hash="0" * 16)
+    other.save(copy / "dit_cache_profile.json")
+    with pytest.raises(ProfileError, match="needs a calibration profile"):
+        dit_cache.apply(type(pipe).from_pretrained(copy), "magcache")

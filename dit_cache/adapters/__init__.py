@@ -3,12 +3,13 @@ block lists the way diffusers does. Register a new family with `dit_cache.regist
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 
 from torch import nn
 
-from . import cogvideox, flux, hunyuan_video, ltx, pixart, qwenimage, sd3, wan
+from . import catalog, cogvideox, flux, hunyuan_video, ltx, pixart, qwenimage, sd3, wan
 from .spec import ArgReader, BlockCall, BlockGroup, ModelSpec, adanorm_indicator, temb_indicator
 
 logger = logging.getLogger(__name__)
@@ -41,17 +42,27 @@ def supported_classes() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def nearest_classes(name: str) -> str:
+    """A sentence naming the supported classes closest to `name`."""
+    close = difflib.get_close_matches(name, supported_classes(), n=3, cutoff=0.4)
+    return f"Nearest supported classes: {', '.join(close)}. " if close else ""
+
+
 def find_spec(transformer: nn.Module) -> ModelSpec:
     """The registered spec of `transformer`'s class (or a base class), else a generic one, else a clear error."""
     for cls in type(transformer).__mro__:
         if cls.__name__ in _REGISTRY:
             return _REGISTRY[cls.__name__]
+    refused = catalog.REFUSED.get(type(transformer).__name__)
+    if refused is not None:
+        raise TypeError(f"dit_cache cannot cache {type(transformer).__name__}: {refused}")
     spec = _generic_spec(transformer)
     if spec is None:
         raise TypeError(
             f"dit_cache cannot cache {type(transformer).__name__}: no adapter is registered for it and it has no "
-            f"block list (looked for nn.ModuleList attributes {', '.join(BLOCK_LIST_NAMES)}). Supported classes: "
-            f"{', '.join(supported_classes())}. To add one, describe its blocks with dit_cache.adapters.ModelSpec "
+            f"block list (looked for nn.ModuleList attributes {', '.join(BLOCK_LIST_NAMES)}). "
+            f"{nearest_classes(type(transformer).__name__)}Supported classes: {', '.join(supported_classes())}. "
+            "To add one, describe its blocks with dit_cache.adapters.ModelSpec "
             "and call dit_cache.register_adapter(spec) (see docs/adapters.md)."
         )
     logger.info("dit_cache: no adapter for %s, using the generic block-list adapter", type(transformer).__name__)
@@ -66,6 +77,14 @@ def _generic_spec(transformer: nn.Module) -> ModelSpec | None:
             groups.append(_generic_group(attr, blocks[0]))
     if not groups:
         return None
+    if not any(group.work_modules for group in groups):
+        first = getattr(transformer, groups[0].attr)[0]
+        raise TypeError(
+            f"dit_cache's generic adapter finds no attention or MLP submodules (diffusers Attention / FeedForward) in "
+            f"the {type(first).__name__} blocks of {type(transformer).__name__}.{groups[0].attr}, so it can neither "
+            "count nor reuse their work; register a ModelSpec whose BlockGroup names them (attention=..., mlp=...) "
+            "with dit_cache.register_adapter(spec) (see docs/adapters.md)"
+        )
     params = inspect.signature(getattr(transformer, groups[0].attr)[0].forward).parameters
     temb = next((n for n in _TEMB_ARG_NAMES if n in params), None)
     indicator = temb_indicator(temb) if temb else temb_indicator(groups[0].hidden_arg)
@@ -109,12 +128,32 @@ def _generic_group(attr: str, block: nn.Module) -> BlockGroup:
         encoder_index=encoder_index,
         attention=tuple(attention),
         mlp=tuple(mlp),
+        hidden_arg=_hidden_arg(attr, block, params),
         encoder_arg="encoder_hidden_states" if "encoder_hidden_states" in params else None,
     )
 
 
-for _module in (flux, wan, hunyuan_video, cogvideox, ltx, sd3, pixart, qwenimage):
-    register_adapter(_module.SPEC)
+def _hidden_arg(attr: str, block: nn.Module, params) -> str:
+    """The block argument that carries the hidden states: diffusers' `hidden_states`, else the first positional
+    parameter (a plain `nn.Linear` block takes `input`)."""
+    if "hidden_states" in params:
+        return "hidden_states"
+    positional = [
+        name
+        for name, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if not positional:
+        raise TypeError(
+            f"dit_cache's generic adapter cannot tell which argument of {type(block).__name__}.forward (in `{attr}`) "
+            f"carries the hidden states (parameters: {', '.join(params) or 'none'}); register a ModelSpec whose "
+            "BlockGroup names it with hidden_arg=... (see docs/adapters.md)"
+        )
+    return positional[0]
+
+
+for _spec in (*(m.SPEC for m in (flux, wan, hunyuan_video, cogvideox, ltx, sd3, pixart, qwenimage)), *catalog.SPECS):
+    register_adapter(_spec)
 
 __all__ = [
     "ArgReader",

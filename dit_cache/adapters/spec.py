@@ -40,7 +40,7 @@ class ArgReader:
 
 @dataclass(frozen=True)
 class BlockGroup:
-    """One list of blocks, e.g. Flux's `single_transformer_blocks`.
+    """One list of blocks, e.g. Flux's `single_transformer_blocks` (`attr`; see `block_list` for wrapped blocks).
 
     `hidden_index` / `encoder_index`: where the image stream and the text (encoder) stream sit in the tuple a block
     returns; `hidden_index=None` means the block returns the hidden tensor itself. `attention`, `cross_attention` and
@@ -87,17 +87,18 @@ class BlockGroup:
         return tuple(out)
 
 
-def single_stream_blocks(hidden_index: int, encoder_index: int) -> BlockGroup:
+def single_stream_blocks(hidden_index: int | None, encoder_index: int | None = None, **kw: Any) -> BlockGroup:
     """Flux-style `single_transformer_blocks`: `proj_out(cat(attn(x), act_mlp(proj_mlp(x))))`, gated. The MLP unit
-    ends with its activation, and attention and MLP feed only `proj_out`."""
-    return BlockGroup(
-        "single_transformer_blocks",
-        hidden_index=hidden_index,
-        encoder_index=encoder_index,
+    ends with its activation, and attention and MLP feed only `proj_out`. `hidden_index=None`: blocks that take and
+    return the text and image tokens as one sequence (Chroma). `kw` overrides any field (Ovis-Image gates half of
+    `proj_mlp`'s output with the other half: `tails=(), feeds=()`)."""
+    fields: dict[str, Any] = dict(
         mlp=("proj_mlp", "proj_out"),
         tails=(("proj_mlp", "act_mlp"),),
         feeds=(("attn", "proj_out"), ("proj_mlp", "proj_out")),
     )
+    fields.update(kw)
+    return BlockGroup("single_transformer_blocks", hidden_index=hidden_index, encoder_index=encoder_index, **fields)
 
 
 # indicator(first_block, call) -> a tensor whose change between steps predicts the change of the output (TeaCache).
@@ -118,7 +119,14 @@ class BlockCall:
 
     @property
     def hidden(self) -> torch.Tensor:
-        return self.get(self.group.hidden_arg)
+        hidden = self.get(self.group.hidden_arg)
+        if not isinstance(hidden, torch.Tensor):
+            raise TypeError(
+                f"dit_cache: a block of `{self.group.attr}` was called without a tensor in its "
+                f"`{self.group.hidden_arg}` argument (got {type(hidden).__name__}), which the adapter reads as the "
+                "hidden states; register a ModelSpec whose BlockGroup names the right hidden_arg (see docs/adapters.md)"
+            )
+        return hidden
 
     @property
     def encoder(self) -> torch.Tensor | None:
@@ -149,11 +157,21 @@ class ModelSpec:
         """(group, index in group, block) in execution order."""
         found = []
         for group in self.groups:
-            modules = getattr(transformer, group.attr, None)
+            modules = block_list(transformer, group.attr)
             if modules is None:
                 continue
             found.extend((group, i, block) for i, block in enumerate(modules))
         return found
+
+
+def block_list(transformer: nn.Module, attr: str) -> Any:
+    """The blocks named by a group's `attr`: an attribute (`"blocks"`), or `"outer.*.inner"` for blocks wrapped in
+    another module each (HiDream's `single_stream_blocks[i].block`)."""
+    if ".*." not in attr:
+        return getattr(transformer, attr, None)
+    outer, inner = attr.split(".*.", 1)
+    wrappers = getattr(transformer, outer, None)
+    return None if wrappers is None else [wrapper.get_submodule(inner) for wrapper in wrappers]
 
 
 def temb_indicator(arg: str = "temb") -> IndicatorFn:
@@ -172,3 +190,70 @@ def adanorm_indicator(norm: str = "norm1") -> IndicatorFn:
         return getattr(block, norm)(call.hidden, emb=call.get("temb"))[0]
 
     return read
+
+
+# ---------------------------------------------------------------------------------------------------- shared shapes
+def wan_like(name: str, class_names: tuple[str, ...], doc: str, **kw: Any) -> ModelSpec:
+    """Wan-style video DiT: one list `blocks` returning the hidden tensor, self-attention `attn1`, cross-attention
+    `attn2`, MLP `ffn`; TeaCache's indicator is the projected timestep embedding the blocks get as `temb`."""
+    group = BlockGroup("blocks", hidden_index=None, attention=("attn1",), cross_attention=("attn2",), mlp=("ffn",))
+    return ModelSpec(
+        name, class_names, (group,), temb_indicator("temb"), "the projected timestep embedding `temb`", notes=doc, **kw
+    )
+
+
+def dit_like(
+    name: str,
+    class_names: tuple[str, ...],
+    doc: str,
+    *,
+    attr: str = "transformer_blocks",
+    attention: tuple[str, ...] = ("attn1",),
+    cross_attention: tuple[str, ...] = ("attn2",),
+    mlp: tuple[str, ...] = ("ff",),
+    temb: str = "temb",
+    encoder_arg: str | None = "encoder_hidden_states",
+    hidden_arg: str = "hidden_states",
+    indicator: IndicatorFn | None = None,
+    indicator_doc: str | None = None,
+    **kw: Any,
+) -> ModelSpec:
+    """DiT / PixArt-style model: one block list returning the hidden tensor, text (if any) by cross-attention;
+    TeaCache's indicator is the timestep embedding the blocks get as `temb` unless `indicator` is given."""
+    group = BlockGroup(
+        attr,
+        hidden_index=None,
+        attention=attention,
+        cross_attention=cross_attention,
+        mlp=mlp,
+        hidden_arg=hidden_arg,
+        encoder_arg=encoder_arg,
+    )
+    doc_of_indicator = indicator_doc or f"the timestep embedding `{temb}`"
+    return ModelSpec(name, class_names, (group,), indicator or temb_indicator(temb), doc_of_indicator, notes=doc, **kw)
+
+
+def double_single(
+    name: str,
+    class_names: tuple[str, ...],
+    doc: str,
+    *,
+    hidden_index: int,
+    encoder_index: int,
+    attention: tuple[str, ...] = ("attn",),
+    mlp: tuple[str, ...] = ("ff", "ff_context"),
+    single: BlockGroup | None = None,
+    indicator: IndicatorFn | None = None,
+    indicator_doc: str = "transformer_blocks[0].norm1(hidden_states, emb=temb): the modulated image input",
+    **kw: Any,
+) -> ModelSpec:
+    """Flux-style model: dual-stream `transformer_blocks` (joint attention `attn`, MLPs on both streams) returning
+    (hidden, encoder) at the given indices, then (optionally) single-stream blocks that keep the two streams apart."""
+    groups = (
+        BlockGroup(
+            "transformer_blocks", hidden_index=hidden_index, encoder_index=encoder_index, attention=attention, mlp=mlp
+        ),
+    )
+    if single is not None:
+        groups += (single,)
+    return ModelSpec(name, class_names, groups, indicator or adanorm_indicator("norm1"), indicator_doc, notes=doc, **kw)

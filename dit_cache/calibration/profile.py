@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .resample import position_grid, resample, resample_ratios, sigma_grid
+from .schema import FIX, SchemaError, check_profile
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +108,24 @@ class Profile:
         return any(key in data for data in self.branches.values())
 
     def call_grid(self, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
-        """A call's grid in this profile's coordinate."""
+        """A call's grid in this profile's coordinate: its sigmas normalized by the calibration run's first and last
+        sigma, so a step lands where the calibration passed the same noise level (a coarser call, which stops at a
+        larger sigma, does not stretch its last steps over the calibration's end)."""
         if self.grid_kind == "sigma" and sigmas is not None and len(sigmas) == num_steps:
             try:
-                return sigma_grid(sigmas)
+                return sigma_grid(sigmas, self.sigma_ends())
             except ValueError:
                 pass
         return position_grid(num_steps)
+
+    def sigma_ends(self) -> tuple[float, float] | None:
+        """(first, last) sigma of the calibration trajectory, when the profile recorded them."""
+        for data in self.branches.values():
+            sigma = data.get("sigma")
+            if isinstance(sigma, list) and len(sigma) >= 2 and all(isinstance(v, (int, float)) for v in sigma):
+                if sigma[0] != sigma[-1]:
+                    return float(sigma[0]), float(sigma[-1])
+        return None
 
     def per_step(self, branch: str, key: str, num_steps: int, sigmas: list[float] | None = None) -> np.ndarray:
         """Per-step values of `key` for a call of `num_steps` steps (ratios resampled multiplicatively)."""
@@ -183,6 +195,7 @@ class Profile:
             missing = set(data["arrays"]) - set(profile.arrays)
             if missing:
                 raise ProfileError(f"profile arrays {tensors_path} lack {sorted(missing)}; recalibrate")
+            profile.validate()
         if model is not None:
             profile.check_model(model)
         return profile
@@ -197,6 +210,10 @@ class Profile:
                 f"profile {source or ''} has format version {version!r}; this dit_cache reads version "
                 f"{PROFILE_FORMAT_VERSION}. Recalibrate with this version (dit-cache calibrate)"
             )
+        try:
+            check_profile(data)
+        except SchemaError as e:
+            raise ProfileError(f"profile {source or ''} is damaged: {e}; {FIX}") from None
         return cls(
             fingerprint=data["fingerprint"],
             sampler=data.get("sampler", {}),
@@ -207,6 +224,13 @@ class Profile:
             records=data.get("records", []),
             source=source,
         )
+
+    def validate(self) -> None:
+        """Raise `ProfileError` naming the first entry whose type or length does not fit its section."""
+        try:
+            check_profile(self.to_dict(), self.arrays)
+        except SchemaError as e:
+            raise ProfileError(f"profile {self.name!r} is damaged: {e}; {FIX}") from None
 
     def copy(self) -> Profile:
         clone = copy.copy(self)

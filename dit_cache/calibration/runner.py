@@ -3,6 +3,8 @@ after every job so an interrupted run resumes where it stopped; sharded over pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -91,19 +93,53 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
+def check_creatable(path: Path, what: str) -> None:
+    """Fail now (saying "cannot write {what}: why") if `path` could not be created, without creating anything:
+    a run that stops at a later check leaves no empty folder behind."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ValueError(f"cannot write {what}: {existing} is a file, not a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what}: {folder} is not writable")
+
+
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail now, not after an hour of generation, if `path` cannot be written."""
+    """Fail now, not after an hour of generation, if `path` cannot be written (creates nothing)."""
     path = Path(path)
     if path.suffix != ".json":
         path = path.with_suffix(".json")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_suffix(".json.probe")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write the profile to {path}: {e}") from None
+    if path.is_dir():
+        raise ValueError(f"cannot write the profile to {path}: it is a folder; give a file name ending in .json")
+    check_creatable(path, f"the profile to {path}")
     return path
+
+
+def prompt_list(prompts: Sequence[str | dict]) -> dict:
+    """What the profile keeps of its prompt list: a resumed run must use the same one."""
+    labels = [_label(p) for p in prompts]
+    return {"sha": hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16], "labels": labels}
+
+
+def _check_same_prompts(path: Path, previous: Profile, prompts: Sequence[str | dict], seeds: int) -> None:
+    new = prompt_list(prompts)["labels"]
+    kept = previous.policies.get("calibration_prompts")
+    if kept is None:  # written before prompt lists were kept: the prompts of its recorded jobs must agree
+        old = {r["index"] // seeds: r["prompt"] for r in previous.records}
+        i = next((i for i in sorted(old) if i >= len(new) or old[i] != new[i]), None)
+    else:
+        old = dict(enumerate(kept["labels"]))
+        i = next((i for i in range(max(len(old), len(new))) if old.get(i) != (new[i] if i < len(new) else None)), None)
+    if i is None:
+        return
+    was = repr(old[i]) if i in old else "none (its list is shorter)"
+    now = repr(new[i]) if i < len(new) else "none (this list is shorter)"
+    raise ProfileError(
+        f"cannot resume {path}: it was calibrated on another prompt list; the first difference is prompt {i + 1}: "
+        f"{was} in the profile, {now} in this run. Resume with the same prompt file, or calibrate into another --out"
+    )
 
 
 def _sampler(pipe: Any, settings: CalibrationSettings) -> dict:
@@ -139,6 +175,7 @@ def calibrate(
     transformer = pipe.transformer
     fingerprint = model_fingerprint(transformer)
     sampler = _sampler(pipe, settings)
+    kept = prompt_list(prompts)
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
     path = check_writable(out) if out is not None else None
@@ -155,6 +192,7 @@ def calibrate(
             )
         if previous.policies.get("calibration") != settings.to_dict():
             raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
+        _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
         arrays = {k: v for k, v in previous.arrays.items() if k.startswith("records/")}
     done = {r["index"] for r in records}
@@ -179,13 +217,13 @@ def calibrate(
             records.append(small)
             arrays.update(large)
             if path is not None:  # a checkpoint after every job: an interruption loses at most the current one
-                _assemble(fingerprint, sampler, records, arrays, settings).save(path)
+                _assemble(fingerprint, sampler, records, arrays, settings, kept).save(path)
     finally:
         remove(transformer)
         if bar:
             bar.close()
     logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
-    profile = _assemble(fingerprint, sampler, records, arrays, settings)
+    profile = _assemble(fingerprint, sampler, records, arrays, settings, kept)
     if path is not None:
         profile.save(path)
     return profile
@@ -194,8 +232,6 @@ def calibrate(
 def _label(prompt: str | dict) -> str:
     if isinstance(prompt, str):
         return prompt
-    import hashlib
-
     digest = hashlib.sha256()
     for key in sorted(prompt):
         value = prompt[key]
@@ -204,8 +240,11 @@ def _label(prompt: str | dict) -> str:
     return f"<call arguments {digest.hexdigest()[:12]}>"
 
 
-def _assemble(fingerprint: dict, sampler: dict, records: list, arrays: dict, settings: CalibrationSettings) -> Profile:
+def _assemble(
+    fingerprint: dict, sampler: dict, records: list, arrays: dict, settings: CalibrationSettings, prompts: dict
+) -> Profile:
     profile = build_profile(fingerprint, sampler, records, arrays, settings.to_dict())
+    profile.policies["calibration_prompts"] = prompts
     _add_proxy_edges(profile, settings)
     return profile
 
@@ -298,6 +337,11 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     target = check_writable(out)
     shards = [Profile.load(p) for p in paths]
     profile = merge_profiles(shards)
+    lists = {json.dumps(s.policies.get("calibration_prompts")) for s in shards}
+    if len(lists) > 1:
+        raise ProfileError("cannot merge shards calibrated on different prompt lists; rerun them on one prompt file")
+    if shards[0].policies.get("calibration_prompts") is not None:
+        profile.policies["calibration_prompts"] = shards[0].policies["calibration_prompts"]
     _add_proxy_edges(profile, settings_from_profile(profile))
     profile.save(target)
     return profile

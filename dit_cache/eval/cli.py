@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,42 +34,26 @@ def add_commands(sub) -> None:
     rep.set_defaults(handler=run_report)
 
     demo = sub.add_parser("demo", help="the quick tour: a trained video model, uncached vs cached, with a report")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--policy", default=DEMO_POLICY)
-    demo.add_argument("--speedup", type=float, default=2.0)
-    demo.add_argument("--samples", type=int, default=2)
+    demo.add_argument("--out", default="runs/demo", help="output directory (results, samples, report.html)")
+    demo.add_argument("--policy", default=DEMO_POLICY, help=f"dit_cache policy to show (default: {DEMO_POLICY})")
+    demo.add_argument("--speedup", type=float, default=2.0, help="speedup target (compute fraction 1 / speedup)")
+    demo.add_argument("--samples", type=int, default=2, help="prompts generated and scored")
+    demo.add_argument("--steps", type=int, help="denoising steps (default: the model's own 30; fewer runs faster)")
+    demo.add_argument("--runs", type=int, default=3, help="timed runs per method after a warm-up (median)")
     demo.set_defaults(handler=run_demo)
 
 
-def _model_settings(model: str, args_steps: int | None, call_kwargs: str | None) -> tuple[str, int, dict, list]:
-    """(name, steps, call kwargs, default prompts) for a model spec."""
-    extra = json.loads(call_kwargs) if call_kwargs else {}
-    if model.startswith("zoo:"):
-        from . import zoo
-
-        name = model[len("zoo:") :]
-        settings = dict(zoo.settings(name))
-        steps = args_steps or settings.pop("num_inference_steps")
-        settings.pop("num_inference_steps", None)
-        settings.update(extra)
-        return model, steps, settings, zoo.prompts(name)
-    return model, args_steps or 30, extra, []
-
-
-def _profile_for(
-    pipe, model: str, explicit: str | None, out: Path, steps: int, call: dict, prompts: list, samples: int
-):
+def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, prompts: list, samples: int):
+    """--profile, else the profile saved with the model (zoo models ship one), else one calibrated into OUT."""
     from ..calibration import Profile, ProfileError
+    from ..calibration.resolve import saved_profile
     from ..calibration.runner import CalibrationSettings, calibrate
 
     if explicit:
         return Profile.load(explicit, model=pipe.transformer)
-    if model.startswith("zoo:"):
-        from . import zoo
-
-        shipped = Path(zoo.path(model[len("zoo:") :])) / "dit_cache_profile.json"
-        if shipped.exists():
-            return Profile.load(shipped, model=pipe.transformer)
+    shipped = saved_profile(pipe.transformer)
+    if shipped is not None:
+        return shipped
     path = out / "profile.json"
     settings = CalibrationSettings(steps=steps, call_kwargs=call, block_traces=True)  # bwcache, mix
     if path.exists():
@@ -80,15 +64,26 @@ def _profile_for(
     return calibrate(pipe, prompts[: min(4, samples)], settings, path, resume=False, progress=False)
 
 
+def _check_methods(policies: list[str], targets: list[float], steps: int) -> None:
+    """Every --policies spec parses and names known options (an error now, not a traceback after loading)."""
+    from .methods import ours
+
+    for spec in policies:
+        if ":" in spec or not targets:
+            ours(spec, None, steps, None)
+        else:
+            for target in targets:
+                ours(spec, target, steps, None)
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from ..cli import _device, _distributed, load_pipeline
-    from ..config import policy_names
-    from .methods import BASELINES, SPEEDUP_POLICIES
+    from ..cli import _device, _distributed, check_call_kwargs, json_kwargs, load_pipeline, model_settings
+    from .methods import SPEEDUP_POLICIES
     from .peers import PEERS
     from .runner import DEFAULT_POLICIES, EvalPlan, check_output_dir, evaluate, merge_rank_files
 
-    out = check_output_dir(args.out)
-    model, steps, call, prompts = _model_settings(args.model, args.steps, args.call_kwargs)
+    check_output_dir(args.out, create=False)
+    steps, call, prompts = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
     if args.prompts:
         from ..calibration.runner import read_prompts
 
@@ -96,20 +91,19 @@ def run_eval(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError(f"--prompts is required for {args.model} (zoo models bring their own prompt set)")
     policies = list(DEFAULT_POLICIES) if args.policies is None else args.policies
-    valid = set(policy_names()) | set(BASELINES)
-    for spec in policies:
-        if spec.split(":")[0] not in valid:
-            raise ValueError(f"unknown policy {spec!r}; valid: {', '.join(sorted(valid))}")
     peers = list(PEERS) if args.peers == ["all"] else [] if args.peers == ["none"] else args.peers
     for name in peers:
         if name not in PEERS:
             raise ValueError(f"unknown peer {name!r}; valid: {', '.join(PEERS)}")
-    plan = EvalPlan(model, prompts, args.samples, steps, call, policies, peers, args.targets, args.runs,
+    if args.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    _check_methods(policies, args.targets, steps)
+    plan = EvalPlan(args.model, prompts, args.samples, steps, call, policies, peers, args.targets, args.runs,
                     args.timing_samples)  # fmt: skip
-    if plan.samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {plan.samples}")
     rank, world, state = _distributed()
     pipe = load_pipeline(args.model, None, device=_device(state))
+    check_call_kwargs(pipe, json_kwargs(args.call_kwargs))
+    out = check_output_dir(args.out)  # created only now that everything checked out
     profile = None
     needs_profile = (
         args.profile
@@ -117,11 +111,11 @@ def run_eval(args: argparse.Namespace) -> int:
         or ("diffusers-magcache" in peers)
     )
     if needs_profile and rank == 0:  # a profile calibrated here is written once, then read by the others
-        profile = _profile_for(pipe, model, args.profile, out, steps, call, prompts, args.samples)
+        profile = _profile_for(pipe, args.profile, out, steps, call, prompts, args.samples)
     if state is not None:
         state.wait_for_everyone()
     if needs_profile and rank != 0:
-        profile = _profile_for(pipe, model, args.profile, out, steps, call, prompts, args.samples)
+        profile = _profile_for(pipe, args.profile, out, steps, call, prompts, args.samples)
     evaluate(pipe, plan, out, profile=profile, rank=rank, world_size=world, progress=not args.no_progress)
     if world > 1:
         state.wait_for_everyone()
@@ -145,21 +139,37 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Uncached vs the default policy on the trained shapes-video model: a short table and the report."""
-    from ..cli import load_pipeline
+    from ..cli import load_pipeline, model_settings
     from .report import summarize, write_report
     from .runner import RESULTS, EvalPlan, check_output_dir, evaluate, read_rows
 
+    check_output_dir(args.out, create=False)
+    if args.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    if not args.speedup > 1:
+        raise ValueError(f"--speedup must be above 1 (e.g. 2 for half the compute), got {args.speedup:g}")
+    steps, call, prompts = model_settings(DEMO_MODEL, args.steps, {})
+    from .methods import ours
+
+    method = ours(args.policy, None if ":" in args.policy else args.speedup, steps, None)
+    if not method.available:
+        raise ValueError(f"--policy {args.policy} --speedup {args.speedup:g}: {method.reason}")
+    pipe = load_pipeline(DEMO_MODEL, None, label=f"the demo model {DEMO_MODEL}")
+    if "OMP_NUM_THREADS" not in os.environ:  # the demo runs on the CPU
+        import torch
+
+        torch.set_num_threads(1)  # a 2 M-parameter model: more threads only wait on each other (docs/zoo.md)
     out = check_output_dir(args.out)
-    model, steps, call, prompts = _model_settings(DEMO_MODEL, None, None)
-    pipe = load_pipeline(DEMO_MODEL, None)
-    profile = _profile_for(pipe, model, None, out, steps, call, prompts, args.samples)
-    plan = EvalPlan(model, prompts, args.samples, steps, call, [args.policy, "uniform"], [], [args.speedup], 3, 1)
+    profile = _profile_for(pipe, None, out, steps, call, prompts, args.samples)
+    plan = EvalPlan(DEMO_MODEL, prompts, args.samples, steps, call, [args.policy, "uniform"], [], [args.speedup],
+                    args.runs, 1)  # fmt: skip
     evaluate(pipe, plan, out, profile=profile, progress=True)
     lines = summarize(read_rows(out / RESULTS)[1])
     print(f"\n{DEMO_MODEL}, {steps} steps, {args.samples} samples, target {args.speedup:g}x\n")
     print(f"{'method':<16}{'speedup':>9}{'compute':>9}{'PSNR':>8}{'SSIM':>7}")
     for line in lines:
         if "skipped" in line:
+            print(f"{line['method']:<16} skipped: {line['skipped']}")
             continue
         speed = f"{line['speedup']:.2f}x" if line.get("speedup") else "-"
         print(f"{line['method']:<16}{speed:>9}{line['compute_fraction']:>9.2f}{line['psnr']:>8.2f}{line['ssim']:>7.3f}")

@@ -23,6 +23,12 @@ from .counting import WorkCounter
 SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica", "bwcache", "mix")  # speedup= needs a profile
 INTERVAL_POLICIES = ("fora",)
 BASELINES = ("uniform",)
+INTERNAL_POLICIES = ("recorder",)  # calibration's own policy: it caches nothing, so it is never offered
+
+
+def user_policies() -> list[str]:
+    """The policy names a user can apply or evaluate."""
+    return [name for name in policy_names() if name not in INTERNAL_POLICIES]
 
 
 @dataclass
@@ -73,10 +79,12 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
         steps = options.get("steps") or uniform_steps(num_steps, target)
         key = f"uniform@{target:g}" if target else spec
         return Method(key, name, "baseline", target, {"steps": tuple(steps)}, on=_apply_schedule, off=api.remove)
-    if name not in policy_names():
+    if name not in user_policies():
         raise ValueError(
-            f"unknown method {name!r}; dit_cache policies: {', '.join(policy_names())}; baselines: uniform"
+            f"unknown policy {name!r}{f' (in {spec!r})' if spec != name else ''}; dit_cache policies: "
+            f"{', '.join(user_policies())}; baselines: uniform"
         )
+    _check_options(spec, name, options)
     key = spec if target is None else f"{name}@{target:g}"
     method = Method(key, name, "dit_cache", target, dict(options), on=_apply_policy, off=api.remove)
     if target is not None:
@@ -99,8 +107,23 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
         try:  # a target out of a policy's reach (CFG reuse at 3x) is a skipped row with the reason, not a crash
             config_class(name)(**method.options)
         except ValueError as e:
+            if target is None:  # explicit options the user wrote: a mistake to fix now
+                raise ValueError(f"{spec!r}: {e}") from None
             method.available, method.reason = False, str(e)
     return method
+
+
+def _check_options(spec: str, name: str, options: dict) -> None:
+    """Unknown option names are a typo to fix, not a row to skip."""
+    import dataclasses
+    import difflib
+
+    fields = [f.name for f in dataclasses.fields(config_class(name))]
+    for key in options:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"{name} has no option {key!r} (in {spec!r}); {hint}its options: {', '.join(fields)}")
 
 
 def _apply_policy(pipe, options: dict) -> None:

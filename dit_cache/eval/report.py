@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .runner import RESULTS, _file_key, read_rows
+from .runner import RESULTS, _file_key, check_output_dir, read_rows
 
 PSNR_CAP = 100.0  # identical outputs have infinite PSNR; averages cap them here
-COLUMNS = ("method", "target", "compute_fraction", "speedup", "transformer_speedup", "efficiency",
+COLUMNS = ("method", "target", "compute_fraction", "off_target", "speedup", "transformer_speedup", "efficiency",
            "transformer_efficiency", "psnr", "ssim", "lpips", "temporal_psnr", "peak_memory_mb", "samples")  # fmt: skip
 
 
@@ -44,7 +44,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         lines.append(
             {
                 "method": key, "family": first["family"], "name": first["name"], "target": first["target"],
-                "compute_fraction": fraction, "speedup": speedup, "transformer_speedup": inside,
+                "compute_fraction": fraction, "off_target": _off_target(items), "speedup": speedup,
+                "transformer_speedup": inside,
                 "efficiency": speedup * fraction if speedup and fraction else None,
                 "transformer_efficiency": inside * fraction if inside and fraction else None,
                 "psnr": _mean(min(r["psnr"], PSNR_CAP) for r in items), "ssim": _mean(r["ssim"] for r in items),
@@ -57,6 +58,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         )  # fmt: skip
     lines.sort(key=lambda x: (x["family"] != "dit_cache", x["name"], x["target"] or 0))
     return lines
+
+
+def _off_target(items: list[dict]) -> str | None:
+    """`yes (k/n)` when k of the method's n samples computed more than 0.05 off 1 / target, `no` when none did."""
+    flags = [r["off_target"] for r in items if r.get("off_target") is not None]
+    if not flags:
+        return None
+    return f"yes ({sum(flags)}/{len(flags)})" if any(flags) else "no"
 
 
 def _ratio(reference: dict, items: list[dict], key: str) -> float | None:
@@ -162,13 +171,17 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
     """report.md and report.html (self-contained) for one or more result directories."""
     dirs = [Path(d) for d in dirs]
     target = Path(out) if out else dirs[0]
-    target.mkdir(parents=True, exist_ok=True)
-    md = ["# dit-cache evaluation", ""]
-    body = ["<h1>dit-cache evaluation</h1>"]
-    for d in dirs:
+    results = {}
+    for d in dirs:  # every input checked before anything is written
         header, rows = read_rows(d / RESULTS)
         if header is None:
             raise ValueError(f"{d} has no {RESULTS}; run dit-cache eval --out {d} first")
+        results[d] = header, rows
+    check_output_dir(target)
+    md = ["# dit-cache evaluation", ""]
+    body = ["<h1>dit-cache evaluation</h1>"]
+    for d in dirs:
+        header, rows = results[d]
         lines = summarize(rows)
         model = header["model"]
         plot = pareto_plot(lines, target / f"pareto-{_file_key(model)}.png", f"{model}: quality vs speedup")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import threading
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from .. import api
+from ..calibration.runner import check_creatable
+from ..schedulers.targets import within
 from .counting import WorkCounter
 from .methods import Method, compute_fraction, ours, switch_on
 from .metrics import compare, lpips_status, to_frames
@@ -68,8 +71,15 @@ def _jsonable(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def check_output_dir(out: str | os.PathLike) -> Path:
+def check_output_dir(out: str | os.PathLike, *, create: bool = True) -> Path:
+    """The output folder, checked writable; with create=False nothing is created (the checks before loading a
+    model: a run that fails validation leaves no empty folder behind)."""
     out = Path(out)
+    if not create:
+        check_creatable(out, f"to the output directory {out}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"cannot write to the output directory {out}: it is a file; give a folder")
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-probe-{os.getpid()}"  # one per process: sharded ranks probe the same folder
@@ -80,6 +90,61 @@ def check_output_dir(out: str | os.PathLike) -> Path:
     return out
 
 
+def dumps(row: dict) -> str:
+    """One strict-JSON line: non-finite floats (an identical output's PSNR is inf) become null and are listed
+    under "nonfinite" ({"psnr": "inf"}), which `read_rows` turns back into floats."""
+    flagged: dict[str, str] = {}
+
+    def clean(value, path):
+        if isinstance(value, float) and not math.isfinite(value):
+            flagged[path] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}.{i}") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(row, "")
+    if flagged:
+        cleaned["nonfinite"] = flagged
+    return json.dumps(cleaned, allow_nan=False)
+
+
+def _restore_nonfinite(item: dict) -> dict:
+    for path, text in item.pop("nonfinite", {}).items():
+        *parents, last = path.split(".")
+        target = item
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[int(last) if isinstance(target, list) else last] = float(text)
+    return item
+
+
+def repair_torn_tail(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: keep it if it is a whole row (only the
+    newline is missing), else cut it, so that the next append starts on a line of its own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        json.loads(tail)
+        whole = True
+    except ValueError:
+        whole = False
+    with path.open("r+b") as f:
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            logger.warning("%s: dropping a row cut short by an interruption (%d bytes); it is redone", path, len(tail))
+            f.truncate(cut)
+
+
 def read_rows(path: Path) -> tuple[dict | None, list[dict]]:
     if not path.exists():
         return None, []
@@ -88,7 +153,7 @@ def read_rows(path: Path) -> tuple[dict | None, list[dict]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = _restore_nonfinite(json.loads(line))
         except json.JSONDecodeError:  # a row cut short by an interruption: it is redone
             continue
         if "header" in item:
@@ -101,6 +166,7 @@ def read_rows(path: Path) -> tuple[dict | None, list[dict]]:
 class ResultsFile:
     def __init__(self, path: Path, header: dict) -> None:
         self.path = path
+        repair_torn_tail(path)
         existing, self.rows = read_rows(path)
         if existing is not None and existing != header:
             raise ValueError(
@@ -109,12 +175,12 @@ class ResultsFile:
             )
         if existing is None:
             with path.open("a") as f:
-                f.write(json.dumps({"header": header}) + "\n")
+                f.write(dumps({"header": header}) + "\n")
         self.done = {(r["method"], r["sample"]) for r in self.rows}
 
     def append(self, row: dict) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.rows.append(row)
@@ -371,7 +437,19 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
     }  # fmt: skip
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason
+    flag = off_target(fraction, method.target)
+    if flag is not None:
+        row["off_target"] = flag
     return row
+
+
+def off_target(fraction: float, target: float | None) -> bool | None:
+    """Whether a row's achieved compute fraction is more than 0.05 from 1 / its speedup target (None: no
+    target, or no measured fraction). Planning misses are refused at apply; this catches the run's own drift
+    (prompts unlike the calibration ones, a peer tuned by interval)."""
+    if target is None or fraction is None or math.isnan(fraction):
+        return None
+    return not within(fraction, target)
 
 
 def _describe(options: dict) -> dict:
@@ -434,9 +512,9 @@ def merge_rank_files(out: str | os.PathLike, world_size: int) -> Path:
             rows[(row["method"], row["sample"])] = row
     target = out / RESULTS
     with target.open("w") as f:
-        f.write(json.dumps({"header": header}) + "\n")
+        f.write(dumps({"header": header}) + "\n")
         for key in sorted(rows, key=lambda k: (k[0], k[1])):
-            f.write(json.dumps(rows[key]) + "\n")
+            f.write(dumps(rows[key]) + "\n")
     return target
 
 

@@ -89,6 +89,14 @@ class Policy:
     def __init__(self, config: PolicyConfig, model: ModelContext) -> None:
         self.config = config
         self.model = model
+        if self.uses_submodules and not any(slot.work for slot in model.slots):
+            block = type(model.slots[0].module).__name__ if model.slots else "?"
+            raise TypeError(
+                f"{config.policy_name} caches attention and MLP submodules, and the {model.spec.name} adapter finds "
+                f"none in the {block} blocks of {type(model.transformer).__name__}; use a step or block policy "
+                "(teacache, magcache, fbcache, schedule, lemica, bwcache) or register a ModelSpec whose BlockGroup "
+                "names them (attention=..., mlp=...; see docs/adapters.md)"
+            )
 
     @property
     def name(self) -> str:

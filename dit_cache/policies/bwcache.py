@@ -4,8 +4,9 @@ than `threshold` (rel-L1) since it last ran; otherwise it runs and refreshes its
 
 One host read per call: block i's input at step t exists only once blocks < i ran at step t, so reading each
 block's drift on the spot would cost a host sync per block. Instead every block measures, on the device, the drift
-of its input against its reference (`kernels.rel_l1_parts`, written into a per-branch (blocks, 2) buffer), and the
-next call of the branch reads the whole buffer with its step. The decision at step t then uses
+of its input against its reference (per batch row, `rel_l1_rows`, written into a per-branch (blocks, rows, 2)
+buffer; a block's drift is that of the sample that drifted most), and the next call of the branch reads the whole
+buffer with its step. The decision at step t then uses
 
     rate_i = drift_i(measured at the previous call) / steps between that call and block i's reference
     predicted_i(t) = rate_i * (t - step block i last ran)        reuse block i  <=>  predicted_i(t) < threshold
@@ -34,10 +35,10 @@ from ..calibration.resample import resample_increments
 from ..config import BWCache
 from ..engine import BlockSlot
 from ..schedulers.budget import search_threshold
+from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import ModelContext, Policy, policy_for, shared_tuning
-
-_EPS = 1e-12
+from .step import rel_l1_rows, rel_l1_value
 
 
 @dataclass
@@ -56,7 +57,7 @@ class BWState:
     inputs: list[torch.Tensor | None]  # each block's hidden input when it last ran
     residuals: list[tuple[torch.Tensor, torch.Tensor | None] | None]
     encoder_out: list[bool]
-    pending: torch.Tensor | None = None  # (blocks, 2) [sum|x - ref|, sum|ref|] measured during the last call
+    pending: torch.Tensor | None = None  # (blocks, rows, 2) [sum|x - ref|, sum|ref|] measured during the last call
     reuse: list[bool] = field(default_factory=list)
 
 
@@ -86,6 +87,7 @@ class BWCachePolicy(Policy):
         self.threshold = config.threshold
         self.profile = None
         self._tuned: dict[tuple, float] = shared_tuning(self)
+        self.check_ceiling_at_apply()
         if config.speedup is not None:
             self.profile = resolve_profile(config.profile, model.transformer, "bwcache")
             if self.profile is None or not any(k.endswith("/block_input_change") for k in self.profile.arrays):
@@ -93,6 +95,16 @@ class BWCachePolicy(Policy):
                     "bwcache: speedup= needs a profile with per-block traces; record one with "
                     "`dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
                 )
+
+    def check_ceiling_at_apply(self) -> None:
+        """Each block runs at least once in every max_skip + 1 steps: no step count goes under 1 / (max_skip + 1)."""
+        config = self.config
+        if config.speedup is not None and config.speedup > 1 and config.max_skip is not None:
+            check_ceiling(
+                "bwcache", config.speedup, 1.0 / (config.max_skip + 1),
+                f"running every block at least once in every max_skip + 1 = {config.max_skip + 1} steps",
+                "Ask for less or raise max_skip",
+            )  # fmt: skip
 
     def new_state(self) -> BWState:
         n = self.count
@@ -106,10 +118,10 @@ class BWCachePolicy(Policy):
         if self.config.speedup is not None:
             self.threshold = self.threshold_for(call.num_steps, call.sigmas)
         measured: list[float | None] = [None] * self.count
-        if len(values) == 2 * self.count:
+        per_block = len(values) // self.count if self.count else 0
+        if per_block >= 2 and per_block % 2 == 0 and per_block * self.count == len(values):
             for i in range(self.count):
-                num, den = values[2 * i], values[2 * i + 1]
-                measured[i] = num / den if den > _EPS else (0.0 if num <= _EPS else float("inf"))
+                measured[i] = rel_l1_value(values[i * per_block : (i + 1) * per_block])
         flags, call.indicator = choose(state.blocks, call.step, self.threshold, self.config.max_skip, measured)
         flags = [f and state.residuals[i] is not None for i, f in enumerate(flags)]
         state.reuse = flags
@@ -126,9 +138,10 @@ class BWCachePolicy(Policy):
         hidden, encoder = block.hidden, block.encoder
         reference = state.inputs[i]
         if reference is not None and reference.shape == hidden.shape:
-            if state.pending is None or state.pending.device != hidden.device:
-                state.pending = torch.zeros(self.count, 2, device=hidden.device)
-            state.pending[i].copy_(kernels.rel_l1_parts(hidden, reference))
+            drift = rel_l1_rows(hidden, reference)
+            if state.pending is None or state.pending.shape[1:] != drift.shape or state.pending.device != drift.device:
+                state.pending = torch.zeros(self.count, *drift.shape, device=drift.device)
+            state.pending[i].copy_(drift)
             memory.measured_gap = call.step - memory.last_computed
         else:
             memory.measured_gap = 0
@@ -166,11 +179,16 @@ class BWCachePolicy(Policy):
             target = 1.0 / self.config.speedup
             best = search_threshold(lambda t: self.replay_fraction(traces, num_steps, t), target)
             floor = self.replay_fraction(traces, num_steps, 1e12)
-            if floor > target + 0.05:
-                raise ValueError(
-                    f"bwcache: speedup={self.config.speedup} is above what the rule reaches on this profile at "
+            if floor > target + TOLERANCE:
+                raise SpeedupError(
+                    f"bwcache: speedup={self.config.speedup:g} is above what the rule reaches on this profile at "
                     f"{num_steps} steps (at most {1 / floor:.2f}x); ask for less or raise max_skip"
                 )
+            check_reached(
+                "bwcache", self.config.speedup, self.replay_fraction(traces, num_steps, best), num_steps,
+                f"compute fractions {floor:.3f}-1, in jumps (a threshold moves whole blocks on these traces)",
+                "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
+            )  # fmt: skip
             self._tuned[key] = best
         return self._tuned[key]
 

@@ -34,6 +34,7 @@ import torch
 
 from .. import kernels
 from ..config import CFGCache
+from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, span
 from ..state import REUSE, CallInfo
 from ..stats import StepRecord
 from .base import Locate, ModelContext, Policy, policy_class, policy_for
@@ -75,15 +76,18 @@ def full_steps(num_steps: int, interval: int, warmup: float) -> list[int]:
     return steps
 
 
+def interval_options(num_steps: int, warmup: float) -> dict[float, int]:
+    """CFG compute fraction ((2 per full step + 1 per reuse step) / 2 per step) -> the smallest interval giving it."""
+    options: dict[float, int] = {}
+    for interval in range(1, num_steps + 1):
+        full = len(full_steps(num_steps, interval, warmup))
+        options.setdefault((2 * full + (num_steps - full)) / (2 * num_steps), interval)
+    return options
+
+
 def interval_for_speedup(num_steps: int, warmup: float, speedup: float) -> int:
-    """The interval whose CFG compute fraction ((2 full + 1 reuse per step) / 2 per step) is closest to 1/speedup."""
-    target = 1.0 / speedup
-
-    def fraction(n: int) -> float:
-        full = len(full_steps(num_steps, n, warmup))
-        return (2 * full + (num_steps - full)) / (2 * num_steps)
-
-    return min(range(1, num_steps + 1), key=lambda n: (abs(fraction(n) - target), n))
+    """The interval whose CFG compute fraction is closest to 1 / speedup (ties: the smaller)."""
+    return nearest(interval_options(num_steps, warmup), 1.0 / speedup)[1]
 
 
 @dataclass
@@ -132,6 +136,14 @@ class CFGPolicy(Policy):
         self.inner_name = self.inner.name if type(self.inner) is not Policy else "the uncached model"
         self._said: set[str] = set()
         self._intervals: dict[int, int] = {}
+        if config.speedup is not None and config.speedup > 1:
+            check_ceiling(
+                "cfg", config.speedup,
+                floor_over_step_counts(lambda n: min(interval_options(n, config.warmup))),
+                f"computing both branches on the first step and the warm-up (warmup={config.warmup:g} of the steps) "
+                "and the conditional branch on every step",
+                "Ask for less or lower warmup",
+            )  # fmt: skip
 
     def make_inner(self, config: CFGCache, model: ModelContext) -> Policy:
         """The policy every computed branch runs (the base Policy computes everything)."""
@@ -164,8 +176,19 @@ class CFGPolicy(Policy):
         if self.config.speedup is None:
             return self.config.interval if self.config.interval is not None else DEFAULT_INTERVAL
         if num_steps not in self._intervals:
-            self._intervals[num_steps] = interval_for_speedup(num_steps, self.config.warmup, self.config.speedup)
+            options = interval_options(num_steps, self.config.warmup)
+            fraction, interval = nearest(options, 1.0 / self.config.speedup)
+            check_reached(
+                "cfg", self.config.speedup, fraction, num_steps, span(options),
+                f"Both branches run on the warm-up (warmup={self.config.warmup:g} of the steps): ask for less, "
+                "lower warmup, or run more steps",
+            )  # fmt: skip
+            self._intervals[num_steps] = interval
         return self._intervals[num_steps]
+
+    def resolve_target(self, num_steps: int) -> None:
+        """Resolve speedup= for this step count before any block runs: an unreachable target fails here."""
+        self.interval(num_steps)
 
     def reuses(self, call: CallInfo) -> bool:
         """Whether the unconditional branch of `call`'s step is rebuilt (else both branches are computed). Called
@@ -227,6 +250,7 @@ class CFGPolicy(Policy):
 
     def _uncond(self, call: CallInfo, args: tuple, kwargs: dict, run: Callable, locate: Locate) -> Any:
         locate(call, None)
+        self.resolve_target(call.num_steps)
         t = self.trajectory
         t.seen_uncond = True
         cond = t.cond
@@ -261,6 +285,7 @@ class CFGPolicy(Policy):
             return run(*args, **kwargs)
         half = batch // 2
         t = self.trajectory
+        self.resolve_target(call.num_steps)
         if t.delta is not None and t.delta.shape[0] == half and self.reuses(call):
             cond_half = slice(self.cond_index * half, (self.cond_index + 1) * half)
             half_args, half_kwargs = slice_batch(args, kwargs, batch, cond_half)

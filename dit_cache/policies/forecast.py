@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..config import TaylorSeer
+from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, within
 from ..state import COMPUTE, FORECAST, CallInfo
 from .base import ModelContext, policy_for
 from .block import FORAPolicy, FORAState
@@ -26,37 +27,94 @@ def computed_steps(num_steps: int, interval: int, warmup: int, start: int = 0) -
     return steps
 
 
-def interval_for_speedup(num_steps: int, warmup: int, speedup: float) -> int:
+def interval_options(num_steps: int, warmup: int, order: int = 0) -> dict[float, int]:
+    """Compute fraction -> the smallest interval giving it, among intervals whose history can fill (order + 1
+    computed steps before the first forecast, or no forecast at all)."""
+    options: dict[float, int] = {}
+    for interval in range(1, max(2, num_steps)):
+        computed = len(computed_steps(num_steps, interval, warmup))
+        if computed < num_steps and computed < order + 1:
+            continue
+        options.setdefault(computed / num_steps, interval)
+    return options
+
+
+def interval_for_speedup(num_steps: int, warmup: int, speedup: float, order: int = 0) -> int:
     """The interval whose compute fraction (computed steps / steps) is closest to 1 / speedup (ties: the smaller)."""
-    target = 1.0 / speedup
-    candidates = range(1, max(2, num_steps))
-    return min(candidates, key=lambda n: (abs(len(computed_steps(num_steps, n, warmup)) / num_steps - target), n))
+    return nearest(interval_options(num_steps, warmup, order), 1.0 / speedup)[1]
+
+
+def spread_steps(num_steps: int, warmup: int, count: int) -> frozenset[int]:
+    """`count` computed steps of `num_steps`: the warm-up (at least step 0), then the others spread evenly up to the
+    last step (gaps differ by at most one step; the forecasting history takes uneven gaps)."""
+    head = max(1, min(warmup, count, num_steps))
+    rest = count - head
+    steps = set(range(head))
+    steps |= {head - 1 + round(k * (num_steps - head) / rest) for k in range(1, rest + 1)} if rest > 0 else set()
+    return frozenset(steps)
 
 
 @policy_for(TaylorSeer)
 class TaylorSeerPolicy(FORAPolicy):
+    """speedup= takes the interval that reaches the target (TaylorSeer's fixed interval); where no interval does
+    (intervals move the fraction in jumps: 1, then about 1/2, 1/3...), the number of computed steps that does,
+    spread evenly after the warm-up."""
+
     def __init__(self, config: TaylorSeer, model: ModelContext) -> None:
         super().__init__(config, model)
         self.corrector = float(config.corrector)
-        self._intervals: dict[int, int] = {}
+        self._plans: dict[int, tuple[int, frozenset[int] | None]] = {}
+        self.check_ceiling_at_apply()
 
     @property
     def order(self) -> int:
         return self.config.order
 
-    def interval(self, num_steps: int) -> int:
+    def least_computed(self, num_steps: int) -> int:
+        """The fewest computed steps: the warm-up, and order + 1 to fill the history before a forecast."""
+        return min(num_steps, max(self.config.warmup, 1, self.order + 1))
+
+    def plan(self, num_steps: int) -> tuple[int, frozenset[int] | None]:
+        """(interval, None) for a fixed interval, or (0, the computed steps) for a spread budget."""
         config = self.config
         if config.speedup is None:
-            return config.interval if config.interval is not None else 4
-        if num_steps not in self._intervals:
-            self._intervals[num_steps] = interval_for_speedup(num_steps, config.warmup, config.speedup)
-        return self._intervals[num_steps]
+            return (config.interval if config.interval is not None else 4), None
+        if num_steps not in self._plans:
+            target = 1.0 / config.speedup
+            fraction, interval = nearest(interval_options(num_steps, config.warmup, self.order), target)
+            if within(fraction, config.speedup):
+                self._plans[num_steps] = (interval, None)
+            else:
+                least = self.least_computed(num_steps)
+                fraction, count = nearest({c / num_steps: c for c in range(least, num_steps + 1)}, target)
+                check_reached(
+                    "taylorseer", config.speedup, fraction, num_steps,
+                    f"compute fractions {least / num_steps:.3f}-1 in steps of 1/{num_steps}",
+                    f"warmup={config.warmup} and order={self.order} (order + 1 computed steps) are always computed: "
+                    "ask for less, lower warmup, or run more steps",
+                )  # fmt: skip
+                self._plans[num_steps] = (0, spread_steps(num_steps, config.warmup, count))
+        return self._plans[num_steps]
+
+    def check_ceiling_at_apply(self) -> None:
+        config = self.config
+        if config.speedup is None or config.speedup == 1:
+            return
+        check_ceiling(
+            "taylorseer", config.speedup, floor_over_step_counts(lambda n: self.least_computed(n) / n),
+            f"computing the warmup={config.warmup} first steps and order + 1 = {self.order + 1} steps of history",
+            "Ask for less or lower warmup / order",
+        )  # fmt: skip
 
     def decide(self, call: CallInfo, state: FORAState, values: list[float]) -> str:
-        interval = self.interval(call.num_steps)
-        if state.last_computed is None:
-            self._check_history(call, interval)
-        if call.step < self.config.warmup or state.last_computed is None or call.step - state.last_computed >= interval:
+        interval, steps = self.plan(call.num_steps)
+        if steps is not None:
+            due = call.step in steps
+        else:
+            if state.last_computed is None:
+                self._check_history(call, interval)
+            due = state.last_computed is not None and call.step - state.last_computed >= interval
+        if call.step < self.config.warmup or state.last_computed is None or due:
             state.last_computed = call.step
             return COMPUTE
         return FORECAST

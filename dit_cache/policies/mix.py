@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters import BlockCall
-from ..calibration import ProfileError
 from ..config import MixCache, TeaCache
 from ..engine import BlockSlot
 from ..schedulers.budget import replay, search_threshold
+from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
@@ -76,6 +76,11 @@ class MixChooser(TeaCachePolicy):
         self.mix_speedup = config.speedup
         if self.mix_speedup is not None:
             self._traced_profile(self.profile, "TeaCache indicator changes")
+            if config.max_skip is not None and self.mix_speedup > 1:
+                check_ceiling(
+                    "mix", self.mix_speedup, 1.0 / (config.max_skip + 1),
+                    f"a full step in every max_skip + 1 = {config.max_skip + 1} steps", "Ask for less or raise max_skip",
+                )  # fmt: skip
         self._scales: dict[tuple, float] = shared_tuning(self)
 
     @property
@@ -149,11 +154,17 @@ class MixChooser(TeaCachePolicy):
 
             try:
                 best = search_threshold(fraction_at, 1.0 / speedup)
-                if fraction_at(1e12) > 1.0 / speedup + 0.05:
-                    raise ProfileError(
-                        f"mix: speedup={speedup} is above what the mixture reaches on this profile at {num_steps} "
+                floor = fraction_at(1e12)
+                if floor > 1.0 / speedup + TOLERANCE:
+                    raise SpeedupError(
+                        f"mix: speedup={speedup:g} is above what the mixture reaches on this profile at {num_steps} "
                         "steps (forced full steps); ask for less or loosen max_skip"
                     )
+                check_reached(
+                    "mix", speedup, fraction_at(best), num_steps,
+                    f"compute fractions {floor:.3f}-1, in jumps (thresholds move whole steps on these traces)",
+                    "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
+                )  # fmt: skip
                 self._scales[key] = best
             finally:
                 self.mix_speedup = speedup
@@ -178,6 +189,9 @@ class MixPolicy(CFGPolicy):
         self.inner_name = "the mixture's step/token rule"
         self._said = set()
         self._intervals = {}
+
+    def resolve_target(self, num_steps: int) -> None:
+        pass  # the chooser resolves the mixture's speedup= on its first decision
 
     # FasterCache's frequency weights are not part of the mixture: the stored difference is applied as is.
     def weights(self, step: int, num_steps: int) -> tuple[float, float]:

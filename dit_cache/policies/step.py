@@ -9,7 +9,8 @@ instead of the last residual as is (decision "forecast"); the decision rules are
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,12 @@ import torch
 from .. import kernels
 from ..adapters import BlockCall
 from ..calibration import ProfileError, resolve_profile
-from ..calibration.resample import resample_increments, resample_matrix
+from ..calibration.resample import position_grid, resample_edges, resample_increments, resample_matrix
 from ..config import FBCache, LeMiCa, MagCache, PolicyConfig, Schedule, TeaCache
 from ..engine import BlockSlot
 from ..schedulers.budget import ValuesFor, replay_fraction, search_threshold
 from ..schedulers.lemica import ScheduleError, budget_for_speedup, solve_lexminimax
+from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached, floor_over_step_counts
 from ..state import COMPUTE, FORECAST, REUSE, CallInfo
 from .base import ModelContext, Policy, policy_for, shared_tuning
 from .taylor import TaylorHistory
@@ -35,14 +37,30 @@ POLYNOMIAL_DEFAULT_THRESHOLD = 0.1
 _EPS = 1e-12
 
 
-def rel_l1_value(values: list[float]) -> float | None:
-    """sum|a - b| / sum|b| from the two read sums, or None when there was nothing to compare."""
-    if len(values) < 2:
-        return None
-    num, den = values[0], values[1]
+def rel_l1_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`[sum|a - b|, sum|b|]` per batch row (dim 0 of `a` and `b`): float32 (rows, 2), on the inputs' device.
+
+    A batch (several samples, or the two CFG halves of a batched call) takes one decision; it is taken on the
+    sample that changed most (see `rel_l1_value`), never on a batch average that a calm sample would dilute. Sums,
+    not ratios, so that a sequence-parallel group can all-reduce them per row before dividing.
+    """
+    if a.dim() < 2 or a.shape[0] == 1:
+        return kernels.rel_l1_parts(a, b).reshape(1, 2)
+    return torch.stack([kernels.rel_l1_parts(x, y) for x, y in zip(a, b)])
+
+
+def _ratio(num: float, den: float) -> float:
     if den <= _EPS:
         return 0.0 if num <= _EPS else math.inf
     return num / den
+
+
+def rel_l1_value(values: list[float]) -> float | None:
+    """The largest per-row sum|a - b| / sum|b| of the read sums (pairs, one per batch row, see `rel_l1_rows`), or
+    None when there was nothing to compare."""
+    if len(values) < 2:
+        return None
+    return max(_ratio(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2))
 
 
 @dataclass
@@ -114,30 +132,60 @@ class SegmentPolicy(Policy):
         raise ValueError(f"{self.name}: speedup targets are not supported by this policy")
 
     def threshold_for(self, num_steps: int, sigmas: list[float] | None) -> float:
-        """The threshold whose replayed compute fraction is closest to 1 / speedup, for this step count."""
+        """The threshold whose replayed compute fraction is closest to 1 / speedup, for this step count; raises
+        `SpeedupError` when the closest is more than TOLERANCE away."""
         key = (num_steps, tuple(sigmas) if sigmas else None)
         if key not in self._tuned:
             traces = self.replay_traces(num_steps, sigmas)
-            speedup, self.speedup = self.speedup, None  # the replay runs `decide` without tuning again
+            with self._untuned() as speedup:
 
-            def fraction_at(threshold: float) -> float:
-                self.threshold = threshold
-                return replay_fraction(self, traces, num_steps, sigmas)
+                def fraction_at(threshold: float) -> float:
+                    self.threshold = threshold
+                    return replay_fraction(self, traces, num_steps, sigmas)
 
-            try:
                 target = 1.0 / speedup
                 best = search_threshold(fraction_at, target)
                 floor = fraction_at(1e12)
-                if floor > target + 0.05:
-                    raise ValueError(
-                        f"{self.name}: speedup={speedup} is above what this policy can reach on this profile at "
+                if floor > target + TOLERANCE:
+                    raise SpeedupError(
+                        f"{self.name}: speedup={speedup:g} is above what this policy can reach on this profile at "
                         f"{num_steps} steps (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
                         "ask for less, or loosen max_skip / retention / front_blocks"
                     )
+                check_reached(
+                    self.name, speedup, fraction_at(best), num_steps,
+                    f"compute fractions {floor:.3f}-1, in jumps (a threshold moves whole steps on these traces)",
+                    "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
+                )  # fmt: skip
                 self._tuned[key] = best
-            finally:
-                self.speedup = speedup
         return self._tuned[key]
+
+    @contextmanager
+    def _untuned(self) -> Iterator[float]:
+        """The speedup, switched off meanwhile: a replay runs `decide` without tuning again."""
+        speedup, self.speedup = self.speedup, None
+        try:
+            yield speedup
+        finally:
+            self.speedup = speedup
+
+    def structural_floor(self, num_steps: int) -> float:
+        """The compute fraction at `num_steps` when every step the rule may reuse is reused (no threshold limit)."""
+
+        def neutral(step: int, state: Any) -> list[float]:
+            return [0.0, 1.0] if step > 0 else []
+
+        with self._untuned():
+            threshold, self.threshold = self.threshold, 1e12
+            try:
+                return replay_fraction(self, [("cond", neutral)], num_steps, None)
+            finally:
+                self.threshold = threshold
+
+    def check_ceiling_at_apply(self, why: str, fix: str) -> None:
+        """At apply: refuse a speedup no step count reaches (structural floor over common step counts)."""
+        if self.speedup is not None and self.speedup > 1:
+            check_ceiling(self.name, self.speedup, floor_over_step_counts(self.structural_floor), why, fix)
 
     def _traced_profile(self, profile, key: str):
         if profile is None or not profile.records:
@@ -238,6 +286,12 @@ class TeaCachePolicy(SegmentPolicy):
         self.threshold = config.threshold if config.threshold is not None else default
         if self.speedup is not None:
             self._check_speedup_source(data)
+            self.check_ceiling_at_apply(
+                "computing the first and last steps"
+                + (f", the warm-up ({self.warmup:g} of the steps)" if self.warmup else "")
+                + (f" and at least one step in every max_skip + 1 = {self.max_skip + 1}" if self.max_skip is not None else ""),
+                "Ask for less" + (" or raise max_skip" if self.max_skip is not None else ""),
+            )  # fmt: skip
 
     def _check_speedup_source(self, data: dict | None) -> None:
         table = (data or {}).get("threshold_speedups")
@@ -277,7 +331,7 @@ class TeaCachePolicy(SegmentPolicy):
         previous = state.previous_indicator if state is not None else None
         if previous is None or previous.shape != indicator.shape:
             return None
-        return kernels.rel_l1_parts(indicator, previous)
+        return rel_l1_rows(indicator, previous)
 
     def observe(self, call: CallInfo, state: TeaCacheState, values: list[float]) -> None:
         state.previous_indicator = call.payload
@@ -331,6 +385,11 @@ class MagCachePolicy(SegmentPolicy):
         self.retention = config.retention if config.retention is not None else defaults.get("retention", 0.2)
         self.max_skip = None  # the rule's k <= K is the cap
         self._ratios: dict[tuple, np.ndarray] = {}
+        self.check_ceiling_at_apply(
+            f"computing the first retention={self.retention:g} of the steps and at least one step in every "
+            f"{self.max_steps + 1} (max_skip={self.max_steps})",
+            "Ask for less, or lower retention / raise max_skip",
+        )
 
     def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
         branches = [b for b, data in self.profile.branches.items() if "mag_ratio" in data]
@@ -378,6 +437,11 @@ class FBCachePolicy(SegmentPolicy):
             )
             if config.front_blocks != 1:
                 raise ValueError("fbcache: speedup targets are calibrated for front_blocks=1")
+            self.check_ceiling_at_apply(
+                f"running front_blocks={config.front_blocks} and back_blocks={config.back_blocks} on every step"
+                + (f" and the cached blocks on one step in every {self.max_skip + 1}" if self.max_skip is not None else ""),
+                "Ask for less, or lower back_blocks" + (" / raise max_skip" if self.max_skip is not None else ""),
+            )  # fmt: skip
 
     def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
         profile = self.profile
@@ -402,7 +466,7 @@ class FBCachePolicy(SegmentPolicy):
         previous = state.front_residual if state is not None else None
         if previous is None or previous.shape != front.shape:
             return None
-        return kernels.rel_l1_parts(front, previous)
+        return rel_l1_rows(front, previous)
 
     def observe(self, call: CallInfo, state: FBCacheState, values: list[float]) -> None:
         call.indicator = rel_l1_value(values)
@@ -457,7 +521,8 @@ class SchedulePolicy(SegmentPolicy):
 
 @policy_for(LeMiCa)
 class LeMiCaPolicy(SchedulePolicy):
-    """The schedule policy, with its steps solved on the profile's LeMiCa edge weights (or a published schedule)."""
+    """The schedule policy, with its steps solved for each call's own step count on the profile's LeMiCa edge
+    weights (resampled over the trajectory: `resample_edges`), or mapped from a published schedule."""
 
     def __init__(self, config: LeMiCa, model: ModelContext) -> None:
         SegmentPolicy.__init__(self, config, model)
@@ -465,28 +530,73 @@ class LeMiCaPolicy(SchedulePolicy):
         self._mapped = {}
         self.profile = resolve_profile(config.profile, model.transformer, "lemica", required=True)
         data = self.profile.policies.get("lemica", {})
-        num_steps = int(data.get("num_steps", 0))
-        edges = self.profile.arrays.get("lemica/edges")
-        if edges is not None:
-            budget = config.budget or budget_for_speedup(num_steps, config.speedup or 2.0)
-            if config.speedup is not None and num_steps / 2 < config.speedup:
-                raise ScheduleError(
-                    f"lemica: speedup={config.speedup} is above what a {num_steps}-step schedule allows "
-                    f"(first and last step computed: at most {num_steps / 2:g}x)"
-                )
-            steps = solve_lexminimax(edges.numpy(), budget)
-        else:
+        self.written_for = int(data.get("num_steps", 0)) or None
+        self.edges = self.profile.arrays.get("lemica/edges")
+        self.steps = ()
+        if self.edges is None:
             schedules = {int(b): s for b, s in data.get("schedules", {}).items()}
-            if not schedules:
+            if not schedules or self.written_for is None:
                 raise ProfileError(f"profile {self.profile.name!r} has no LeMiCa edge weights; calibrate with --lemica")
             budget = config.budget or (
-                budget_for_speedup(num_steps, config.speedup) if config.speedup else max(schedules)
+                budget_for_speedup(self.written_for, config.speedup) if config.speedup else max(schedules)
             )
             if budget not in schedules:
                 raise ScheduleError(
                     f"lemica: profile {self.profile.name!r} only has published schedules for budgets "
-                    f"{sorted(schedules)} at {num_steps} steps (asked: {budget}); calibrate edge weights for others"
+                    f"{sorted(schedules)} at {self.written_for} steps (asked: {budget}); calibrate edge weights for "
+                    "others"
                 )
-            steps = schedules[budget]
-        self.steps, self.written_for = tuple(steps), num_steps
-        self.budget = budget
+            self.steps = tuple(schedules[budget])
+
+    def steps_for_call(self, call: CallInfo) -> frozenset[int]:
+        key = ("lemica", call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        if key not in self._tuned:
+            self._tuned[key] = self._solve(call.num_steps, call.sigmas)
+        return self._tuned[key]
+
+    def _solve(self, num_steps: int, sigmas: list[float] | None) -> frozenset[int]:
+        config = self.config
+        if self.edges is None:  # a published schedule, moved to the same trajectory positions
+            steps = map_steps(self.steps, self.written_for, num_steps)
+        else:
+            budget = self._budget(num_steps)
+            edges = self.edges.double().numpy()
+            src = self._edge_grid(edges.shape[0])
+            steps = frozenset(solve_lexminimax(resample_edges(edges, src, self.profile.call_grid(num_steps, sigmas)),
+                                               budget))  # fmt: skip
+        if config.speedup is not None:
+            least = min(2, num_steps)
+            check_reached(
+                "lemica", config.speedup, len(steps) / num_steps, num_steps,
+                f"compute fractions {least / num_steps:.3f}-1 in steps of 1/{num_steps}"
+                if self.edges is not None else f"{len(steps)} of {num_steps} steps (a published schedule)",
+                "Ask for a speedup near one of them, or run more steps (finer steps)"
+                if self.edges is not None else "Calibrate edge weights for other targets (dit-cache calibrate)",
+            )  # fmt: skip
+        return steps
+
+    def _budget(self, num_steps: int) -> int:
+        config = self.config
+        if config.budget is None:
+            return 1 if num_steps == 1 else budget_for_speedup(num_steps, config.speedup or 2.0)
+        if config.budget > num_steps:
+            raise ScheduleError(
+                f"lemica: budget={config.budget} computed steps is more than the {num_steps} steps of this call; "
+                f"pass budget <= {num_steps}, or speedup= (its budget follows the step count)"
+            )
+        return config.budget
+
+    def _edge_grid(self, size: int) -> np.ndarray:
+        """The calibration grid the edge weights are indexed by (the recorded branches' grid)."""
+        for data in self.profile.branches.values():
+            grid = data.get("grid")
+            if grid is not None and len(grid) == size:
+                return np.asarray(grid, dtype=np.float64)
+        return position_grid(size)
+
+    def rule(self, call: CallInfo, state: SegmentState) -> str:
+        return COMPUTE if call.step in self.steps_for_call(call) else REUSE
+
+    def forced(self, call: CallInfo, state: SegmentState) -> bool:
+        self.steps_for_call(call)  # an unreachable target fails on the first call, before anything is cached
+        return SegmentPolicy.forced(self, call, state)

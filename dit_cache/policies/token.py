@@ -26,6 +26,7 @@ import torch
 from .. import kernels
 from ..config import ToCa
 from ..engine import BlockSlot
+from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest
 from ..state import COMPUTE, PARTIAL, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for
 from .grid import Grid, cell_ids, token_grid
@@ -179,7 +180,8 @@ class TokenMechanism:
         )
 
     def _pick(self, place: TokenPlace, x: torch.Tensor, count: int) -> torch.Tensor:
-        change = (x.float() - place.reference.float()).abs().mean(dim=(0, 2))
+        # per token, the change of the sample that changed most: a batch refreshes what any of its samples needs
+        change = (x.float() - place.reference.float()).abs().mean(dim=2).amax(dim=0)
         score = change / (change.mean() + _EPS) + self.age_weight * place.age / self.age_scale
         if self.spread > 1:
             best = torch.full((place.cell_count,), -math.inf, device=score.device)
@@ -222,6 +224,7 @@ class ToCaPolicy(Policy):
             spread=config.spread,
         )
         self._fractions: dict[int, float] = {}
+        self.check_ceiling_at_apply()
         if not any(kind == "cross" for kind in self.mechanism.kind.values()):
             logger.info(
                 "dit_cache toca: %s has no cross-attention; partial steps recompute tokens through the MLPs only",
@@ -236,28 +239,46 @@ class ToCaPolicy(Policy):
             self._fractions[num_steps] = self._fraction_for_speedup(num_steps)
         return self._fractions[num_steps]
 
-    def _fraction_for_speedup(self, num_steps: int) -> float:
-        """Bisect the base fraction whose planned compute fraction is 1 / speedup (host arithmetic only)."""
+    def planned(self, fraction: float, num_steps: int) -> float:
+        """The compute fraction of a call of `num_steps` steps at base share `fraction` (host arithmetic only;
+        fraction >= 1 computes every step in full)."""
+        if fraction >= 1.0:
+            return 1.0
         total = sum(slot.units for slot in self.model.slots)
-        full = [s for s in range(num_steps) if s % self.config.interval == 0]
-        partial = [s for s in range(num_steps) if s % self.config.interval != 0]
+        full = sum(1 for s in range(num_steps) if s % self.config.interval == 0)
+        partial = sum(
+            self.mechanism.units(fraction, s, num_steps) for s in range(num_steps) if s % self.config.interval
+        )
+        return (full * total + partial) / (num_steps * total)
 
-        def planned(f: float) -> float:
-            work = len(full) * total + sum(self.mechanism.units(f, s, num_steps) for s in partial)
-            return work / (num_steps * total)
-
-        target = 1.0 / self.config.speedup
-        if planned(1e-9) > target + 1e-3:
-            raise ValueError(
-                f"toca: speedup={self.config.speedup} is out of reach with interval={self.config.interval} at "
-                f"{num_steps} steps (at most {1 / planned(1e-9):.2f}x: full steps and "
-                f"{'computed' if self.config.self_attention == 'compute' else 'reused'} self-attention); raise interval"
-            )
-        lo, hi = 1e-9, 1.0
+    def _fraction_for_speedup(self, num_steps: int) -> float:
+        """The base share whose planned compute fraction is closest to 1 / speedup: bisected over the partial steps'
+        range, or 1 (every step in full) when that is closer; out of reach raises."""
+        config = self.config
+        target = 1.0 / config.speedup
+        low, high = self.planned(1e-9, num_steps), self.planned(1.0 - 1e-9, num_steps)
+        lo, hi = 1e-9, 1.0 - 1e-9
         for _ in range(40):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if planned(mid) > target else (mid, hi)
-        return lo
+            lo, hi = (lo, mid) if self.planned(mid, num_steps) > target else (mid, hi)
+        fraction, share = nearest({1.0: 1.0, self.planned(lo, num_steps): lo}, target)
+        check_reached(
+            "toca", config.speedup, fraction, num_steps,
+            f"compute fractions {low:.3f}-{high:.3f} (partial steps at interval={config.interval}) or 1 (all in full)",
+            f"{'Raise' if fraction > target else 'Lower'} interval, or ask for a target in that range",
+        )  # fmt: skip
+        return share
+
+    def check_ceiling_at_apply(self) -> None:
+        config = self.config
+        if config.speedup is None or config.speedup == 1:
+            return
+        check_ceiling(
+            "toca", config.speedup, floor_over_step_counts(lambda n: self.planned(1e-9, n)),
+            f"one full step in every {config.interval} and "
+            f"{'computed' if config.self_attention == 'compute' else 'reused'} self-attention",
+            "Raise interval or ask for less", where=f"with interval={config.interval}",
+        )  # fmt: skip
 
     def new_state(self) -> TokenState:
         return TokenState()

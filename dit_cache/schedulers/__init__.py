@@ -4,9 +4,12 @@ solver, and the speedup -> threshold search that replays a policy's rule on a pr
 from .budget import replay, replay_fraction, search_threshold
 from .intervals import explicit, fixed_interval
 from .lemica import ScheduleError, budget_for_speedup, solve_lexminimax
+from .targets import TOLERANCE, SpeedupError
 
 __all__ = [
     "ScheduleError",
+    "SpeedupError",
+    "TOLERANCE",
     "budget_for_speedup",
     "explicit",
     "fixed_interval",

@@ -60,6 +60,7 @@ def search_threshold(fraction_at: Callable[[float], float], target: float, *, it
         return evaluated[t]
 
     lo, hi = 0.0, 1e-3
+    at(lo)  # threshold 0 reuses nothing: the answer for a target of 1 (compute everything)
     while at(hi) > target and hi < 1e6:
         lo, hi = hi, hi * 4
     for _ in range(iterations):

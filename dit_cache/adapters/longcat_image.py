@@ -1,0 +1,7 @@
+"""LongCat-Image (LongCatImageTransformer2DModel): Flux's layout, dual-stream `transformer_blocks` then `single_transformer_blocks`,
+both returning (encoder, hidden)."""
+
+from .spec import double_single, single_stream_blocks
+
+SPEC = double_single("longcat_image", ("LongCatImageTransformer2DModel",), "Flux-like", hidden_index=1, encoder_index=0,
+                     single=single_stream_blocks(hidden_index=1, encoder_index=0), timestep_scale=1000.0)  # fmt: skip

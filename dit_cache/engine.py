@@ -96,6 +96,7 @@ class CacheEngine:
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
+        self.layout_checked: set[str] = set()  # block lists whose real output matched the adapter's layout
         self.calls_since_reset = 0
         self.stale = False  # a pipeline call ended without passing through the hooks (its older records are dropped)
 
@@ -156,7 +157,21 @@ class CacheEngine:
         if not call.prepared and slot.index == self.policy.decision_block:
             self._prepare(call, slot, block_call)
         state = self.states.get(call.branch) if call.prepared else None
-        return self.policy.run_block(call, state, slot, forward, block_call)
+        output = self.policy.run_block(call, state, slot, forward, block_call)
+        if slot.group.attr not in self.layout_checked:  # the first call computes every block: check the adapter once
+            self._check_layout(slot, block_call, output)
+        return output
+
+    def _check_layout(self, slot: BlockSlot, block_call: BlockCall, output: Any) -> None:
+        problem = slot.group.layout_problem(block_call, output)
+        if problem is not None:
+            raise TypeError(
+                f"dit_cache: the {self.spec.name} adapter does not match what the {type(slot.module).__name__} blocks "
+                f"of `{slot.group.attr}` in {self.name} return: {problem}. Caching with it would rebuild the wrong "
+                "tensors; fix the BlockGroup's hidden_index / encoder_index / hidden_arg / encoder_arg and register "
+                "the ModelSpec again (see docs/adapters.md)"
+            )
+        self.layout_checked.add(slot.group.attr)
 
     def run_submodule(self, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict) -> Any:
         tail = slot.tails.get(name)

@@ -199,3 +199,29 @@ def test_a_profile_object_is_checked_too(pipe, saved):
     with pytest.raises(ProfileError, match="branches.cond.mag_ratio has 2 entries where the calibration has 6 steps"):
         dit_cache.apply(pipe, "magcache", profile=profile)
     assert not dit_cache.is_applied(pipe)
+
+
+@pytest.mark.parametrize(
+    "family,wrong",
+    [
+        ("flux", {"transformer_blocks": dict(hidden_index=0, encoder_index=1)}),  # the two streams swapped
+        ("wan", {"blocks": dict(hidden_arg="encoder_hidden_states")}),  # the text read as the hidden states
+    ],
+    ids=["flux-swapped-streams", "wan-wrong-hidden-arg"],
+)
+def test_an_adapter_that_misreads_the_block_outputs_fails_on_the_first_call(monkeypatch, family, wrong):
+    """An adapter whose return layout does not match the blocks' real outputs is caught on the first call by a
+    self-check of the real outputs: a clear error, never a wrong image."""
+    import dataclasses
+
+    from dit_cache import api
+    from dit_cache.testing import run, tiny_pipeline
+
+    pipe = tiny_pipeline(family)
+    spec = api.find_spec(pipe.transformer)
+    groups = tuple(dataclasses.replace(g, **wrong.get(g.attr, {})) for g in spec.groups)
+    monkeypatch.setattr(api, "find_spec", lambda transformer: dataclasses.replace(spec, groups=groups))
+    dit_cache.apply(pipe, "teacache", threshold=0.0)
+    with pytest.raises(TypeError, match=rf"adapter does not match what the \w+ blocks of `{next(iter(wrong))}`"):
+        run(pipe, family, steps=2)
+    dit_cache.remove(pipe)

@@ -75,6 +75,32 @@ class BlockGroup:
         encoder = output[self.encoder_index] if self.encoder_index is not None else None
         return output[self.hidden_index], encoder
 
+    def layout_problem(self, block: BlockCall, output: Any) -> str | None:
+        """What is wrong with this group's return layout for a block's real output, or None: the hidden (and encoder)
+        stream it names must be tensors of the shapes the block was given, or reuse would rebuild the wrong ones."""
+        if self.hidden_index is None and not isinstance(output, torch.Tensor):
+            return f"it returns a {type(output).__name__}, where the adapter expects the hidden tensor alone (hidden_index=None)"
+        if self.hidden_index is not None and not isinstance(output, (torch.Tensor, tuple, list)):
+            return f"it returns a {type(output).__name__}, where the adapter expects a tuple"
+        if isinstance(output, (tuple, list)):
+            needed = max(self.hidden_index, self.encoder_index if self.encoder_index is not None else 0)
+            if len(output) <= needed:
+                return f"it returns {len(output)} values, where the adapter reads index {needed}"
+        hidden, encoder = self.split_output(output)
+        for stream, index, value, given in (
+            ("hidden", self.hidden_index, hidden, block.get(self.hidden_arg)),
+            ("encoder", self.encoder_index, encoder, block.get(self.encoder_arg) if self.encoder_arg else None),
+        ):
+            where = f"index {index}" if index is not None else "its return value"
+            if value is not None and not isinstance(value, torch.Tensor):
+                return f"its {where} (read as the {stream} stream) is a {type(value).__name__}, not a tensor"
+            if isinstance(value, torch.Tensor) and isinstance(given, torch.Tensor) and value.shape != given.shape:
+                return (
+                    f"its {where} (read as the {stream} stream) has shape {tuple(value.shape)}, but the block was "
+                    f"given `{self.hidden_arg if stream == 'hidden' else self.encoder_arg}` of shape {tuple(given.shape)}"
+                )
+        return None
+
     def make_output(self, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
         """A return value in this block's layout."""
         if self.hidden_index is None:

@@ -304,6 +304,14 @@ def _tiny_wan_vae(z_dim: int = 4):
                             latents_std=[1.0] * z_dim).eval()  # fmt: skip
 
 
+def _tiny_flux2_vae():
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                              block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
+                              norm_num_groups=4).eval()  # fmt: skip
+
+
 # HiDream's Llama features: (layers, batch, tokens, dim), layer first (the batch-first `embeds` cannot say it)
 _LLAMA = torch.randn(2, 3, 1, TEXT_TOKENS, 16, generator=torch.Generator().manual_seed(0))
 
@@ -491,6 +499,27 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         "ChronoEditPipeline", "ChronoEditTransformer3DModel",
         {**_WAN, "in_channels": 12, "image_dim": 32, "added_kv_proj_dim": 32}, _TEXT,
         dict(_VIDEO, image=_tiny_image(), guidance_scale=1.0), {}, cfg=False,  # CFG calls without cache_context
+        components=dict(vae=_tiny_wan_vae, image_encoder=_tiny_clip_vision, image_processor=_tiny_clip_processor),
+    ),
+    # image-conditioned pipelines: the reference image's tokens join the sequence (Kontext, FLUX.2: `img_ids` tell
+    # them apart) or its latents the channels and its CLIP embedding the cross-attention (Wan 2.1 I2V)
+    "flux_kontext": TinyFamily(
+        "FluxKontextPipeline", "FluxTransformer2DModel", FAMILIES["flux"].config, _TEXT_POOLED,
+        dict(image=_tiny_image(64), height=64, width=64, max_area=64 * 64, _auto_resize=False),
+        dict(true_cfg_scale=3.0), cfg=False,  # its true-CFG calls carry no cache_context
+        components=dict(vae=lambda: _tiny_vae()),
+    ),
+    "flux2_edit": TinyFamily(
+        "Flux2Pipeline", "Flux2Transformer2DModel",
+        dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
+             timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), **_HEADS),
+        _TEXT, dict(image=[_tiny_image(64)], height=32, width=32, guidance_scale=4.0), {}, cfg=False,
+        components=dict(vae=_tiny_flux2_vae),  # the pipeline refuses reference images under 64 px
+    ),
+    "wan_i2v": TinyFamily(
+        "WanImageToVideoPipeline", "WanTransformer3DModel",
+        {**_WAN, "in_channels": 12, "image_dim": 32, "added_kv_proj_dim": 32}, _TEXT, dict(_VIDEO, image=_tiny_image()),
+        *_GUIDED,
         components=dict(vae=_tiny_wan_vae, image_encoder=_tiny_clip_vision, image_processor=_tiny_clip_processor),
     ),
     "ernie_image": TinyFamily(

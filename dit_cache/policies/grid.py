@@ -6,6 +6,11 @@ W; CogVideoX: B, F, C, H, W) divided by the model's patch sizes; Qwen-Image's `i
 `height`, `width`. Packed latents without such arguments (Flux) get the most square factorisation of the token count,
 which is exact for square images and transposed or approximate otherwise (it only steers heuristics: which tokens
 ToCa spreads its picks over, which frequencies CFG reuse calls low).
+
+Where the call carries per-token positions (`img_ids` of Flux, Flux Kontext, FLUX.2, Chroma: one row per image
+token, reference-image tokens with their own first coordinate), ToCa's cells come from those positions instead: every
+token of the sequence, generated or reference, owns a cell of its own image, so the spread bonus reaches the
+conditioning tokens and never merges them with generated ones.
 """
 
 from __future__ import annotations
@@ -68,10 +73,29 @@ def token_grid(transformer: torch.nn.Module, hidden: Any, kwargs: dict) -> Grid 
     return None
 
 
-def cell_ids(n: int, grid: Grid | None, spread: int, device: torch.device) -> tuple[torch.Tensor, int]:
+_RADIX_BITS = 15  # per position axis: coordinates in [-2^14, 2^14) pack into one int64 key for up to 4 axes
+
+
+def token_positions(kwargs: dict) -> torch.Tensor | None:
+    """(P, axes) position of every image token of the call (generated then reference tokens), from `img_ids`; None
+    where the call has none or they do not pack into one key (more than 4 axes)."""
+    ids = kwargs.get("img_ids")
+    if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3):
+        return None
+    ids = ids[0] if ids.dim() == 3 else ids
+    return ids if 3 <= ids.shape[-1] <= 4 else None
+
+
+def cell_ids(
+    n: int, grid: Grid | None, spread: int, device: torch.device, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """(n,) id of each token's `spread` x `spread` cell of the grid (per frame), and the number of cells (a host int,
-    so that no device value is read to size the per-cell buffers); raster chunks of spread^2 tokens when the token
-    count does not match the grid (text tokens in the same sequence)."""
+    so that no device value is read to size the per-cell buffers; an upper bound where ids come from positions);
+    raster chunks of spread^2 tokens when the token count does not match the grid (text tokens in the same
+    sequence). With `positions` (P rows, P <= n): the last P tokens get the cells of their positions, the n - P
+    tokens before them (the text that Flux-style single-stream blocks put first) raster chunks of their own."""
+    if positions is not None and 0 < positions.shape[0] <= n:
+        return _position_cells(n, positions.to(device), spread)
     if grid is None or math.prod(grid) != n:
         size = spread * spread
         return torch.arange(n, device=device) // size, -(-n // size)
@@ -82,6 +106,28 @@ def cell_ids(n: int, grid: Grid | None, spread: int, device: torch.device) -> tu
     y, x = rest // w, rest % w
     cells_y, cells_x = -(-h // spread), -(-w // spread)
     return (f * cells_y + y // spread) * cells_x + x // spread, frames * cells_y * cells_x
+
+
+def _position_cells(n: int, positions: torch.Tensor, spread: int) -> tuple[torch.Tensor, int]:
+    """Cells from (P, axes) positions: tokens share a cell when all their coordinates agree, height and width (axes
+    1 and 2, as in Flux's (t, h, w) and FLUX.2's (t, h, w, l)) divided by `spread`. Dense ids by a sort: no device
+    read."""
+    p = positions.shape[0]
+    coords = positions.round().long()
+    coords[:, 1:3] = torch.div(coords[:, 1:3], spread, rounding_mode="floor")
+    key = torch.zeros(p, dtype=torch.long, device=coords.device)
+    for axis in range(coords.shape[1]):
+        key = (key << _RADIX_BITS) + (coords[:, axis] + (1 << (_RADIX_BITS - 1))).clamp(0, (1 << _RADIX_BITS) - 1)
+    order = key.argsort()
+    ordered = key[order]
+    new = torch.ones(p, dtype=torch.long, device=key.device)
+    new[1:] = (ordered[1:] != ordered[:-1]).long()
+    image_cells = torch.empty_like(key)
+    image_cells[order] = new.cumsum(0) - 1
+    lead = n - p
+    size = spread * spread
+    text_cells = p + torch.arange(lead, device=key.device) // size
+    return torch.cat([text_cells, image_cells]), p + -(-lead // size)
 
 
 def low_pass(x: torch.Tensor, grid: Grid | None, radius_share: float = 0.2) -> torch.Tensor:

@@ -42,6 +42,7 @@ from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
 from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
+from .grid import token_positions
 from .token import TokenMechanism, TokenState, grid_of_call
 
 
@@ -118,6 +119,7 @@ class MixChooser(TeaCachePolicy):
     # ------------------------------------------------------------------------------------------ mechanism
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         call.extra.setdefault("grid", grid_of_call(self.model, args, kwargs))
+        call.extra.setdefault("positions", token_positions(kwargs))
         return forward(*args, **kwargs)
 
     def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:

@@ -41,8 +41,8 @@ from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_r
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
-from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
 from .grid import token_positions
+from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
 from .token import TokenMechanism, TokenState, grid_of_call
 
 

@@ -1,0 +1,152 @@
+"""Image-conditioned pipelines (Flux Kontext, FLUX.2 with a reference image, Wan 2.1 I2V, ChronoEdit) through their
+real diffusers pipelines: the conditioning reaches the transformer, never-reuse settings are bitwise the unpatched
+pipeline, and ToCa never drops the conditioning tokens.
+
+"Never drop", as tested here, for a sequence that holds reference-image tokens after the generated ones:
+1. every position of the sequence is a candidate of ToCa's pick, and reference tokens are picked on partial steps;
+2. every position's output is its own: recomputed from its current input, or its own cached output (never
+   another position's, never a zero);
+3. no token, reference or generated, stays stale longer than `interval - 1` steps (full steps refresh all);
+4. ToCa's spatial cells come from the tokens' positions (`img_ids`): a cell never mixes reference and generated
+   tokens (or text tokens of a single-stream block), and it is a spread x spread square of one image.
+(The shared checks of every family, compute cut and finite output included, are in test_families.py.)"""
+
+import pytest
+import torch
+
+import dit_cache
+from dit_cache.policies.grid import cell_ids, token_positions
+from dit_cache.policies.token import TokenMechanism
+from dit_cache.testing import MORE_FAMILIES, _tiny_image, run, tiny_inputs, tiny_pipeline
+
+pytestmark = pytest.mark.pipeline
+STEPS = 6
+CONDITIONED = ("flux_kontext", "flux2_edit", "wan_i2v", "chronoedit")
+SEQUENCE = ("flux_kontext",)  # reference tokens in the sequence of token-wise submodules ToCa picks from
+GENERATED = 64  # image tokens of flux_kontext's 64 x 64 output (8 x 8 packed latents); as many reference tokens
+
+
+def _image_kwarg(name: str, image) -> dict:
+    return {"image": [image] if isinstance(MORE_FAMILIES[name].size["image"], list) else image}
+
+
+def _call(pipe, name: str, **overrides) -> torch.Tensor:
+    out = pipe(**{**tiny_inputs(name, cfg=MORE_FAMILIES[name].cfg, steps=STEPS), **overrides})
+    return torch.as_tensor(out.frames if hasattr(out, "frames") else out.images)
+
+
+@pytest.fixture(scope="module", params=CONDITIONED)
+def family(request):
+    """(name, pipeline, uncached output, the transformer's first call kwargs)."""
+    name = request.param
+    pipe = tiny_pipeline(name)
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+    baseline = _call(pipe, name)
+    handle.remove()
+    return name, pipe, baseline, calls[0]
+
+
+def test_the_condition_image_reaches_the_transformer(family):
+    name, pipe, baseline, kwargs = family
+    if name in ("flux_kontext", "flux2_edit"):  # reference tokens appended, with their own first position
+        ids = token_positions(kwargs)
+        assert kwargs["hidden_states"].shape[1] == ids.shape[0] > baseline.shape[1]
+        assert len(set(ids[:, 0].tolist())) == 2
+    else:  # Wan I2V, ChronoEdit: latents of the image on the channels, its CLIP embedding for the cross-attention
+        assert kwargs["hidden_states"].shape[1] == 12 and kwargs["encoder_hidden_states_image"] is not None
+    flipped = _tiny_image(64 if name in SEQUENCE + ("flux2_edit",) else 32).transpose(0)  # PIL: flip left-right
+    assert not torch.equal(_call(pipe, name, **_image_kwarg(name, flipped)), baseline), "the image is ignored"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [dit_cache.TeaCache(threshold=0.0), dit_cache.FORA(interval=1), dit_cache.ToCa(fraction=1.0),
+     dit_cache.ToCa(fraction=0.25, interval=1)],
+    ids=["teacache-0", "fora-1", "toca-fraction-1", "toca-interval-1"],
+)  # fmt: skip
+def test_never_reuse_is_bitwise_the_unpatched_pipeline(family, config):
+    name, pipe, baseline, _ = family
+    with dit_cache.cached(pipe, config):
+        out = _call(pipe, name)
+        assert dit_cache.stats(pipe).compute_fraction == 1.0
+    assert torch.equal(out, baseline), f"{name} {config.policy_name}"
+    assert torch.equal(_call(pipe, name), baseline), f"{name}: remove()"
+
+
+@pytest.mark.parametrize("config", [dit_cache.ToCa(fraction=0.25, interval=3), dit_cache.FORA(interval=3)],
+                         ids=["toca", "fora"])  # fmt: skip
+def test_reuse_keeps_the_conditioned_output_whole(family, config):
+    name, pipe, baseline, _ = family
+    with dit_cache.cached(pipe, config):
+        out = _call(pipe, name)
+        fraction = dit_cache.stats(pipe).compute_fraction
+    assert fraction < 0.9
+    assert out.shape == baseline.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, baseline)
+
+
+def test_toca_never_drops_reference_tokens(monkeypatch):
+    """Through Flux Kontext's pipeline, on every partial step of every token-wise place holding the reference
+    tokens: (1) they are picked, (2) each position gets its own recomputed or cached output, (3) none is older than
+    interval - 1 steps."""
+    name, interval = "flux_kontext", 3
+    pipe = tiny_pipeline(name)
+    seen = {"partial": 0, "reference_picks": 0, "generated_picks": 0, "max_age": 0}
+    pick, scatter = TokenMechanism._pick, dit_cache.kernels.token_scatter_gate
+
+    def recording_pick(self, place, x, count):
+        index = pick(self, place, x, count)
+        if x.shape[1] == 2 * GENERATED:  # the image stream of the double blocks: generated then reference
+            seen["max_age"] = max(seen["max_age"], int(place.age.max()))
+            seen["reference_picks"] += int((index >= GENERATED).sum())
+            seen["generated_picks"] += int((index < GENERATED).sum())
+        return index
+
+    def checked_scatter(zeros, cached, index, rows):
+        out = scatter(zeros, cached, index, rows)
+        seen["partial"] += 1
+        assert torch.equal(out.index_select(1, index), rows)  # recomputed rows land on their own positions
+        kept = torch.ones(cached.shape[1], dtype=torch.bool)
+        kept[index] = False
+        assert torch.equal(out[:, kept], cached[:, kept])  # the others keep their own cached output
+        return out
+
+    monkeypatch.setattr(TokenMechanism, "_pick", recording_pick)
+    monkeypatch.setattr("dit_cache.policies.token.kernels.token_scatter_gate", checked_scatter)
+    with dit_cache.cached(pipe, dit_cache.ToCa(fraction=0.25, interval=interval)):
+        out = run(pipe, name, cfg=False, steps=STEPS)
+    assert seen["partial"] > 0 and torch.isfinite(out).all()
+    assert seen["reference_picks"] > 0 and seen["generated_picks"] > 0
+    assert seen["max_age"] <= interval - 2  # steps since refresh before this step's pick: at most interval - 1 after
+
+
+def _kontext_positions() -> torch.Tensor:
+    pipe = tiny_pipeline("flux_kontext")
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+    pipe(**tiny_inputs("flux_kontext", cfg=False, steps=1))
+    return token_positions(calls[0])
+
+
+@pytest.mark.parametrize("text", [0, 8], ids=["image-stream", "single-stream"])
+def test_toca_cells_follow_the_token_positions(text):
+    positions = _kontext_positions()  # (128, 3): (image, row, column), generated image 0, reference image 1
+    n = text + positions.shape[0]
+    cells, count = cell_ids(n, None, 2, torch.device("cpu"), positions)
+    assert cells.shape == (n,) and int(cells.max()) < count
+    text_cells, image_cells = cells[:text], cells[text:]
+    generated, reference = image_cells[:GENERATED], image_cells[GENERATED:]
+    assert not set(generated.tolist()) & set(reference.tolist())
+    assert not set(text_cells.tolist()) & set(image_cells.tolist())
+    for cell in image_cells.unique():  # a 2 x 2 square of one image
+        members = positions[image_cells == cell]
+        assert len(members) == 4 and len(members[:, 0].unique()) == 1
+        assert len((members[:, 1] // 2).unique()) == 1 and len((members[:, 2] // 2).unique()) == 1
+
+
+def test_token_positions_are_read_only_from_img_ids():
+    assert token_positions({}) is None
+    assert token_positions({"img_ids": torch.zeros(4, 5)}) is None  # more axes than one key packs
+    ids = torch.tensor([[0, 0, 0], [0, 0, 1]])
+    assert torch.equal(token_positions({"img_ids": ids[None]}), ids)  # a batched (B, N, axes) layout

@@ -1,5 +1,5 @@
-"""Image-conditioned pipelines (Flux Kontext, FLUX.2 with a reference image, Wan 2.1 I2V, ChronoEdit) through their
-real diffusers pipelines: the conditioning reaches the transformer, never-reuse settings are bitwise the unpatched
+"""Image-conditioned pipelines (Flux Kontext, FLUX.2 with a reference image, Qwen-Image-Edit, Wan 2.1 I2V, ChronoEdit)
+through their real diffusers pipelines: the conditioning reaches the transformer, never-reuse settings are bitwise the unpatched
 pipeline, and ToCa never drops the conditioning tokens.
 
 "Never drop", as tested here, for a sequence that holds reference-image tokens after the generated ones:
@@ -7,9 +7,11 @@ pipeline, and ToCa never drops the conditioning tokens.
 2. every position's output is its own: recomputed from its current input, or its own cached output (never
    another position's, never a zero);
 3. no token, reference or generated, stays stale longer than `interval - 1` steps (full steps refresh all);
-4. ToCa's spatial cells come from the tokens' positions (`img_ids`): a cell never mixes reference and generated
+4. ToCa's spatial cells come from the tokens' positions (`img_ids`, Qwen-Image's `img_shapes`): a cell never mixes reference and generated
    tokens (or text tokens of a single-stream block), and it is a spread x spread square of one image.
-(The shared checks of every family, compute cut and finite output included, are in test_families.py.)"""
+(The shared checks of every family, compute cut and finite output included, are in test_families.py.)
+Qwen-Image-Edit resizes its condition image to about 1024 x 1024 (`calculate_dimensions(1024 * 1024, ratio)`), too
+slow for a test: it is not a `MORE_FAMILIES` entry, and here that function is patched to 64 x 64."""
 
 import pytest
 import torch
@@ -17,29 +19,69 @@ import torch
 import dit_cache
 from dit_cache.policies.grid import cell_ids, token_positions
 from dit_cache.policies.token import TokenMechanism
-from dit_cache.testing import MORE_FAMILIES, _tiny_image, run, tiny_inputs, tiny_pipeline
+from dit_cache.testing import MORE_FAMILIES, _tiny_image, tiny_inputs, tiny_pipeline
 
 pytestmark = pytest.mark.pipeline
 STEPS = 6
-CONDITIONED = ("flux_kontext", "flux2_edit", "wan_i2v", "chronoedit")
-SEQUENCE = ("flux_kontext",)  # reference tokens in the sequence of token-wise submodules ToCa picks from
-GENERATED = 64  # image tokens of flux_kontext's 64 x 64 output (8 x 8 packed latents); as many reference tokens
+QWEN_EDIT = "qwen_image_edit"
+CONDITIONED = ("flux_kontext", "flux2_edit", QWEN_EDIT, "wan_i2v", "chronoedit")
+# generated image tokens of the pipelines whose sequence holds as many reference tokens after them, in the
+# token-wise submodules ToCa picks from (Kontext: 8 x 8 packed latents; Qwen-Image-Edit: 4 x 4)
+GENERATED = {"flux_kontext": 64, QWEN_EDIT: 16}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_qwen_edit():
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit as module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "calculate_dimensions", lambda area, ratio: (64, 64, None))
+        yield
+
+
+def _qwen_edit_pipeline():
+    import diffusers
+
+    from dit_cache.testing import FAMILIES
+
+    torch.manual_seed(0)
+    transformer = FAMILIES["qwenimage"].make_transformer().eval()
+    vae = diffusers.AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                                           latents_std=[1.0] * 4).eval()  # fmt: skip
+    pipe = diffusers.QwenImageEditPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                           text_encoder=None, tokenizer=None, processor=None, transformer=transformer)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _pipeline(name: str):
+    return _qwen_edit_pipeline() if name == QWEN_EDIT else tiny_pipeline(name)
+
+
+def _inputs(name: str, steps: int = STEPS) -> dict:
+    if name != QWEN_EDIT:
+        return tiny_inputs(name, cfg=MORE_FAMILIES[name].cfg, steps=steps)
+    kw = tiny_inputs("qwenimage", cfg=True, steps=steps)  # true CFG, named by cache_context
+    del kw["height"], kw["width"]
+    return {**kw, "image": _tiny_image(64)}
 
 
 def _image_kwarg(name: str, image) -> dict:
-    return {"image": [image] if isinstance(MORE_FAMILIES[name].size["image"], list) else image}
+    listed = name != QWEN_EDIT and isinstance(MORE_FAMILIES[name].size["image"], list)
+    return {"image": [image] if listed else image}
 
 
 def _call(pipe, name: str, **overrides) -> torch.Tensor:
-    out = pipe(**{**tiny_inputs(name, cfg=MORE_FAMILIES[name].cfg, steps=STEPS), **overrides})
+    out = pipe(**{**_inputs(name), **overrides})
     return torch.as_tensor(out.frames if hasattr(out, "frames") else out.images)
 
 
 @pytest.fixture(scope="module", params=CONDITIONED)
-def family(request):
+def family(request, small_qwen_edit):
     """(name, pipeline, uncached output, the transformer's first call kwargs)."""
     name = request.param
-    pipe = tiny_pipeline(name)
+    pipe = _pipeline(name)
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
     baseline = _call(pipe, name)
@@ -49,13 +91,14 @@ def family(request):
 
 def test_the_condition_image_reaches_the_transformer(family):
     name, pipe, baseline, kwargs = family
-    if name in ("flux_kontext", "flux2_edit"):  # reference tokens appended, with their own first position
+    if name in ("flux_kontext", "flux2_edit", QWEN_EDIT):  # reference tokens appended, their own first position
         ids = token_positions(kwargs)
         assert kwargs["hidden_states"].shape[1] == ids.shape[0] > baseline.shape[1]
         assert len(set(ids[:, 0].tolist())) == 2
     else:  # Wan I2V, ChronoEdit: latents of the image on the channels, its CLIP embedding for the cross-attention
         assert kwargs["hidden_states"].shape[1] == 12 and kwargs["encoder_hidden_states_image"] is not None
-    flipped = _tiny_image(64 if name in SEQUENCE + ("flux2_edit",) else 32).transpose(0)  # PIL: flip left-right
+    size = 64 if name in ("flux_kontext", "flux2_edit", QWEN_EDIT) else 32
+    flipped = _tiny_image(size).transpose(0)  # PIL's FLIP_LEFT_RIGHT
     assert not torch.equal(_call(pipe, name, **_image_kwarg(name, flipped)), baseline), "the image is ignored"
 
 
@@ -86,21 +129,22 @@ def test_reuse_keeps_the_conditioned_output_whole(family, config):
     assert not torch.equal(out, baseline)
 
 
-def test_toca_never_drops_reference_tokens(monkeypatch):
-    """Through Flux Kontext's pipeline, on every partial step of every token-wise place holding the reference
-    tokens: (1) they are picked, (2) each position gets its own recomputed or cached output, (3) none is older than
-    interval - 1 steps."""
-    name, interval = "flux_kontext", 3
-    pipe = tiny_pipeline(name)
+@pytest.mark.parametrize("name", list(GENERATED))
+def test_toca_never_drops_reference_tokens(monkeypatch, name):
+    """Through the pipeline, on every partial step of every token-wise place holding the reference tokens: (1) they
+    are picked, (2) each position gets its own recomputed or cached output, (3) none is older than interval - 1
+    steps."""
+    interval, generated = 3, GENERATED[name]
+    pipe = _pipeline(name)
     seen = {"partial": 0, "reference_picks": 0, "generated_picks": 0, "max_age": 0}
     pick, scatter = TokenMechanism._pick, dit_cache.kernels.token_scatter_gate
 
     def recording_pick(self, place, x, count):
         index = pick(self, place, x, count)
-        if x.shape[1] == 2 * GENERATED:  # the image stream of the double blocks: generated then reference
+        if x.shape[1] == 2 * generated:  # the image stream of the double blocks: generated then reference
             seen["max_age"] = max(seen["max_age"], int(place.age.max()))
-            seen["reference_picks"] += int((index >= GENERATED).sum())
-            seen["generated_picks"] += int((index < GENERATED).sum())
+            seen["reference_picks"] += int((index >= generated).sum())
+            seen["generated_picks"] += int((index < generated).sum())
         return index
 
     def checked_scatter(zeros, cached, index, rows):
@@ -115,29 +159,30 @@ def test_toca_never_drops_reference_tokens(monkeypatch):
     monkeypatch.setattr(TokenMechanism, "_pick", recording_pick)
     monkeypatch.setattr("dit_cache.policies.token.kernels.token_scatter_gate", checked_scatter)
     with dit_cache.cached(pipe, dit_cache.ToCa(fraction=0.25, interval=interval)):
-        out = run(pipe, name, cfg=False, steps=STEPS)
+        out = _call(pipe, name)
     assert seen["partial"] > 0 and torch.isfinite(out).all()
     assert seen["reference_picks"] > 0 and seen["generated_picks"] > 0
     assert seen["max_age"] <= interval - 2  # steps since refresh before this step's pick: at most interval - 1 after
 
 
-def _kontext_positions() -> torch.Tensor:
-    pipe = tiny_pipeline("flux_kontext")
+def _positions(name: str) -> torch.Tensor:
+    pipe = _pipeline(name)
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
-    pipe(**tiny_inputs("flux_kontext", cfg=False, steps=1))
+    pipe(**_inputs(name, steps=1))
     return token_positions(calls[0])
 
 
+@pytest.mark.parametrize("name", list(GENERATED))
 @pytest.mark.parametrize("text", [0, 8], ids=["image-stream", "single-stream"])
-def test_toca_cells_follow_the_token_positions(text):
-    positions = _kontext_positions()  # (128, 3): (image, row, column), generated image 0, reference image 1
+def test_toca_cells_follow_the_token_positions(text, name):
+    positions = _positions(name)  # (image, row, column[, ...]): generated image first, then the reference image
+    generated = GENERATED[name]
     n = text + positions.shape[0]
     cells, count = cell_ids(n, None, 2, torch.device("cpu"), positions)
     assert cells.shape == (n,) and int(cells.max()) < count
     text_cells, image_cells = cells[:text], cells[text:]
-    generated, reference = image_cells[:GENERATED], image_cells[GENERATED:]
-    assert not set(generated.tolist()) & set(reference.tolist())
+    assert not set(image_cells[:generated].tolist()) & set(image_cells[generated:].tolist())
     assert not set(text_cells.tolist()) & set(image_cells.tolist())
     for cell in image_cells.unique():  # a 2 x 2 square of one image
         members = positions[image_cells == cell]
@@ -150,3 +195,5 @@ def test_token_positions_are_read_only_from_img_ids():
     assert token_positions({"img_ids": torch.zeros(4, 5)}) is None  # more axes than one key packs
     ids = torch.tensor([[0, 0, 0], [0, 0, 1]])
     assert torch.equal(token_positions({"img_ids": ids[None]}), ids)  # a batched (B, N, axes) layout
+    shapes = {"img_shapes": [[(1, 1, 2), (2, 1, 1)]]}  # a 1 x 2 image, then a 2-frame 1 x 1 one
+    assert token_positions(shapes).tolist() == [[0, 0, 0], [0, 0, 1], [1, 0, 0], [2, 0, 0]]

@@ -77,13 +77,28 @@ _RADIX_BITS = 15  # per position axis: coordinates in [-2^14, 2^14) pack into on
 
 
 def token_positions(kwargs: dict) -> torch.Tensor | None:
-    """(P, axes) position of every image token of the call (generated then reference tokens), from `img_ids`; None
-    where the call has none or they do not pack into one key (more than 4 axes)."""
+    """(P, axes) position of every image token of the call (generated then reference tokens), from `img_ids` or
+    from Qwen-Image's `img_shapes` (one (frames, h, w) per image, the edit pipelines' reference images after the
+    generated one); None where the call has neither or they do not pack into one key (more than 4 axes)."""
+    shapes = kwargs.get("img_shapes")
+    if shapes and isinstance(shapes[0], list) and all(isinstance(s, (tuple, list)) and len(s) == 3 for s in shapes[0]):
+        return _positions_of_shapes(shapes[0])
     ids = kwargs.get("img_ids")
     if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3):
         return None
     ids = ids[0] if ids.dim() == 3 else ids
     return ids if 3 <= ids.shape[-1] <= 4 else None
+
+
+def _positions_of_shapes(shapes: list) -> torch.Tensor:
+    """(sum f*h*w, 3) positions (frame counted across the images, row, column) of images laid out one after the
+    other in raster order."""
+    parts, frame = [], 0
+    for f, h, w in ((int(v) for v in shape) for shape in shapes):
+        grid = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1)
+        parts.append(grid.reshape(-1, 3) + torch.tensor([frame, 0, 0]))
+        frame += f
+    return torch.cat(parts)
 
 
 def cell_ids(

@@ -133,7 +133,7 @@ def test_reuse_keeps_the_conditioned_output_whole(family, config):
 def test_toca_never_drops_reference_tokens(monkeypatch, name):
     """Through the pipeline, on every partial step of every token-wise place holding the reference tokens: (1) they
     are picked, (2) each position gets its own recomputed or cached output, (3) none is older than interval - 1
-    steps."""
+    steps, (4) the cells ToCa spreads its picks over are those of the call's token positions."""
     interval, generated = 3, GENERATED[name]
     pipe = _pipeline(name)
     seen = {"partial": 0, "reference_picks": 0, "generated_picks": 0, "max_age": 0}
@@ -142,6 +142,7 @@ def test_toca_never_drops_reference_tokens(monkeypatch, name):
     def recording_pick(self, place, x, count):
         index = pick(self, place, x, count)
         if x.shape[1] == 2 * generated:  # the image stream of the double blocks: generated then reference
+            assert torch.equal(place.cells, cell_ids(2 * generated, None, 2, x.device, positions[-1])[0])
             seen["max_age"] = max(seen["max_age"], int(place.age.max()))
             seen["reference_picks"] += int((index >= generated).sum())
             seen["generated_picks"] += int((index < generated).sum())
@@ -156,6 +157,8 @@ def test_toca_never_drops_reference_tokens(monkeypatch, name):
         assert torch.equal(out[:, kept], cached[:, kept])  # the others keep their own cached output
         return out
 
+    positions = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: positions.append(token_positions(kw)), with_kwargs=True)
     monkeypatch.setattr(TokenMechanism, "_pick", recording_pick)
     monkeypatch.setattr("dit_cache.policies.token.kernels.token_scatter_gate", checked_scatter)
     with dit_cache.cached(pipe, dit_cache.ToCa(fraction=0.25, interval=interval)):
@@ -179,7 +182,7 @@ def test_toca_cells_follow_the_token_positions(text, name):
     positions = _positions(name)  # (image, row, column[, ...]): generated image first, then the reference image
     generated = GENERATED[name]
     n = text + positions.shape[0]
-    cells, count = cell_ids(n, None, 2, torch.device("cpu"), positions)
+    cells, count = cell_ids(n, None, 2, torch.device("cpu"), positions, text=8)
     assert cells.shape == (n,) and int(cells.max()) < count
     text_cells, image_cells = cells[:text], cells[text:]
     assert not set(image_cells[:generated].tolist()) & set(image_cells[generated:].tolist())
@@ -190,7 +193,15 @@ def test_toca_cells_follow_the_token_positions(text, name):
         assert len((members[:, 1] // 2).unique()) == 1 and len((members[:, 2] // 2).unique()) == 1
 
 
-def test_token_positions_are_read_only_from_img_ids():
+def test_a_sequence_of_another_length_gets_no_position_cells():
+    """A text stream as long as the image, plus a few: its tokens are not image tokens, whatever their count."""
+    positions = _positions("flux_kontext")
+    for n in (positions.shape[0] + 3, positions.shape[0] + 16):
+        cells, count = cell_ids(n, None, 2, torch.device("cpu"), positions, text=8)
+        assert torch.equal(cells, torch.arange(n) // 4) and count == -(-n // 4)  # the raster chunks
+
+
+def test_token_positions_come_from_img_ids_or_img_shapes():
     assert token_positions({}) is None
     assert token_positions({"img_ids": torch.zeros(4, 5)}) is None  # more axes than one key packs
     ids = torch.tensor([[0, 0, 0], [0, 0, 1]])

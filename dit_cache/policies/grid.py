@@ -90,6 +90,12 @@ def token_positions(kwargs: dict) -> torch.Tensor | None:
     return ids if 3 <= ids.shape[-1] <= 4 else None
 
 
+def text_tokens(kwargs: dict) -> int:
+    """The number of text tokens of the call (`encoder_hidden_states`), 0 where it passes none."""
+    text = kwargs.get("encoder_hidden_states")
+    return text.shape[1] if isinstance(text, torch.Tensor) and text.dim() == 3 else 0
+
+
 def _positions_of_shapes(shapes: list) -> torch.Tensor:
     """(sum f*h*w, 3) positions (frame counted across the images, row, column) of images laid out one after the
     other in raster order."""
@@ -102,14 +108,20 @@ def _positions_of_shapes(shapes: list) -> torch.Tensor:
 
 
 def cell_ids(
-    n: int, grid: Grid | None, spread: int, device: torch.device, positions: torch.Tensor | None = None
+    n: int,
+    grid: Grid | None,
+    spread: int,
+    device: torch.device,
+    positions: torch.Tensor | None = None,
+    text: int = 0,
 ) -> tuple[torch.Tensor, int]:
     """(n,) id of each token's `spread` x `spread` cell of the grid (per frame), and the number of cells (a host int,
     so that no device value is read to size the per-cell buffers; an upper bound where ids come from positions);
     raster chunks of spread^2 tokens when the token count does not match the grid (text tokens in the same
-    sequence). With `positions` (P rows, P <= n): the last P tokens get the cells of their positions, the n - P
-    tokens before them (the text that Flux-style single-stream blocks put first) raster chunks of their own."""
-    if positions is not None and 0 < positions.shape[0] <= n:
+    sequence). With `positions` (P rows) and n = P, or n = `text` + P (the text tokens that Flux-style single-stream
+    blocks put first): the image tokens get the cells of their positions, the text tokens raster chunks of their
+    own; any other count (the text stream) the raster chunks."""
+    if positions is not None and n in (positions.shape[0], positions.shape[0] + text):
         return _position_cells(n, positions.to(device), spread)
     if grid is None or math.prod(grid) != n:
         size = spread * spread

@@ -41,7 +41,7 @@ from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_r
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
-from .grid import token_positions
+from .grid import text_tokens, token_positions
 from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
 from .token import TokenMechanism, TokenState, grid_of_call
 
@@ -120,6 +120,7 @@ class MixChooser(TeaCachePolicy):
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         call.extra.setdefault("grid", grid_of_call(self.model, args, kwargs))
         call.extra.setdefault("positions", token_positions(kwargs))
+        call.extra.setdefault("text_tokens", text_tokens(kwargs))
         return forward(*args, **kwargs)
 
     def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:

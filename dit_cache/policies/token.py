@@ -29,7 +29,7 @@ from ..engine import BlockSlot
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest
 from ..state import COMPUTE, PARTIAL, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for
-from .grid import Grid, cell_ids, token_grid, token_positions
+from .grid import Grid, cell_ids, text_tokens, token_grid, token_positions
 
 logger = logging.getLogger(__name__)
 DEFAULT_FRACTION = 0.3
@@ -170,7 +170,10 @@ class TokenMechanism:
             old.reference.copy_(x)
             old.age.zero_()
             return
-        cells, cell_count = cell_ids(n, call.extra.get("grid"), self.spread, x.device, call.extra.get("positions"))
+        extra = call.extra
+        cells, cell_count = cell_ids(
+            n, extra.get("grid"), self.spread, x.device, extra.get("positions"), extra.get("text_tokens", 0)
+        )
         state.places[key] = TokenPlace(
             output=output.detach().clone(),
             reference=x.detach().clone(),
@@ -286,6 +289,7 @@ class ToCaPolicy(Policy):
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         call.extra["grid"] = grid_of_call(self.model, args, kwargs)
         call.extra["positions"] = token_positions(kwargs)
+        call.extra["text_tokens"] = text_tokens(kwargs)
         return forward(*args, **kwargs)
 
     def decide(self, call: CallInfo, state: TokenState, values: list[float]) -> str:

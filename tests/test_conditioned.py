@@ -13,12 +13,14 @@ pipeline, and ToCa never drops the conditioning tokens.
 Qwen-Image-Edit resizes its condition image to about 1024 x 1024 (`calculate_dimensions(1024 * 1024, ratio)`), too
 slow for a test: it is not a `MORE_FAMILIES` entry, and here that function is patched to 64 x 64."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import dit_cache
 from dit_cache.policies.grid import cell_ids, token_positions
-from dit_cache.policies.token import TokenMechanism
+from dit_cache.policies.token import TokenMechanism, grid_of_call
 from dit_cache.testing import MORE_FAMILIES, _tiny_image, tiny_inputs, tiny_pipeline
 
 pytestmark = pytest.mark.pipeline
@@ -166,6 +168,22 @@ def test_toca_never_drops_reference_tokens(monkeypatch, name):
     assert seen["partial"] > 0 and torch.isfinite(out).all()
     assert seen["reference_picks"] > 0 and seen["generated_picks"] > 0
     assert seen["max_age"] <= interval - 2  # steps since refresh before this step's pick: at most interval - 1 after
+
+
+def test_cfg_reuse_on_qwen_image_edit_sees_both_images_as_frames():
+    """Qwen-Image-Edit names its CFG calls: CFG reuse cuts the compute, and its low-pass split sees the generated
+    and the reference image as two 4 x 4 frames (not one 4 x 8 image mixing their rows)."""
+    pipe, grids = _pipeline(QWEN_EDIT), []
+    pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: grids.append(grid_of_call(SimpleNamespace(transformer=m), a, kw)), with_kwargs=True
+    )
+    baseline = _call(pipe, QWEN_EDIT)
+    assert grids[0] == (2, 4, 4)
+    with dit_cache.cached(pipe, dit_cache.CFGCache(interval=2, warmup=0.0)):
+        out = _call(pipe, QWEN_EDIT)
+        stats = dit_cache.stats(pipe)
+    assert stats.compute_fraction < 0.9 and {r.branch for r in stats.records} >= {"cond", "uncond"}
+    assert out.shape == baseline.shape and torch.isfinite(out).all() and not torch.equal(out, baseline)
 
 
 def _positions(name: str) -> torch.Tensor:

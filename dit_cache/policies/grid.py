@@ -45,12 +45,12 @@ def token_grid(transformer: torch.nn.Module, hidden: Any, kwargs: dict) -> Grid 
     config = dict(getattr(transformer, "config", None) or {})
     pt, ph, pw = _patch(config)
     shapes = kwargs.get("img_shapes")
-    if shapes:  # Qwen-Image: [(frames, h, w), ...] per batch item, or a list of such lists
-        first = shapes[0]
-        if isinstance(first, list):
-            first = first[0]
-        if isinstance(first, (tuple, list)) and len(first) == 3:
-            f, h, w = (int(v) for v in first)
+    if shapes:  # Qwen-Image: [(frames, h, w), ...] per batch item, or a list of such lists (edit: + references)
+        images = shapes[0] if isinstance(shapes[0], list) else [shapes[0]]
+        if all(isinstance(image, (tuple, list)) and len(image) == 3 for image in images):
+            f, h, w = (int(v) for v in images[0])
+            if all(tuple(image[1:]) == (h, w) for image in images):  # references of the same size: more frames
+                f = sum(int(image[0]) for image in images)
             return (f, h, w) if f > 1 else (h, w)
     if not isinstance(hidden, torch.Tensor):
         return None

@@ -513,8 +513,8 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         "Flux2Pipeline", "Flux2Transformer2DModel",
         dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
              timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), **_HEADS),
-        _TEXT, dict(image=[_tiny_image(64)], height=32, width=32, guidance_scale=4.0), {}, cfg=False,
-        components=dict(vae=_tiny_flux2_vae),  # the pipeline refuses reference images under 64 px
+        _TEXT, dict(image=[_tiny_image(64), _tiny_image(64).rotate(90)], height=32, width=32, guidance_scale=4.0), {},
+        cfg=False, components=dict(vae=_tiny_flux2_vae),  # two references; the pipeline refuses them under 64 px
     ),
     "wan_i2v": TinyFamily(
         "WanImageToVideoPipeline", "WanTransformer3DModel",

@@ -70,8 +70,8 @@ def _inputs(name: str, steps: int = STEPS) -> dict:
 
 
 def _image_kwarg(name: str, image) -> dict:
-    listed = name != QWEN_EDIT and isinstance(MORE_FAMILIES[name].size["image"], list)
-    return {"image": [image] if listed else image}
+    given = None if name == QWEN_EDIT else MORE_FAMILIES[name].size["image"]
+    return {"image": [image] * len(given) if isinstance(given, list) else image}
 
 
 def _call(pipe, name: str, **overrides) -> torch.Tensor:
@@ -96,7 +96,8 @@ def test_the_condition_image_reaches_the_transformer(family):
     if name in ("flux_kontext", "flux2_edit", QWEN_EDIT):  # reference tokens appended, their own first position
         ids = token_positions(kwargs)
         assert kwargs["hidden_states"].shape[1] == ids.shape[0] > baseline.shape[1]
-        assert len(set(ids[:, 0].tolist())) == 2
+        images = 1 + len(MORE_FAMILIES[name].size["image"]) if name == "flux2_edit" else 2  # FLUX.2: two references
+        assert len(set(ids[:, 0].tolist())) == images
     else:  # Wan I2V, ChronoEdit: latents of the image on the channels, its CLIP embedding for the cross-attention
         assert kwargs["hidden_states"].shape[1] == 12 and kwargs["encoder_hidden_states_image"] is not None
     size = 64 if name in ("flux_kontext", "flux2_edit", QWEN_EDIT) else 32

@@ -48,18 +48,23 @@ class CallInfo:
         return self.num_steps - 1
 
 
+# diffusers' guiders (HunyuanVideo 1.5, Motif-Video) name their classifier-free guidance calls after the prediction
+GUIDER_BRANCHES = {"pred_cond": "cond", "pred_uncond": "uncond"}
+
+
 def branch_of(context: Any) -> tuple[str, dict]:
     """Branch name and step fields of a diffusers cache context (a CacheContext, a plain name, or None)."""
     if context is None:
         return NO_CONTEXT_BRANCH, {}
     if isinstance(context, str):
-        return context, {}
+        return GUIDER_BRANCHES.get(context, context), {}
     fields = {
         "step_index": getattr(context, "step_index", None),
         "num_steps": getattr(context, "num_inference_steps", None),
         "sigma": getattr(context, "sigma", None),
     }
-    return str(getattr(context, "name", NO_CONTEXT_BRANCH)), fields
+    name = str(getattr(context, "name", NO_CONTEXT_BRANCH))
+    return GUIDER_BRANCHES.get(name, name), fields
 
 
 _MAX_FRAMES = 64  # a pipeline's __call__ is a few frames above the transformer hook; hooks of others add some

@@ -373,7 +373,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              **_HEADS),
         {**_TEXT, "prompt_embeds_2": (TEXT_TOKENS, TEXT_DIM)}, dict(height=16, width=16, num_frames=5), {}, {},
         masks=("prompt_embeds_mask", "prompt_embeds_mask_2"), components=dict(guider=_guider, vae=_tiny_hunyuan15_vae),
-        known_gaps=dict(cfg="its guider names the branches pred_cond / pred_uncond, which CFG reuse does not read"),
     ),
     "auraflow": TinyFamily(
         "AuraFlowPipeline", "AuraFlowTransformer2DModel",
@@ -407,7 +406,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(in_channels=9, out_channels=4, num_layers=1, num_single_layers=1, text_embed_dim=TEXT_DIM,
              rope_axes_dim=(4, 4, 4), attention_head_dim=12, num_attention_heads=2),
         _TEXT, _VIDEO, {}, {}, masks=("prompt_attention_mask",), components=dict(guider=_apg_guider, vae=_tiny_wan_vae),
-        known_gaps=dict(cfg="its guider names the branches pred_cond / pred_uncond, which CFG reuse does not read"),
     ),
     "hunyuanimage": TinyFamily(
         "HunyuanImagePipeline", "HunyuanImageTransformer2DModel",

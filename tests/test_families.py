@@ -201,3 +201,14 @@ def test_a_branch_whose_batch_changes_mid_trajectory_starts_afresh():
         stats = dit_cache.stats(pipe)
     assert stats.computed_steps() == [0, 3, switch]
     assert out.shape == baseline.shape and torch.isfinite(out).all()
+
+
+def test_guider_branch_names_are_read_as_cond_and_uncond():
+    """HunyuanVideo 1.5's guider names its CFG calls `pred_cond` / `pred_uncond`: CFG reuse rebuilds the
+    unconditional one, and stats name the branches as every other pipeline's."""
+    pipe = tiny_pipeline("hunyuan_video15")
+    with dit_cache.cached(pipe, "cfg", interval=2):
+        run(pipe, "hunyuan_video15", steps=4)
+        records = dit_cache.stats(pipe).records
+    assert {r.branch for r in records} == {"cond", "uncond"}
+    assert any(r.branch == "uncond" and r.decision == "reused" for r in records)

@@ -96,6 +96,7 @@ class CacheEngine:
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
+        self.last_branch: str | None = None  # the branch the last call was located on
         self.layout_checked: set[str] = set()  # block lists whose real output matched the adapter's layout
         self.calls_since_reset = 0
         self.stale = False  # a pipeline call ended without passing through the hooks (its older records are dropped)
@@ -110,6 +111,7 @@ class CacheEngine:
         self.states = {}
         self.last_step.clear()
         self.batch_of.clear()
+        self.last_branch = None
         self.num_steps = None
         self.call = None
 
@@ -215,6 +217,7 @@ class CacheEngine:
             # state, or it would reuse the other branch's features. (A third call of the step is a restart.)
             call.branch = SECOND_CALL_BRANCH
         self._maybe_new_trajectory(call)
+        self.last_branch = call.branch
         if call.branch not in self.states:
             self.states[call.branch] = self.policy.new_state()
         self.last_step[call.branch] = call.step
@@ -222,7 +225,7 @@ class CacheEngine:
 
     def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
         """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
-        probed_state = self.states.get(call.branch)
+        probed_state = self.states.get(self._likely_branch(call))
         probe = self.policy.probe(call, probed_state, slot, block_call)
         if call.located:  # the step was read before the call; only the probe is left to read
             values = self._read(call, probe, timestep=False)
@@ -238,6 +241,18 @@ class CacheEngine:
             state = self.states[call.branch] = self.policy.new_state()
         call.decision = self.policy.decide(call, state, values)
         call.prepared = True
+
+    def _likely_branch(self, call: CallInfo) -> str:
+        """The branch `call` will be located on, guessed before its step is read so that the probe and the step
+        share one host read: after a no-context call, a pipeline that has shown two calls per step makes its second.
+        Locating verifies it; a wrong guess costs a second probe (see `_prepare`)."""
+        if (
+            call.branch == NO_CONTEXT_BRANCH
+            and self.last_branch == NO_CONTEXT_BRANCH
+            and SECOND_CALL_BRANCH in self.states
+        ):
+            return SECOND_CALL_BRANCH
+        return call.branch
 
     def _batch_checked(self, call: CallInfo, state: Any, block_call: BlockCall) -> Any:
         """`call`'s state, fresh if the pipeline changed the branch's batch size mid-trajectory (Z-Image's

@@ -65,3 +65,23 @@ def test_batched_cfg_reads_the_step_once(reads):
             model(hidden_states=h, timestep=t, temb=torch.tensor(1.0), encoder_hidden_states=e)
     assert reads["n"] == len(calls)
     assert dit_cache.stats(model).count("reused") == 3  # the unconditional halves of steps 1, 3, 5
+
+
+def test_two_unnamed_calls_per_step_read_once_each(reads):
+    """A pipeline that runs CFG as two calls per step without a cache_context (Chroma): the second call of a step
+    is probed against its own branch before the step is read, so it too costs one read."""
+    model, sched = TokenDiT(num_blocks=3), FakeScheduler(8)
+    dit_cache.apply(model, dit_cache.TeaCache(threshold=0.5), scheduler=sched)
+    base = torch.randn(1, 16, 4)
+    for _ in range(2):
+        reads["n"] = 0
+        for i, t in enumerate(sched.timesteps):
+            for branch_shift in (0.0, 0.5):  # conditional, then unconditional, both unnamed
+                model(
+                    hidden_states=base * (1 + 0.01 * i) + branch_shift,
+                    timestep=t.reshape(1),
+                    temb=torch.tensor(1.25**i),
+                )
+    assert reads["n"] == 2 * len(sched.timesteps)  # the second trajectory (the first also copies the tables)
+    stats = dit_cache.stats(model)
+    assert {r.branch for r in stats.records} == {"batch", "batch:2"} and stats.compute_fraction < 1.0

@@ -36,6 +36,7 @@ class TinyFamily:
     fill_zeros: bool = False  # the class zero-initialises its modulation (blocks start as identities): fill it
     attributes: dict = field(default_factory=dict)  # pipeline attributes to set after construction
     embeds_as_list: bool = False  # the pipeline takes each embedding as a list, one (tokens, dim) tensor a prompt
+    requires: tuple[str, ...] = ()  # modules the pipeline needs beyond the `dev` extra's core (ConsisID: cv2)
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -311,6 +312,44 @@ def _tiny_flux2_vae():
                               block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
                               norm_num_groups=4).eval()  # fmt: skip
 
+
+def _tiny_cogvideox_vae():
+    from diffusers import AutoencoderKLCogVideoX
+
+    return AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                  up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                  latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                                  temporal_compression_ratio=4).eval()  # fmt: skip
+
+
+class TextOnlyProcessor:
+    """What QwenImage21Pipeline reads of its Qwen3-VL processor when prompts come as `prompt_embeds`: the chat
+    template (its constructor counts the system prompt's tokens) and the tokenizer (the image-pad token id). A real
+    Qwen3VLProcessor cannot be built here: its video processor needs torchvision, which has no CPU wheel on PyPI."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def apply_chat_template(self, conversation, **kwargs):  # a processor's template takes a batch
+        return self.tokenizer.apply_chat_template([conversation], **kwargs)
+
+
+def _tiny_qwen3vl_text_processor():
+    tokenizer = word_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|image_pad|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{{ c['text'] }}{% endfor %}"
+        "<|im_end|>\n{% endfor %}"
+    )
+    return TextOnlyProcessor(tokenizer)
+
+
+# ConsisID's face features (what its insightface / EVA-CLIP helpers compute): an identity vector and one ViT
+# feature map per scale of the tiny LocalFacialExtractor
+_FACE = torch.Generator().manual_seed(3)
+_CONSISID_FACE = dict(id_cond=torch.randn(1, 8, generator=_FACE),
+                      id_vit_hidden=[torch.randn(1, 5, 8, generator=_FACE) for _ in range(2)])  # fmt: skip
+_COGVIDEOX = dict(FAMILIES["cogvideox"].config, in_channels=8, num_layers=2)  # image latents on the channels
 
 # HiDream's Llama features: (layers, batch, tokens, dim), layer first (the batch-first `embeds` cannot say it)
 _LLAMA = torch.randn(2, 3, 1, TEXT_TOKENS, 16, generator=torch.Generator().manual_seed(0))
@@ -601,6 +640,39 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
         components=dict(text_encoder=_tiny_qwen25vl, tokenizer=lambda: word_tokenizer(), vae=lambda: _tiny_vae()),
         attributes=dict(tokenizer_max_length=TEXT_TOKENS),  # its pipeline cannot take prompt_embeds (0.42.1)
+    ),
+    "cogvideox_i2v": TinyFamily(
+        "CogVideoXImageToVideoPipeline", "CogVideoXTransformer3DModel", _COGVIDEOX, _TEXT,
+        dict(image=_tiny_image(64), height=64, width=64, num_frames=5, max_sequence_length=TEXT_TOKENS), *_GUIDED,
+        scheduler="CogVideoXDDIMScheduler", scheduler_kwargs={"timestep_spacing": "trailing"},
+        components=dict(vae=_tiny_cogvideox_vae),
+    ),
+    "consisid": TinyFamily(
+        "ConsisIDPipeline", "ConsisIDTransformer3DModel",
+        dict(_COGVIDEOX, num_attention_heads=3, is_train_face=True, cross_attn_interval=1, cross_attn_dim_head=8,
+             cross_attn_num_heads=2, LFE_id_dim=8, LFE_vit_dim=8, LFE_depth=2, LFE_dim_head=8, LFE_num_heads=2,
+             LFE_num_id_token=2, LFE_num_querie=4, LFE_output_dim=32, LFE_ff_mult=1, LFE_num_scale=2,
+             use_rotary_positional_embeddings=True),  # 3 heads: its face cross-attention reads 2/3 of the width
+        _TEXT, dict(image=_tiny_image(64), height=64, width=64, num_frames=5, max_sequence_length=TEXT_TOKENS,
+                    **_CONSISID_FACE),
+        *_GUIDED, scheduler="CogVideoXDPMScheduler", scheduler_kwargs={"timestep_spacing": "trailing"},
+        components=dict(vae=_tiny_cogvideox_vae), requires=("cv2",),
+    ),
+    "bria_fibo2": TinyFamily(
+        "BriaFibo2Pipeline", "BriaFibo2Transformer2DModel",
+        dict(in_channels=4, patch_size=2, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, cap_feat_dim=TEXT_DIM,
+             injection_layer_ids=(1,), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8,
+             gist_step=4, gist_min_text_len=8, gist_max_text_len=16, axes_dims=(4, 6, 6), axes_lens=(64, 32, 32)),
+        {"prompt_embeds": (2, TEXT_TOKENS, TEXT_DIM)},  # the Perceiver's bundle, then one per injection block
+        dict(height=64, width=64), *_GUIDED,
+        known_gaps=dict(cfg="its CFG calls carry no cache_context: CFG reuse cannot tell which one is unconditional"),
+    ),
+    "qwenimage21": TinyFamily(
+        "QwenImage21Pipeline", "QwenImage21Transformer2DModel",
+        dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+             context_in_dim=TEXT_DIM, mlp_ratio=2, axes_dims_rope=(4, 6, 6)),
+        _TEXT, dict(height=64, width=64, use_kv_cache=False), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
+        masks=("prompt_embeds_mask",), components=dict(processor=_tiny_qwen3vl_text_processor),
     ),
     "z_image": TinyFamily(
         "ZImagePipeline", "ZImageTransformer2DModel",

@@ -31,6 +31,8 @@ REUSE = {
 def family(request):
     """(name, pipeline, whether it runs CFG, its uncached output)."""
     name = request.param
+    for module in MORE_FAMILIES[name].requires:  # ConsisID's pipeline needs OpenCV (the `dev` extra installs it)
+        pytest.importorskip(module, reason=f"{name}: its pipeline needs {module}")
     pipe = tiny_pipeline(name)
     cfg = MORE_FAMILIES[name].cfg
     return name, pipe, cfg, run(pipe, name, cfg=cfg, steps=STEPS)

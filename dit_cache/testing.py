@@ -695,6 +695,89 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
 
 
+# ---------------------------------------------------------------------------------------------- without a pipeline
+@dataclass(frozen=True)
+class LoopFamily:
+    """A transformer whose pipeline cannot run here (`why`), tested through `loop_run`: a hand-written
+    flow-matching Euler loop that calls it the way its pipeline would."""
+
+    transformer: str
+    config: dict
+    latent_shape: tuple  # (batch 1, ...) as the transformer takes `hidden_states`
+    why: str
+    conditioning: Any  # generator -> the call's other keyword arguments
+    timestep_scale: float = 1.0  # the transformer gets the scheduler's timestep divided by this
+    cfg: bool = False  # batch [cond, uncond] in one call and guide with scale 3 (OmniGen's pipeline)
+
+    def make_transformer(self) -> torch.nn.Module:
+        import diffusers
+
+        return getattr(diffusers, self.transformer)(**self.config).eval()
+
+
+def _flux3_conditioning(g: torch.Generator) -> dict:
+    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), dim=-1).reshape(-1, 2)
+    zeros = torch.zeros(16, 1, dtype=torch.long)
+    reference = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij"), dim=-1).reshape(-1, 2)
+    return dict(
+        encoder_hidden_states=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
+        img_ids=torch.cat([zeros, grid, zeros], dim=1),  # (t, h, w, l)
+        txt_ids=torch.cat([torch.zeros(TEXT_TOKENS, 3, dtype=torch.long), torch.arange(TEXT_TOKENS)[:, None]], 1),
+        image_cond_hidden_states=torch.randn(1, 4, 16, generator=g),  # one 2 x 2 reference image
+        image_cond_ids=torch.cat([torch.ones(4, 1, dtype=torch.long), reference, torch.zeros(4, 1, dtype=torch.long)], 1),
+    )
+
+
+def _omnigen_conditioning(g: torch.Generator) -> dict:
+    tokens = 1 + 4 + 16  # text tokens, the time token, 4 x 4 image patches
+    return dict(
+        input_ids=torch.randint(1, 64, (2, 4), generator=g),  # [cond, uncond] prompts
+        input_img_latents=[],
+        input_image_sizes={},
+        attention_mask=torch.ones(2, tokens, tokens),
+        position_ids=torch.arange(tokens).expand(2, tokens),
+    )
+
+
+LOOP_FAMILIES: dict[str, LoopFamily] = {
+    "flux3": LoopFamily(
+        "Flux3Transformer2DModel",
+        dict(in_channels=16, cond_in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+             num_attention_heads=2, joint_attention_dim=TEXT_DIM, timestep_channels=32, mlp_ratio=2.0,
+             axes_dims_rope=(4, 4, 4, 4)),
+        (1, 16, 16), "no FLUX.3 pipeline in diffusers 0.42.1", _flux3_conditioning, timestep_scale=1000.0,
+    ),
+    "omnigen": LoopFamily(
+        "OmniGenTransformer2DModel",
+        dict(in_channels=4, patch_size=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+             intermediate_size=64, num_layers=2, pad_token_id=0, vocab_size=64, max_position_embeddings=256,
+             original_max_position_embeddings=128, rope_scaling={"short_factor": [1.0] * 8, "long_factor": [1.0] * 8},
+             pos_embed_max_size=16, time_step_dim=32),
+        (1, 4, 8, 8), "OmniGenPipeline's multimodal processor needs torchvision (no CPU wheel on PyPI)",
+        _omnigen_conditioning, cfg=True,
+    ),
+}  # fmt: skip
+
+
+def loop_run(transformer: torch.nn.Module, family: str, scheduler: Any, steps: int = 4, seed: int = 0) -> torch.Tensor:
+    """Denoise `LOOP_FAMILIES[family]`'s latents with `scheduler` (a FlowMatchEulerDiscreteScheduler), calling
+    `transformer` once per step as its pipeline would; returns the final latents."""
+    spec = LOOP_FAMILIES[family]
+    g = torch.Generator().manual_seed(seed)
+    conditioning = spec.conditioning(g)
+    latents = torch.randn(spec.latent_shape, generator=g)
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        batch = torch.cat([latents, latents]) if spec.cfg else latents
+        timestep = (t / spec.timestep_scale).expand(batch.shape[0])
+        out = transformer(hidden_states=batch, timestep=timestep, return_dict=False, **conditioning)[0]
+        if spec.cfg:
+            cond, uncond = out.chunk(2)
+            out = uncond + 3.0 * (cond - uncond)
+        latents = scheduler.step(out, t, latents, return_dict=False)[0]
+    return latents
+
+
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
     """A real diffusers pipeline of `family` with a tiny random transformer and no text encoder or VAE."""
     import diffusers

@@ -715,16 +715,22 @@ class LoopFamily:
         return getattr(diffusers, self.transformer)(**self.config).eval()
 
 
+def _positions(frame: int, height: int, width: int, text: int = 0) -> torch.Tensor:
+    """(h * w, 4) FLUX.2/3-style (t, h, w, l) ids of one image, or (text, 4) ids of text tokens."""
+    if text:
+        return torch.cat([torch.zeros(text, 3, dtype=torch.long), torch.arange(text)[:, None]], dim=1)
+    grid = torch.stack(torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij"), dim=-1)
+    column = torch.full((height * width, 1), frame)
+    return torch.cat([column, grid.reshape(-1, 2), torch.zeros_like(column)], dim=1)
+
+
 def _flux3_conditioning(g: torch.Generator) -> dict:
-    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), dim=-1).reshape(-1, 2)
-    zeros = torch.zeros(16, 1, dtype=torch.long)
-    reference = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij"), dim=-1).reshape(-1, 2)
     return dict(
         encoder_hidden_states=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
-        img_ids=torch.cat([zeros, grid, zeros], dim=1),  # (t, h, w, l)
-        txt_ids=torch.cat([torch.zeros(TEXT_TOKENS, 3, dtype=torch.long), torch.arange(TEXT_TOKENS)[:, None]], 1),
+        img_ids=_positions(0, 4, 4),
+        txt_ids=_positions(0, 0, 0, text=TEXT_TOKENS),
         image_cond_hidden_states=torch.randn(1, 4, 16, generator=g),  # one 2 x 2 reference image
-        image_cond_ids=torch.cat([torch.ones(4, 1, dtype=torch.long), reference, torch.zeros(4, 1, dtype=torch.long)], 1),
+        image_cond_ids=_positions(1, 2, 2),
     )
 
 

@@ -37,6 +37,7 @@ class TinyFamily:
     attributes: dict = field(default_factory=dict)  # pipeline attributes to set after construction
     embeds_as_list: bool = False  # the pipeline takes each embedding as a list, one (tokens, dim) tensor a prompt
     requires: tuple[str, ...] = ()  # modules the pipeline needs beyond the `dev` extra's core (ConsisID: cv2)
+    caveat: str = ""  # a setting of the pipeline that caching does not support yet (shown in the family table)
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -673,6 +674,8 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              context_in_dim=TEXT_DIM, mlp_ratio=2, axes_dims_rope=(4, 6, 6)),
         _TEXT, dict(height=64, width=64, use_kv_cache=False), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
         masks=("prompt_embeds_mask",), components=dict(processor=_tiny_qwen3vl_text_processor),
+        caveat="only with use_kv_cache=False: its KV cache runs step 0 on the whole sequence and later steps on the "
+        "target tokens, which the kept features do not follow yet",
     ),
     "z_image": TinyFamily(
         "ZImagePipeline", "ZImageTransformer2DModel",

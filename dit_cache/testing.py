@@ -38,6 +38,9 @@ class TinyFamily:
     embeds_as_list: bool = False  # the pipeline takes each embedding as a list, one (tokens, dim) tensor a prompt
     requires: tuple[str, ...] = ()  # modules the pipeline needs beyond the `dev` extra's core (ConsisID: cv2)
     caveat: str = ""  # a setting of the pipeline that caching does not support yet (shown in the family table)
+    # (module, attribute, value) set while the pipeline runs: a hard-coded size too slow for a test (Qwen-Image-Edit
+    # resizes its condition image to about 1024 x 1024)
+    call_patches: tuple[tuple[str, str, Any], ...] = ()
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -350,6 +353,16 @@ def _tiny_qwen3vl_text_processor():
 _FACE = torch.Generator().manual_seed(3)
 _CONSISID_FACE = dict(id_cond=torch.randn(1, 8, generator=_FACE),
                       id_vit_hidden=[torch.randn(1, 5, 8, generator=_FACE) for _ in range(2)])  # fmt: skip
+
+
+def _tiny_qwen_vae():
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                  temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                                  latents_std=[1.0] * 4).eval()  # fmt: skip
+
+
 _COGVIDEOX = dict(FAMILIES["cogvideox"].config, in_channels=8, num_layers=2)  # image latents on the channels
 
 # HiDream's Llama features: (layers, batch, tokens, dim), layer first (the batch-first `embeds` cannot say it)
@@ -668,6 +681,13 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(height=64, width=64), *_GUIDED,
         known_gaps=dict(cfg="its CFG calls carry no cache_context: CFG reuse cannot tell which one is unconditional"),
     ),
+    "qwen_image_edit": TinyFamily(
+        "QwenImageEditPipeline", "QwenImageTransformer2DModel", FAMILIES["qwenimage"].config, _TEXT,
+        dict(image=_tiny_image(64)), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
+        masks=("prompt_embeds_mask",), components=dict(vae=_tiny_qwen_vae),
+        call_patches=(("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit", "calculate_dimensions",
+                       lambda area, ratio: (64, 64, None)),),  # it resizes the condition image to ~1024 x 1024
+    ),
     "qwenimage21": TinyFamily(
         "QwenImage21Pipeline", "QwenImage21Transformer2DModel",
         dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
@@ -807,10 +827,31 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
             components.pop(name, None)
     components.update(extra)
     pipe = pipeline_cls(**components)
+    if spec.call_patches:
+        pipe.__class__ = _patched_calls(pipeline_cls, spec.call_patches)
     for name, value in spec.attributes.items():
         setattr(pipe, name, value)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _patched_calls(cls: type, patches: tuple) -> type:
+    """A subclass of pipeline class `cls` (same name) whose calls run with `patches` in place, restored after."""
+    import importlib
+
+    def __call__(self, *args, **kwargs):
+        saved = []
+        try:
+            for module, name, value in patches:
+                target = importlib.import_module(module)
+                saved.append((target, name, getattr(target, name)))
+                setattr(target, name, value)
+            return cls.__call__(self, *args, **kwargs)
+        finally:
+            for target, name, value in reversed(saved):
+                setattr(target, name, value)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
 def _component(spec: TinyFamily, value: Any, transformer_kwargs: dict) -> Any:

@@ -236,3 +236,25 @@ def test_qwenimage21_kv_cache_steps_change_the_token_count():
         out = cached_run()
         stats = dit_cache.stats(pipe)
     assert stats.compute_fraction < 0.9 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["cogvideox_i2v", "consisid"])
+def test_image_and_face_conditioning_reach_the_transformer(name):
+    """CogVideoX I2V's image latents (on the channels) and ConsisID's face features (cross-attended between blocks)
+    change the output, uncached and cached: the entries exercise the conditioning their adapters must carry."""
+    for module in MORE_FAMILIES[name].requires:
+        pytest.importorskip(module, reason=f"{name}: its pipeline needs {module}")
+    from dit_cache.testing import _tiny_image
+
+    pipe = tiny_pipeline(name)
+    if name == "consisid":
+        other = {"id_cond": -MORE_FAMILIES[name].size["id_cond"]}
+    else:
+        other = {"image": _tiny_image(64).transpose(0)}  # flipped left-right
+
+    def call(**overrides):
+        return pipe(**{**tiny_inputs(name, steps=STEPS), **overrides}).frames
+
+    assert not torch.equal(call(), call(**other)), f"{name}: the condition is ignored"
+    with dit_cache.cached(pipe, "fora", interval=2):
+        assert not torch.equal(call(), call(**other)), f"{name}: the condition is ignored when cached"

@@ -29,6 +29,8 @@ class FamilyRow:
     untested: tuple[str, ...] = ()
     profiles: tuple[str, ...] = ()
     refused: str = ""
+    without_pipeline: str = ""  # why the adapter is tested through a hand-written loop instead of its pipeline
+    caveat: str = ""  # a pipeline setting caching does not support yet
 
     def policy_summary(self) -> str:
         if self.refused:
@@ -51,16 +53,18 @@ def _shipped_specs() -> dict[str, str]:
 def catalog_rows() -> list[FamilyRow]:
     """Every shipped adapter's class (alphabetical), then every refused class."""
     from .eval.methods import user_policies
-    from .testing import ALL_FAMILIES
+    from .testing import ALL_FAMILIES, LOOP_FAMILIES
 
     policies = tuple(user_policies())
     rows = []
     for name, adapter in sorted(_shipped_specs().items()):
         tiny = [family for family in ALL_FAMILIES.values() if family.transformer == name]
+        loops = [family for family in LOOP_FAMILIES.values() if family.transformer == name]
         gaps: dict[str, str] = {}
         for family in tiny:
             gaps.update(family.known_gaps)
-        untested = ("cfg",) if tiny and not any(family.cfg for family in tiny) and "cfg" not in gaps else ()
+        tested = tiny + loops
+        untested = ("cfg",) if tested and not any(family.cfg for family in tested) and "cfg" not in gaps else ()
         rows.append(
             FamilyRow(
                 transformer=name,
@@ -70,6 +74,8 @@ def catalog_rows() -> list[FamilyRow]:
                 gaps={p: gaps[p] for p in policies if p in gaps},
                 untested=untested if "cfg" in policies else (),
                 profiles=tuple(profiles_of_class(name)),
+                without_pipeline="; ".join(family.why for family in loops),
+                caveat="; ".join(family.caveat for family in tiny if family.caveat),
             )
         )
     for name, reason in sorted(catalog.REFUSED.items()):
@@ -96,7 +102,8 @@ def markdown() -> str:
     supported = [row for row in rows if not row.refused]
     lines = [
         f"{len(supported)} transformer classes, each tested through the diffusers pipelines named (tiny random "
-        f"weights, `dit_cache.testing`); policies: {', '.join(f'`{p}`' for p in user_policies())}. "
+        "weights, `dit_cache.testing`), or where none can run here through a hand-written denoising loop; "
+        f"policies: {', '.join(f'`{p}`' for p in user_policies())}. "
         f"{' and '.join(f'`{p}`' for p in NEEDS_PROFILE)} need a profile: a built-in one that matches the model, "
         "or one recorded with `dit-cache calibrate`; `teacache` without one uses the identity rescaling. "
         f"{len(BUILTINS)} built-in profiles come from the published calibrations of their checkpoints.",
@@ -109,10 +116,11 @@ def markdown() -> str:
         if row.gaps:
             policies = "all but " + "; ".join(f"`{p}` ({why})" for p, why in row.gaps.items())
             policies += f" ({', '.join(row.untested)} untested)" if row.untested else ""
-        lines.append(
-            f"| {row.transformer} | {row.adapter} | {', '.join(row.pipelines) or '-'} | {policies} | "
-            f"{_profiles_cell(row, '`')} |"
-        )
+        policies += f", {row.caveat}" if row.caveat else ""
+        pipelines = ", ".join(row.pipelines) or "-"
+        if row.without_pipeline:
+            pipelines = f"adapter tested without its pipeline: {row.without_pipeline}"
+        lines.append(f"| {row.transformer} | {row.adapter} | {pipelines} | {policies} | {_profiles_cell(row, '`')} |")
     lines += ["", "Refused by `apply`, with the reason:", "", "| transformer class | reason |", "|---|---|"]
     lines += [f"| {row.transformer} | {row.refused} |" for row in rows if row.refused]
     lines += [
@@ -136,6 +144,13 @@ def text() -> str:
     gaps = [(row.transformer, p, why) for row in rows for p, why in row.gaps.items()]
     if gaps:
         lines += ["", "policy gaps:"] + [f"  {cls} {p}: {why}" for cls, p, why in gaps]
+    caveats = [(row.transformer, row.caveat) for row in rows if row.caveat]
+    if caveats:
+        lines += ["", "caveats:"] + [f"  {cls}: {caveat}" for cls, caveat in caveats]
+    loops = [(row.transformer, row.without_pipeline) for row in rows if row.without_pipeline]
+    if loops:
+        lines += ["", "tested through a hand-written loop, not their pipeline:"]
+        lines += [f"  {cls}: {why}" for cls, why in loops]
     lines += ["", "refused:"] + [f"  {row.transformer}: {row.refused}" for row in rows if row.refused]
     lines += ["", "published calibrations without a built-in profile:"]
     lines += [f"  {name} ({policy}, {cls}): {why}" for name, policy, cls, why in unmatched_rows()]

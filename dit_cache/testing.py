@@ -36,6 +36,11 @@ class TinyFamily:
     fill_zeros: bool = False  # the class zero-initialises its modulation (blocks start as identities): fill it
     attributes: dict = field(default_factory=dict)  # pipeline attributes to set after construction
     embeds_as_list: bool = False  # the pipeline takes each embedding as a list, one (tokens, dim) tensor a prompt
+    requires: tuple[str, ...] = ()  # modules the pipeline needs beyond the `dev` extra's core (ConsisID: cv2)
+    caveat: str = ""  # a setting of the pipeline that caching does not support yet (shown in the family table)
+    # (module, attribute, value) set while the pipeline runs: a hard-coded size too slow for a test (Qwen-Image-Edit
+    # resizes its condition image to about 1024 x 1024)
+    call_patches: tuple[tuple[str, str, Any], ...] = ()
 
     def make_transformer(self, layers: int | None = None, single_layers: int | None = None, **kw) -> torch.nn.Module:
         import diffusers
@@ -311,6 +316,54 @@ def _tiny_flux2_vae():
                               block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
                               norm_num_groups=4).eval()  # fmt: skip
 
+
+def _tiny_cogvideox_vae():
+    from diffusers import AutoencoderKLCogVideoX
+
+    return AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                  up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                  latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                                  temporal_compression_ratio=4).eval()  # fmt: skip
+
+
+class TextOnlyProcessor:
+    """What QwenImage21Pipeline reads of its Qwen3-VL processor when prompts come as `prompt_embeds`: the chat
+    template (its constructor counts the system prompt's tokens) and the tokenizer (the image-pad token id). A real
+    Qwen3VLProcessor cannot be built here: its video processor needs torchvision, which has no CPU wheel on PyPI."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def apply_chat_template(self, conversation, **kwargs):  # a processor's template takes a batch
+        return self.tokenizer.apply_chat_template([conversation], **kwargs)
+
+
+def _tiny_qwen3vl_text_processor():
+    tokenizer = word_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|image_pad|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{{ c['text'] }}{% endfor %}"
+        "<|im_end|>\n{% endfor %}"
+    )
+    return TextOnlyProcessor(tokenizer)
+
+
+# ConsisID's face features (what its insightface / EVA-CLIP helpers compute): an identity vector and one ViT
+# feature map per scale of the tiny LocalFacialExtractor
+_FACE = torch.Generator().manual_seed(3)
+_CONSISID_FACE = dict(id_cond=torch.randn(1, 8, generator=_FACE),
+                      id_vit_hidden=[torch.randn(1, 5, 8, generator=_FACE) for _ in range(2)])  # fmt: skip
+
+
+def _tiny_qwen_vae():
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                  temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                                  latents_std=[1.0] * 4).eval()  # fmt: skip
+
+
+_COGVIDEOX = dict(FAMILIES["cogvideox"].config, in_channels=8, num_layers=2)  # image latents on the channels
 
 # HiDream's Llama features: (layers, batch, tokens, dim), layer first (the batch-first `embeds` cannot say it)
 _LLAMA = torch.randn(2, 3, 1, TEXT_TOKENS, 16, generator=torch.Generator().manual_seed(0))
@@ -602,6 +655,48 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         components=dict(text_encoder=_tiny_qwen25vl, tokenizer=lambda: word_tokenizer(), vae=lambda: _tiny_vae()),
         attributes=dict(tokenizer_max_length=TEXT_TOKENS),  # its pipeline cannot take prompt_embeds (0.42.1)
     ),
+    "cogvideox_i2v": TinyFamily(
+        "CogVideoXImageToVideoPipeline", "CogVideoXTransformer3DModel", _COGVIDEOX, _TEXT,
+        dict(image=_tiny_image(64), height=64, width=64, num_frames=5, max_sequence_length=TEXT_TOKENS), *_GUIDED,
+        scheduler="CogVideoXDDIMScheduler", scheduler_kwargs={"timestep_spacing": "trailing"},
+        components=dict(vae=_tiny_cogvideox_vae),
+    ),
+    "consisid": TinyFamily(
+        "ConsisIDPipeline", "ConsisIDTransformer3DModel",
+        dict(_COGVIDEOX, num_attention_heads=3, is_train_face=True, cross_attn_interval=1, cross_attn_dim_head=8,
+             cross_attn_num_heads=2, LFE_id_dim=8, LFE_vit_dim=8, LFE_depth=2, LFE_dim_head=8, LFE_num_heads=2,
+             LFE_num_id_token=2, LFE_num_querie=4, LFE_output_dim=32, LFE_ff_mult=1, LFE_num_scale=2,
+             use_rotary_positional_embeddings=True),  # 3 heads: its face cross-attention reads 2/3 of the width
+        _TEXT, dict(image=_tiny_image(64), height=64, width=64, num_frames=5, max_sequence_length=TEXT_TOKENS,
+                    **_CONSISID_FACE),
+        *_GUIDED, scheduler="CogVideoXDPMScheduler", scheduler_kwargs={"timestep_spacing": "trailing"},
+        components=dict(vae=_tiny_cogvideox_vae), requires=("cv2",),
+    ),
+    "bria_fibo2": TinyFamily(
+        "BriaFibo2Pipeline", "BriaFibo2Transformer2DModel",
+        dict(in_channels=4, patch_size=2, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, cap_feat_dim=TEXT_DIM,
+             injection_layer_ids=(1,), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8,
+             gist_step=4, gist_min_text_len=8, gist_max_text_len=16, axes_dims=(4, 6, 6), axes_lens=(64, 32, 32)),
+        {"prompt_embeds": (2, TEXT_TOKENS, TEXT_DIM)},  # the Perceiver's bundle, then one per injection block
+        dict(height=64, width=64), *_GUIDED,
+        known_gaps=dict(cfg="its CFG calls carry no cache_context: CFG reuse cannot tell which one is unconditional"),
+    ),
+    "qwen_image_edit": TinyFamily(
+        "QwenImageEditPipeline", "QwenImageTransformer2DModel", FAMILIES["qwenimage"].config, _TEXT,
+        dict(image=_tiny_image(64)), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
+        masks=("prompt_embeds_mask",), components=dict(vae=_tiny_qwen_vae),
+        call_patches=(("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit", "calculate_dimensions",
+                       lambda area, ratio: (64, 64, None)),),  # it resizes the condition image to ~1024 x 1024
+    ),
+    "qwenimage21": TinyFamily(
+        "QwenImage21Pipeline", "QwenImage21Transformer2DModel",
+        dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+             context_in_dim=TEXT_DIM, mlp_ratio=2, axes_dims_rope=(4, 6, 6)),
+        _TEXT, dict(height=64, width=64, use_kv_cache=False), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
+        masks=("prompt_embeds_mask",), components=dict(processor=_tiny_qwen3vl_text_processor),
+        caveat="only with use_kv_cache=False: its KV cache runs step 0 on the whole sequence and later steps on the "
+        "target tokens, which the kept features do not follow yet",
+    ),
     "z_image": TinyFamily(
         "ZImagePipeline", "ZImageTransformer2DModel",
         dict(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_DIM,
@@ -621,6 +716,95 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
 }  # fmt: skip
 
 ALL_FAMILIES: dict[str, TinyFamily] = {**FAMILIES, **MORE_FAMILIES}
+
+
+# ---------------------------------------------------------------------------------------------- without a pipeline
+@dataclass(frozen=True)
+class LoopFamily:
+    """A transformer whose pipeline cannot run here (`why`), tested through `loop_run`: a hand-written
+    flow-matching Euler loop that calls it the way its pipeline would."""
+
+    transformer: str
+    config: dict
+    latent_shape: tuple  # (batch 1, ...) as the transformer takes `hidden_states`
+    why: str
+    conditioning: Any  # generator -> the call's other keyword arguments
+    timestep_scale: float = 1.0  # the transformer gets the scheduler's timestep divided by this
+    cfg: bool = False  # batch [cond, uncond] in one call and guide with scale 3 (OmniGen's pipeline)
+
+    def make_transformer(self) -> torch.nn.Module:
+        import diffusers
+
+        return getattr(diffusers, self.transformer)(**self.config).eval()
+
+
+def _positions(frame: int, height: int, width: int, text: int = 0) -> torch.Tensor:
+    """(h * w, 4) FLUX.2/3-style (t, h, w, l) ids of one image, or (text, 4) ids of text tokens."""
+    if text:
+        return torch.cat([torch.zeros(text, 3, dtype=torch.long), torch.arange(text)[:, None]], dim=1)
+    grid = torch.stack(torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij"), dim=-1)
+    column = torch.full((height * width, 1), frame)
+    return torch.cat([column, grid.reshape(-1, 2), torch.zeros_like(column)], dim=1)
+
+
+def _flux3_conditioning(g: torch.Generator) -> dict:
+    return dict(
+        encoder_hidden_states=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
+        img_ids=_positions(0, 4, 4),
+        txt_ids=_positions(0, 0, 0, text=TEXT_TOKENS),
+        image_cond_hidden_states=torch.randn(1, 4, 16, generator=g),  # one 2 x 2 reference image
+        image_cond_ids=_positions(1, 2, 2),
+    )
+
+
+def _omnigen_conditioning(g: torch.Generator) -> dict:
+    tokens = 1 + 4 + 16  # text tokens, the time token, 4 x 4 image patches
+    return dict(
+        input_ids=torch.randint(1, 64, (2, 4), generator=g),  # [cond, uncond] prompts
+        input_img_latents=[],
+        input_image_sizes={},
+        attention_mask=torch.ones(2, tokens, tokens),
+        position_ids=torch.arange(tokens).expand(2, tokens),
+    )
+
+
+LOOP_FAMILIES: dict[str, LoopFamily] = {
+    "flux3": LoopFamily(
+        "Flux3Transformer2DModel",
+        dict(in_channels=16, cond_in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+             num_attention_heads=2, joint_attention_dim=TEXT_DIM, timestep_channels=32, mlp_ratio=2.0,
+             axes_dims_rope=(4, 4, 4, 4)),
+        (1, 16, 16), "no FLUX.3 pipeline in diffusers 0.42.1", _flux3_conditioning, timestep_scale=1000.0,
+    ),
+    "omnigen": LoopFamily(
+        "OmniGenTransformer2DModel",
+        dict(in_channels=4, patch_size=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+             intermediate_size=64, num_layers=2, pad_token_id=0, vocab_size=64, max_position_embeddings=256,
+             original_max_position_embeddings=128, rope_scaling={"short_factor": [1.0] * 8, "long_factor": [1.0] * 8},
+             pos_embed_max_size=16, time_step_dim=32),
+        (1, 4, 8, 8), "OmniGenPipeline's multimodal processor needs torchvision (no CPU wheel on PyPI)",
+        _omnigen_conditioning, cfg=True,
+    ),
+}  # fmt: skip
+
+
+def loop_run(transformer: torch.nn.Module, family: str, scheduler: Any, steps: int = 4, seed: int = 0) -> torch.Tensor:
+    """Denoise `LOOP_FAMILIES[family]`'s latents with `scheduler` (a FlowMatchEulerDiscreteScheduler), calling
+    `transformer` once per step as its pipeline would; returns the final latents."""
+    spec = LOOP_FAMILIES[family]
+    g = torch.Generator().manual_seed(seed)
+    conditioning = spec.conditioning(g)
+    latents = torch.randn(spec.latent_shape, generator=g)
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        batch = torch.cat([latents, latents]) if spec.cfg else latents
+        timestep = (t / spec.timestep_scale).expand(batch.shape[0])
+        out = transformer(hidden_states=batch, timestep=timestep, return_dict=False, **conditioning)[0]
+        if spec.cfg:
+            cond, uncond = out.chunk(2)
+            out = uncond + 3.0 * (cond - uncond)
+        latents = scheduler.step(out, t, latents, return_dict=False)[0]
+    return latents
 
 
 def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
@@ -643,10 +827,31 @@ def tiny_pipeline(family: str, seed: int = 0, **transformer_kwargs: Any):
             components.pop(name, None)
     components.update(extra)
     pipe = pipeline_cls(**components)
+    if spec.call_patches:
+        pipe.__class__ = _patched_calls(pipeline_cls, spec.call_patches)
     for name, value in spec.attributes.items():
         setattr(pipe, name, value)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _patched_calls(cls: type, patches: tuple) -> type:
+    """A subclass of pipeline class `cls` (same name) whose calls run with `patches` in place, restored after."""
+    import importlib
+
+    def __call__(self, *args, **kwargs):
+        saved = []
+        try:
+            for module, name, value in patches:
+                target = importlib.import_module(module)
+                saved.append((target, name, getattr(target, name)))
+                setattr(target, name, value)
+            return cls.__call__(self, *args, **kwargs)
+        finally:
+            for target, name, value in reversed(saved):
+                setattr(target, name, value)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
 def _component(spec: TinyFamily, value: Any, transformer_kwargs: dict) -> Any:

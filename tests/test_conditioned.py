@@ -11,7 +11,7 @@ pipeline, and ToCa never drops the conditioning tokens.
    tokens (or text tokens of a single-stream block), and it is a spread x spread square of one image.
 (The shared checks of every family, compute cut and finite output included, are in test_families.py.)
 Qwen-Image-Edit resizes its condition image to about 1024 x 1024 (`calculate_dimensions(1024 * 1024, ratio)`), too
-slow for a test: it is not a `MORE_FAMILIES` entry, and here that function is patched to 64 x 64."""
+slow for a test: its `MORE_FAMILIES` entry patches that function to 64 x 64 while the pipeline runs."""
 
 from types import SimpleNamespace
 
@@ -32,45 +32,16 @@ CONDITIONED = ("flux_kontext", "flux2_edit", QWEN_EDIT, "wan_i2v", "chronoedit")
 GENERATED = {"flux_kontext": 64, QWEN_EDIT: 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def small_qwen_edit():
-    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit as module
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "calculate_dimensions", lambda area, ratio: (64, 64, None))
-        yield
-
-
-def _qwen_edit_pipeline():
-    import diffusers
-
-    from dit_cache.testing import FAMILIES
-
-    torch.manual_seed(0)
-    transformer = FAMILIES["qwenimage"].make_transformer().eval()
-    vae = diffusers.AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
-                                           latents_std=[1.0] * 4).eval()  # fmt: skip
-    pipe = diffusers.QwenImageEditPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae,
-                                           text_encoder=None, tokenizer=None, processor=None, transformer=transformer)  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _pipeline(name: str):
-    return _qwen_edit_pipeline() if name == QWEN_EDIT else tiny_pipeline(name)
+    return tiny_pipeline(name)
 
 
 def _inputs(name: str, steps: int = STEPS) -> dict:
-    if name != QWEN_EDIT:
-        return tiny_inputs(name, cfg=MORE_FAMILIES[name].cfg, steps=steps)
-    kw = tiny_inputs("qwenimage", cfg=True, steps=steps)  # true CFG, named by cache_context
-    del kw["height"], kw["width"]
-    return {**kw, "image": _tiny_image(64)}
+    return tiny_inputs(name, cfg=MORE_FAMILIES[name].cfg, steps=steps)  # Qwen-Image-Edit: true CFG, named
 
 
 def _image_kwarg(name: str, image) -> dict:
-    given = None if name == QWEN_EDIT else MORE_FAMILIES[name].size["image"]
+    given = MORE_FAMILIES[name].size["image"]
     return {"image": [image] * len(given) if isinstance(given, list) else image}
 
 
@@ -80,7 +51,7 @@ def _call(pipe, name: str, **overrides) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module", params=CONDITIONED)
-def family(request, small_qwen_edit):
+def family(request):
     """(name, pipeline, uncached output, the transformer's first call kwargs)."""
     name = request.param
     pipe = _pipeline(name)

@@ -1,12 +1,8 @@
 """CogVideoX (CogVideoXTransformer3DModel): `transformer_blocks` returning (hidden, encoder); the pipeline batches
 CFG as [uncond, cond] under one cache_context("cond_uncond"). TeaCache's indicator is the time embedding."""
 
-from .spec import BlockGroup, ModelSpec, temb_indicator
+from .spec import double_single, temb_indicator
 
-SPEC = ModelSpec(
-    name="cogvideox",
-    class_names=("CogVideoXTransformer3DModel",),
-    groups=(BlockGroup("transformer_blocks", hidden_index=0, encoder_index=1, attention=("attn1",), mlp=("ff",)),),
-    indicator=temb_indicator("temb"),
-    indicator_doc="the time embedding `emb` passed to every block",
-)
+SPEC = double_single("cogvideox", ("CogVideoXTransformer3DModel",), "expert-adaLN joint blocks", hidden_index=0,
+                     encoder_index=1, attention=("attn1",), mlp=("ff",), indicator=temb_indicator("temb"),
+                     indicator_doc="the time embedding `emb` passed to every block")  # fmt: skip

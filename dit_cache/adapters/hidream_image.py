@@ -3,14 +3,9 @@ get a new Llama layer spliced into the text stream each; the single-stream block
 that block's Llama layer appended (removed after it), one layout from block to block, so they are the cached
 segment (two thirds of the layers); the dual-stream blocks always run. Attention `attn1`, (MoE) MLP `ff_i`."""
 
-from .spec import BlockGroup, ModelSpec, temb_indicator
+from .spec import dit_like
 
-SPEC = ModelSpec(
-    name="hidream_image",
-    class_names=("HiDreamImageTransformer2DModel",),
-    groups=(BlockGroup("single_stream_blocks.*.block", hidden_index=None, attention=("attn1",), mlp=("ff_i",)),),
-    indicator=temb_indicator("temb"),
-    indicator_doc="the timestep + pooled-text embedding `temb`",
-    timestep_arg="timesteps",
-    notes="single-stream blocks only: the dual-stream blocks run uncached",
-)
+SPEC = dit_like("hidream_image", ("HiDreamImageTransformer2DModel",),
+                "single-stream blocks only: the dual-stream blocks run uncached", attr="single_stream_blocks.*.block",
+                attention=("attn1",), cross_attention=(), mlp=("ff_i",),
+                indicator_doc="the timestep + pooled-text embedding `temb`", timestep_arg="timesteps")  # fmt: skip

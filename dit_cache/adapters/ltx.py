@@ -4,7 +4,7 @@ cross-attention `attn2`, MLP `ff`; CFG batched as [uncond, cond]."""
 import torch
 from torch import nn
 
-from .spec import BlockCall, BlockGroup, ModelSpec
+from .spec import BlockCall, dit_like
 
 
 def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
@@ -15,14 +15,5 @@ def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
     return block.norm1(hidden) * (1 + scale) + shift
 
 
-SPEC = ModelSpec(
-    name="ltx",
-    class_names=("LTXVideoTransformer3DModel",),
-    groups=(
-        BlockGroup(
-            "transformer_blocks", hidden_index=None, attention=("attn1",), cross_attention=("attn2",), mlp=("ff",)
-        ),
-    ),
-    indicator=_modulated_input,
-    indicator_doc="transformer_blocks[0].norm1(hidden) modulated by scale_shift_table + temb",
-)
+SPEC = dit_like("ltx", ("LTXVideoTransformer3DModel",), "DiT blocks with cross-attention", indicator=_modulated_input,
+                indicator_doc="transformer_blocks[0].norm1(hidden) modulated by scale_shift_table + temb")  # fmt: skip

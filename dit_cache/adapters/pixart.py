@@ -2,16 +2,7 @@
 self-attention `attn1`, cross-attention `attn2` and MLP `ff`; they receive the adaLN-single timestep embedding as
 `timestep`. CFG batched as [uncond, cond], no cache_context."""
 
-from .spec import BlockGroup, ModelSpec, temb_indicator
+from .spec import dit_like
 
-SPEC = ModelSpec(
-    name="pixart",
-    class_names=("PixArtTransformer2DModel",),
-    groups=(
-        BlockGroup(
-            "transformer_blocks", hidden_index=None, attention=("attn1",), cross_attention=("attn2",), mlp=("ff",)
-        ),
-    ),
-    indicator=temb_indicator("timestep"),
-    indicator_doc="the adaLN-single timestep embedding passed to every block as `timestep`",
-)
+SPEC = dit_like("pixart", ("PixArtTransformer2DModel",), "DiT blocks with cross-attention", temb="timestep",
+                indicator_doc="the adaLN-single timestep embedding passed to every block as `timestep`")  # fmt: skip

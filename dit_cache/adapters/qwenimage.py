@@ -4,7 +4,7 @@ attention `attn` and MLPs `img_mlp` / `txt_mlp`. The pipeline passes the timeste
 import torch
 from torch import nn
 
-from .spec import BlockCall, BlockGroup, ModelSpec
+from .spec import BlockCall, double_single
 
 
 def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
@@ -12,11 +12,7 @@ def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
     return block._modulate(block.img_norm1(call.hidden), img_mod1)[0]
 
 
-SPEC = ModelSpec(
-    name="qwenimage",
-    class_names=("QwenImageTransformer2DModel",),
-    groups=(BlockGroup("transformer_blocks", hidden_index=1, encoder_index=0, mlp=("img_mlp", "txt_mlp")),),
-    indicator=_modulated_input,
-    indicator_doc="transformer_blocks[0] image stream after img_norm1, modulated by img_mod(temb)",
-    timestep_scale=1000.0,
-)
+SPEC = double_single("qwenimage", ("QwenImageTransformer2DModel",), "dual-stream MMDiT blocks", hidden_index=1,
+                     encoder_index=0, mlp=("img_mlp", "txt_mlp"), indicator=_modulated_input,
+                     indicator_doc="transformer_blocks[0] image stream after img_norm1, modulated by img_mod(temb)",
+                     timestep_scale=1000.0)  # fmt: skip

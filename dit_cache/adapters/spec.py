@@ -227,7 +227,13 @@ def wan_like(name: str, class_names: tuple[str, ...], doc: str, **kw: Any) -> Mo
     `attn2`, MLP `ffn`; TeaCache's indicator is the projected timestep embedding the blocks get as `temb`."""
     group = BlockGroup("blocks", hidden_index=None, attention=("attn1",), cross_attention=("attn2",), mlp=("ffn",))
     return ModelSpec(
-        name, class_names, (group,), temb_indicator("temb"), "the projected timestep embedding `temb`", notes=doc, **kw
+        name,
+        class_names,
+        (group,),
+        temb_indicator("temb"),
+        "the projected timestep embedding `temb` (TeaCache's e0)",
+        notes=doc,
+        **kw,
     )
 
 

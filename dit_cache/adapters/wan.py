@@ -2,12 +2,6 @@
 cross-attention `attn2`, MLP `ffn`. TeaCache's indicator is the projected timestep embedding the blocks receive
 (`temb`, TeaCache's `e0`), which matches the published `@ret_steps` polynomials."""
 
-from .spec import BlockGroup, ModelSpec, temb_indicator
+from .spec import wan_like
 
-SPEC = ModelSpec(
-    name="wan",
-    class_names=("WanTransformer3DModel",),
-    groups=(BlockGroup("blocks", hidden_index=None, attention=("attn1",), cross_attention=("attn2",), mlp=("ffn",)),),
-    indicator=temb_indicator("temb"),
-    indicator_doc="the projected timestep embedding passed to every block (timestep_proj, TeaCache's e0)",
-)
+SPEC = wan_like("wan", ("WanTransformer3DModel",), "Wan blocks")

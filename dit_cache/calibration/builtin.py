@@ -116,6 +116,11 @@ BUILTINS: dict[str, Builtin] = {
         "CogVideoXTransformer3DModel", {**_COG5B, "in_channels": 32, "patch_size_t": 2}, "THUDM/CogVideoX1.5-5B-I2V",
         teacache="cogvideox1.5-5b-i2v",
     ),
+    # TeaCache4ConsisID uses CogVideoX-5B's polynomial on the same indicator (the time embedding the blocks get)
+    "consisid": Builtin(
+        "ConsisIDTransformer3DModel", {**_COG5B, "in_channels": 32}, "BestWishYsh/ConsisID-preview",
+        teacache="cogvideox-5b",
+    ),
     "ltx-video": Builtin(
         "LTXVideoTransformer3DModel", {"num_layers": 28, "num_attention_heads": 32}, "Lightricks/LTX-Video",
         teacache="ltx-video",
@@ -146,12 +151,6 @@ UNMATCHED: dict[str, tuple[str, str, str]] = {
         "LuminaNextDiT2DModel",
         "no adapter: LuminaPipeline (Lumina-Next-SFT) has no tiny entry to test one with, and it passes the timestep "
         "as 1 - t / 1000 (as Lumina 2 does), so its adapter needs a timestep map to locate the step",
-    ),
-    "consisid": (
-        "teacache",
-        "ConsisIDTransformer3DModel",
-        "no adapter (CogVideoX-5B's polynomial, published also for ConsisID): ConsisIDPipeline needs OpenCV, so no "
-        "tiny pipeline tests it here (docs/adapters.md, 'Not covered yet')",
     ),
 }
 

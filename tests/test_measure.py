@@ -83,6 +83,8 @@ def test_timer_on_cpu_times_the_transformer_calls_inside_the_wall_time(monkeypat
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: synced.append(a))
     pipe = _pipe()
     assert pipeline_device(pipe) == torch.device("cpu")
+    offloaded = SimpleNamespace(_execution_device=torch.device("cuda", 0), **vars(pipe))  # weights on the CPU
+    assert pipeline_device(offloaded) == torch.device("cuda", 0)
     with TransformerTimer(pipe) as timer:
         for _ in range(3):
             pipe.components["transformer"](torch.zeros(1))

@@ -23,7 +23,14 @@ def transformers(pipe) -> list[torch.nn.Module]:
 
 
 def pipeline_device(pipe) -> torch.device:
-    """The device of the pipeline's first transformer's parameters (CPU when it has none)."""
+    """The device the pipeline computes on: diffusers' `_execution_device` (right under CPU offloading, where the
+    weights wait on the CPU), else the first transformer parameter's device, else the CPU."""
+    try:
+        device = getattr(pipe, "_execution_device", None)
+    except Exception:  # a pipeline whose components cannot say; fall back to the parameters
+        device = None
+    if device is not None:
+        return torch.device(device)
     for module in transformers(pipe):
         for parameter in module.parameters():
             return parameter.device

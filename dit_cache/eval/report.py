@@ -32,11 +32,11 @@ DEFINITIONS = {
     "mean over the timed samples",
     "transformer_seconds": "median time spent inside the transformer's calls in seconds (the part caching can "
     "shorten); on CUDA each clock read waits for the device",
-    "speedup": "uncached seconds / method seconds, the two timed alternately run by run on the same sample (ratio "
-    "of medians, mean over timed samples)",
+    "speedup": "uncached seconds / method seconds, the two timed alternately run by run on the same sample: the "
+    "median over every timed run pair (results without per-run times: the ratio of the medians)",
     "speedup_range": "lowest - highest speedup of a single run pair (uncached run i over cached run i): the "
     "run-to-run spread",
-    "transformer_speedup": "the same ratio for transformer_seconds",
+    "transformer_speedup": "the same for transformer_seconds",
     "efficiency": "speedup x compute_fraction: 1 when the wall time falls as fast as the work, below 1 when hooks, "
     "decisions and copies eat part of the savings",
     "transformer_efficiency": "transformer_speedup x compute_fraction",
@@ -89,11 +89,11 @@ def summarize(rows: list[dict]) -> list[dict]:
                           "skipped": first["skipped"]})  # fmt: skip
             continue
         fraction = _mean(r["compute_fraction"] for r in items)
-        speedup = _ratio(reference, items, "seconds")
-        inside = _ratio(reference, items, "transformer_seconds")
+        pairs, inside_pairs = _run_ratios(items, "seconds"), _run_ratios(items, "transformer_seconds")
+        speedup = float(np.median(pairs)) if pairs else _ratio(reference, items, "seconds")
+        inside = float(np.median(inside_pairs)) if inside_pairs else _ratio(reference, items, "transformer_seconds")
         psnr, identical = _finite_mean(r["psnr"] for r in items)
         temporal, _ = _finite_mean(r.get("temporal_psnr") for r in items)
-        pairs = _run_ratios(items)
         lines.append(
             {
                 "method": key, "family": first["family"], "name": first["name"], "target": first["target"],
@@ -128,11 +128,12 @@ def reference_line(rows: list[dict]) -> dict | None:
     }  # fmt: skip
 
 
-def _run_ratios(items: list[dict]) -> list[float]:
-    """Every timed run pair's speedup (uncached run i / cached run i, timed back to back) over the method's rows."""
+def _run_ratios(items: list[dict], key: str) -> list[float]:
+    """Every timed run pair's speedup over the method's rows: uncached run i / cached run i of `key` (seconds or
+    transformer_seconds), the two timed back to back."""
     ratios = []
     for r in items:
-        for u, c in zip(r.get("uncached_seconds_runs") or (), r.get("seconds_runs") or ()):
+        for u, c in zip(r.get(f"uncached_{key}_runs") or (), r.get(f"{key}_runs") or ()):
             if u and c:
                 ratios.append(u / c)
     return ratios
@@ -164,7 +165,13 @@ def _number(value) -> str:
     return str(value)
 
 
+def _target(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def _cell(line: dict, column: str) -> str:
+    if column == "target":
+        return _target(line.get("target"))
     if line["family"] == "reference":
         if column == "psnr":
             return "reference"
@@ -185,7 +192,7 @@ def markdown_table(lines: list[dict], reference: dict | None = None) -> str:
     rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for line in ([reference] if reference else []) + lines:
         if "skipped" in line:
-            rows.append(f"| {line['method']} | {_number(line['target'])} | skipped: {line['skipped']} |")
+            rows.append(f"| {line['method']} | {_target(line['target'])} | skipped: {line['skipped']} |")
             continue
         rows.append("| " + " | ".join(_cell(line, c) for c in COLUMNS) + " |")
     return "\n".join(rows)
@@ -231,8 +238,8 @@ def pareto_figure(lines: list[dict], title: str):
         if _plotted(line):
             groups[line["name"]].append(line)
     styles = method_styles(list(groups))
-    colors = matplotlib.colormaps["tab20"].colors
-    fig, (quality, speed) = plt.subplots(1, 2, figsize=(12, 5.4), dpi=100)
+    colors = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
+    fig, (quality, speed) = plt.subplots(1, 2, figsize=(12, 5.4), dpi=100, sharex=True)
     fractions = [x["compute_fraction"] for items in groups.values() for x in items]
     timed = spread = False
     for i, (name, items) in enumerate(sorted(groups.items())):
@@ -435,7 +442,7 @@ def _html_table(lines: list[dict], reference: dict | None) -> str:
     rows = []
     for line in ([reference] if reference else []) + lines:
         if "skipped" in line:
-            rows.append(f"<tr class='skipped'><td>{html.escape(line['method'])}</td><td>{_number(line['target'])}</td>"
+            rows.append(f"<tr class='skipped'><td>{html.escape(line['method'])}</td><td>{_target(line['target'])}</td>"
                         f"<td colspan='{len(COLUMNS) - 2}' style='text-align:left'>skipped: "
                         f"{html.escape(line['skipped'])}</td></tr>")  # fmt: skip
             continue

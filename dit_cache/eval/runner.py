@@ -369,6 +369,7 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         "compute_fraction": fraction, **asdict(timing), **quality,
         "uncached_seconds": uncached.seconds, "uncached_transformer_seconds": uncached.transformer_seconds,
         "uncached_seconds_runs": uncached.seconds_runs,
+        "uncached_transformer_seconds_runs": uncached.transformer_seconds_runs,
     }  # fmt: skip
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason

@@ -18,9 +18,9 @@ import numpy as np
 from .runner import RESULTS, _file_key, check_output_dir, read_rows
 
 PSNR_CAP = 100.0  # the summary's PSNR when every sample is identical to the uncached output (infinite PSNR)
-COLUMNS = ("method", "target", "compute_fraction", "off_target", "seconds", "transformer_seconds", "speedup",
-           "speedup_range", "transformer_speedup", "efficiency", "transformer_efficiency", "psnr", "ssim", "lpips",
-           "temporal_psnr", "peak_memory_mb", "samples")  # fmt: skip
+COLUMNS = ("method", "target", "compute_fraction", "off_target", "seconds", "uncached_seconds", "speedup",
+           "speedup_range", "transformer_seconds", "transformer_speedup", "efficiency", "transformer_efficiency", "psnr",
+           "ssim", "lpips", "temporal_psnr", "peak_memory_mb", "samples")  # fmt: skip
 DEFINITIONS = {
     "method": "dit_cache policy (or peer:NAME, a peer library's cache) @ its speedup target; uncached is the "
     "reference every other row is measured against",
@@ -28,14 +28,16 @@ DEFINITIONS = {
     "compute_fraction": "fraction of the transformer's block work actually run (attention and MLP calls, as "
     "dit_cache.stats counts them), mean over samples; 1 for the uncached pipeline",
     "off_target": "whether a sample's compute fraction landed more than 0.05 from 1 / target (yes (k/n): k of n)",
-    "seconds": "median wall time of one pipeline call in seconds (text encoding, denoising, decoding), "
-    "mean over the timed samples",
+    "seconds": "median wall time of one pipeline call in seconds (text encoding, denoising, decoding), mean over "
+    "the timed samples; for uncached, the median of every uncached run timed beside a method",
+    "uncached_seconds": "median wall time of the uncached call in the runs timed alternately with this method's "
+    "(the load the method saw; mean over the timed samples)",
     "transformer_seconds": "median time spent inside the transformer's calls in seconds (the part caching can "
     "shorten); on CUDA each clock read waits for the device",
     "speedup": "uncached seconds / method seconds, the two timed alternately run by run on the same sample: the "
     "median over every timed run pair (results without per-run times: the ratio of the medians)",
-    "speedup_range": "lowest - highest speedup of a single run pair (uncached run i over cached run i): the "
-    "run-to-run spread",
+    "speedup_range": "lowest - highest speedup of a single run pair (uncached run i over cached run i) over every "
+    "timed run of every timed sample: the run-to-run spread",
     "transformer_speedup": "the same for transformer_seconds",
     "efficiency": "speedup x compute_fraction: 1 when the wall time falls as fast as the work, below 1 when hooks, "
     "decisions and copies eat part of the savings",
@@ -43,8 +45,9 @@ DEFINITIONS = {
     "psnr": "PSNR in dB of the decoded output against the uncached output of the same prompt and seed, mean over "
     "the samples that differ from it; 'identical' when every sample is bit-identical (infinite PSNR)",
     "ssim": "structural similarity against the uncached output (1 = identical), mean over samples",
-    "lpips": "LPIPS (AlexNet) distance against the uncached output; '-' when unavailable (reason below the table)",
-    "temporal_psnr": "videos: PSNR between the frame-to-frame differences of the two videos (does it move alike)",
+    "lpips": "LPIPS (AlexNet) distance against the uncached output (the column is left out where LPIPS is "
+    "unavailable; the reason is under the table)",
+    "temporal_psnr": "videos only: PSNR between the frame-to-frame differences of the two videos (does it move alike)",
     "peak_memory_mb": "peak memory of one timed call in MiB, absolute (see the memory line above the table for how "
     "it was measured)",
     "samples": "prompts (with their seeds) scored",
@@ -99,6 +102,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "method": key, "family": first["family"], "name": first["name"], "target": first["target"],
                 "compute_fraction": fraction, "off_target": _off_target(items),
                 "seconds": _mean(r.get("seconds") for r in items),
+                "uncached_seconds": _mean(r.get("uncached_seconds") for r in items),
                 "transformer_seconds": _mean(r.get("transformer_seconds") for r in items),
                 "speedup": speedup, "transformer_speedup": inside,
                 "speedup_low": min(pairs) if pairs else None, "speedup_high": max(pairs) if pairs else None,
@@ -116,16 +120,18 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def reference_line(rows: list[dict]) -> dict | None:
-    """The uncached pipeline's line: absolute times and memory from its own timed samples."""
+    """The uncached pipeline's line. Its times are the medians of every uncached run timed beside a method (the
+    runs each speedup divides, so a row's seconds and speedup agree with this line's), else of its own timed runs;
+    its peak memory is from its own calls."""
     items = [r for r in rows if r["method"] == "uncached"]
     if not items:
         return None
-    return {
-        "method": "uncached", "family": "reference", "name": "uncached", "target": None, "compute_fraction": 1.0,
-        "seconds": _mean(r.get("seconds") for r in items),
-        "transformer_seconds": _mean(r.get("transformer_seconds") for r in items),
-        "peak_memory_mb": _mean(r.get("peak_memory_mb") for r in items), "samples": len(items),
-    }  # fmt: skip
+    line = {"method": "uncached", "family": "reference", "name": "uncached", "target": None, "compute_fraction": 1.0,
+            "peak_memory_mb": _mean(r.get("peak_memory_mb") for r in items), "samples": len(items)}  # fmt: skip
+    for key in ("seconds", "transformer_seconds"):
+        beside = [t for r in rows if r["method"] != "uncached" for t in r.get(f"uncached_{key}_runs") or () if t]
+        line[key] = float(np.median(beside)) if beside else _mean(r.get(key) for r in items)
+    return line
 
 
 def _run_ratios(items: list[dict], key: str) -> list[float]:
@@ -184,17 +190,24 @@ def _cell(line: dict, column: str) -> str:
     if column == "speedup_range":
         if line.get("speedup_low") is None:
             return "-"
-        return f"{line['speedup_low']:.2f} - {line['speedup_high']:.2f} ({line['timed_pairs']} runs)"
+        return f"{line['speedup_low']:.2f} - {line['speedup_high']:.2f}"
     return _number(line.get(column))
 
 
+def shown_columns(lines: list[dict]) -> list[str]:
+    """COLUMNS less those empty on every line (LPIPS where it is unavailable, temporal PSNR for images)."""
+    measured = [x for x in lines if "skipped" not in x and x["family"] != "reference"]
+    return [c for c in COLUMNS if c in ("method", "target") or any(_cell(x, c) != "-" for x in measured)]
+
+
 def markdown_table(lines: list[dict], reference: dict | None = None) -> str:
-    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    columns = shown_columns(lines)
+    rows = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for line in ([reference] if reference else []) + lines:
         if "skipped" in line:
             rows.append(f"| {line['method']} | {_target(line['target'])} | skipped: {line['skipped']} |")
             continue
-        rows.append("| " + " | ".join(_cell(line, c) for c in COLUMNS) + " |")
+        rows.append("| " + " | ".join(_cell(line, c) for c in columns) + " |")
     return "\n".join(rows)
 
 
@@ -265,7 +278,7 @@ def pareto_figure(lines: list[dict], title: str):
     quality.set_title("quality: each method's Pareto frontier")
     speed.set_xlabel("compute fraction (block work run / uncached)")
     speed.set_ylabel("wall-clock speedup over uncached")
-    speed.set_title("speed: median of run pairs, bars = lowest to highest")
+    speed.set_title("speed: median of run pairs (bars: slowest to fastest pair)")
     if fractions:
         grid = np.linspace(max(min(fractions) * 0.9, 0.05), 1.0, 50)
         speed.plot(grid, 1 / grid, color="0.6", linestyle=(0, (4, 4)), linewidth=1, label="ideal: 1 / fraction")
@@ -399,10 +412,10 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
         note = f"LPIPS unavailable: {unavailable}" if unavailable else ""
         intro = (f"{facts['steps']} steps; {facts['samples']} samples scored against the uncached output of the same "
                  f"prompt and seed; {facts['timing']}. Peak memory: {facts['memory']}.")  # fmt: skip
-        prompts = _prompts(rows)
+        prompts, columns = _prompts(rows), shown_columns(lines)
         md += [f"## {model}", "", intro, "", f"![quality and speed]({plot.name})", "",
                markdown_table(lines, reference), "", note, "", "Columns:", ""]  # fmt: skip
-        md += [f"- `{c}`: {DEFINITIONS[c]}" for c in COLUMNS] + ["", "Prompts (sample, seed, prompt):", ""]
+        md += [f"- `{c}`: {DEFINITIONS[c]}" for c in columns] + ["", "Prompts (sample, seed, prompt):", ""]
         md += [f"{s}. seed {seed}: {p}" for s, seed, p in prompts] + [""]
         if grid:
             md += [f"![samples]({grid.name})", ""]
@@ -410,7 +423,7 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
                  _embed(plot, f"{model}: PSNR and speedup against compute fraction"),
                  _html_table(lines, reference), f"<p class='note'>{html.escape(note)}</p>" if note else "",
                  "<details open><summary>Columns</summary><dl>",
-                 *(f"<dt>{c}</dt><dd>{html.escape(DEFINITIONS[c])}</dd>" for c in COLUMNS), "</dl></details>",
+                 *(f"<dt>{c}</dt><dd>{html.escape(DEFINITIONS[c])}</dd>" for c in columns), "</dl></details>",
                  "<h3>Prompts</h3><table class='prompts'><tr><th>sample</th><th>seed</th><th>prompt</th></tr>",
                  *(f"<tr><td>{s}</td><td>{seed}</td><td>{html.escape(p)}</td></tr>" for s, seed, p in prompts),
                  "</table>"]  # fmt: skip
@@ -428,8 +441,8 @@ def write_report(dirs: list[str | os.PathLike], out: str | os.PathLike | None = 
 
 _STYLE = (
     "body{font-family:sans-serif;max-width:1240px;margin:1.5em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
-    "td{text-align:right}td:first-child{text-align:left;white-space:nowrap}th{background:#f2f2f2;font-size:12px}"
+    "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 5px}"
+    "td{text-align:right;white-space:nowrap}td:first-child{text-align:left;white-space:nowrap}th{background:#f2f2f2;font-size:12px}"
     "tr.reference td{font-weight:bold;background:#f7f7e8}tr.skipped td{color:#777}"
     "table.prompts td{text-align:left}img{max-width:100%;display:block;margin:0.5em 0}"
     "dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13px}dt{font-family:monospace}"
@@ -438,14 +451,16 @@ _STYLE = (
 
 
 def _html_table(lines: list[dict], reference: dict | None) -> str:
-    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in COLUMNS)
+    columns = shown_columns(lines)
+    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in columns)
     rows = []
     for line in ([reference] if reference else []) + lines:
         if "skipped" in line:
             rows.append(f"<tr class='skipped'><td>{html.escape(line['method'])}</td><td>{_target(line['target'])}</td>"
-                        f"<td colspan='{len(COLUMNS) - 2}' style='text-align:left'>skipped: "
+                        f"<td colspan='{len(columns) - 2}' style='text-align:left'>skipped: "
                         f"{html.escape(line['skipped'])}</td></tr>")  # fmt: skip
             continue
         kind = " class='reference'" if line["family"] == "reference" else ""
-        rows.append(f"<tr{kind}>" + "".join(f"<td>{html.escape(_cell(line, c))}</td>" for c in COLUMNS) + "</tr>")
+        cells = [html.escape(_cell(line, c)).replace(":", ":<wbr>") for c in columns]  # peer:<wbr>NAME may wrap
+        rows.append(f"<tr{kind}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"

@@ -78,7 +78,9 @@ def _finite_mean(values) -> tuple[float | None, int]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """One line per method: means over samples; speedup from the timed samples (reference / method seconds)."""
+    """One line per method: means over samples; speedup the median over the timed run pairs (uncached / method
+    seconds; results without per-run times: the ratio of the medians); PSNR over the samples that differ from the
+    uncached output, `identical` counting the others (PSNR_CAP when none differs)."""
     reference = {r["sample"]: r for r in rows if r["method"] == "uncached"}
     by_method: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
@@ -343,8 +345,9 @@ def sample_grid(out: Path, lines: list[dict], path: Path, target: float = 2.0) -
     cols = 1 if wide else min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     aspect = images[0].shape[1] / images[0].shape[0]
-    width = 3.0 * min(aspect, 4)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * 3.7), dpi=100, squeeze=False)
+    width = 3.0 * min(aspect, 4)  # inches per panel; a video strip wider than 4:1 gets 12 and is shown that wide
+    height = width / aspect + 0.9  # the image at that width, and two caption lines
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * height), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (label, _), image in zip(axes.flat, panels, images):

@@ -115,3 +115,37 @@ def test_timer_on_cuda_synchronizes_before_every_clock_read(monkeypatch):
     assert events == [("sync", device), "clock"] * 6
     assert timer.seconds == 2.0  # ticks 1 -> 2 and 3 -> 4
     assert timer.wall_seconds == 5.0  # ticks 0 -> 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_peak_is_a_known_tensor_and_the_timer_waits_for_the_work():
+    """Run where a GPU is: 64 MiB allocated is a growth of exactly 64 MiB; the transformer time covers the GPU time
+    of its matmuls as CUDA events measure it (without the synchronize it would be the launch time only)."""
+    device = torch.device("cuda")
+    with PeakMemory(device) as memory:
+        x = torch.ones(64 * MIB // 4, device=device)
+        del x
+    assert memory.source == "cuda-allocator" and memory.growth_mb == 64
+
+    class Heavy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(4096, 4096, device=device))
+
+        def forward(self, x):
+            for _ in range(20):
+                x = x @ self.weight
+            return x
+
+    pipe = SimpleNamespace(components={"transformer": Heavy()})
+    x = torch.randn(4096, 4096, device=device)
+    pipe.components["transformer"](x)  # warm-up (cuBLAS handles)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    with TransformerTimer(pipe) as timer:
+        start.record()
+        pipe.components["transformer"](x)
+        end.record()
+    torch.cuda.synchronize()
+    assert timer.device.type == "cuda"
+    assert timer.seconds * 1000 >= 0.9 * start.elapsed_time(end)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render a dit-cache HTML report in headless Chromium (Debian's `chromium`) and save a PNG screenshot.
-#   scripts/screenshot_report.sh runs/eval/report.html docs/images/report-screenshot.png [WIDTHxHEIGHT]
+#   scripts/screenshot_report.sh runs/eval/report.html docs/images/report.png [WIDTHxHEIGHT]
 # Chromium runs with networking features off: the report is self-contained, so nothing needs fetching.
 set -euo pipefail
 report=${1:?usage: screenshot_report.sh REPORT.html OUT.png [WIDTHxHEIGHT]}

@@ -122,10 +122,11 @@ def run_eval(args: argparse.Namespace) -> int:
         if rank == 0:
             merge_rank_files(out, world)
     if rank == 0:
-        from .report import markdown_table, summarize
+        from .report import markdown_table, reference_line, summarize
         from .runner import RESULTS, read_rows
 
-        print(markdown_table(summarize(read_rows(out / RESULTS)[1])))
+        rows = read_rows(out / RESULTS)[1]
+        print(markdown_table(summarize(rows), reference_line(rows)))
     return 0
 
 

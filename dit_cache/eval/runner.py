@@ -10,8 +10,6 @@ import logging
 import math
 import os
 import statistics
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from .. import api
 from ..calibration.runner import check_creatable
 from ..schedulers.targets import within
 from .counting import WorkCounter
+from .measure import PeakMemory, TransformerTimer, pipeline_device
 from .methods import Method, compute_fraction, ours, switch_on
 from .metrics import compare, lpips_status, to_frames
 from .peers import PeerContext, peer
@@ -188,43 +187,6 @@ class ResultsFile:
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
-class PeakMemory:
-    """Peak memory while a block runs: CUDA's allocator peak on GPUs, else the process's resident-set growth
-    sampled every millisecond (an estimate: other threads' allocations count too)."""
-
-    def __enter__(self) -> PeakMemory:
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start = self.peak = _rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            self.megabytes = (torch.cuda.max_memory_allocated() - self.start) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.megabytes = (max(self.peak, _rss()) - self.start) / 2**20
-
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
 def generate(pipe, plan: EvalPlan, prompt: str, seed: int) -> np.ndarray:
     kwargs = dict(plan.call_kwargs, prompt=prompt, num_inference_steps=plan.steps, output_type="np")
     kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed)
@@ -233,50 +195,26 @@ def generate(pipe, plan: EvalPlan, prompt: str, seed: int) -> np.ndarray:
     return to_frames(result[0])
 
 
-class TransformerTimer:
-    """Wall time spent inside the pipeline's transformer calls (torch hooks around every transformer's __call__,
-    outside any cache's own hooks), i.e. the part of a call that caching can shorten."""
-
-    def __init__(self, pipe) -> None:
-        self.modules = [m for n, m in pipe.components.items() if n.startswith("transformer") and m is not None]
-        self.seconds = 0.0
-
-    def _start(self, *_):
-        self._t0 = time.perf_counter()
-
-    def _stop(self, *_):
-        self.seconds += time.perf_counter() - self._t0
-
-    def __enter__(self) -> TransformerTimer:
-        self.seconds = 0.0
-        self._handles = [h for m in self.modules for h in (m.register_forward_pre_hook(self._start),
-                                                             m.register_forward_hook(self._stop))]  # fmt: skip
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
 @dataclass
 class Timing:
     seconds: float | None = None  # median pipeline call
     transformer_seconds: float | None = None  # median time inside the transformer calls
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = None  # the largest peak of the calls, absolute (measure.PeakMemory)
+    memory_source: str | None = None  # how: cuda-allocator, cpu-rss or cpu-rss-sampled
+    seconds_runs: list[float] | None = None  # every timed call in order: the run-to-run spread
+    transformer_seconds_runs: list[float] | None = None
 
 
 def timed_generate(pipe, plan: EvalPlan, prompt: str, seed: int, runs: int) -> tuple[np.ndarray, Timing]:
-    """The output, and with `runs` > 0 the median timings of `runs` calls after a warm-up call."""
-    calls, inside = [], []
+    """The output, and with `runs` > 0 the median timings of `runs` calls after a warm-up call (with `runs` = 0
+    only the peak memory of the one call)."""
+    timings = []
     for _ in range(runs + 1 if runs else 1):  # the first run is the warm-up
-        with PeakMemory() as memory, TransformerTimer(pipe) as timer:
-            start = time.perf_counter()
-            output = generate(pipe, plan, prompt, seed)
-            calls.append(time.perf_counter() - start)
-        inside.append(timer.seconds)
+        output, timing = _timed_call(pipe, plan, prompt, seed)
+        timings.append(timing)
     if not runs:
-        return output, Timing(peak_memory_mb=memory.megabytes)
-    return output, Timing(statistics.median(calls[1:]), statistics.median(inside[1:]), memory.megabytes)
+        return output, Timing(peak_memory_mb=timing.peak_memory_mb, memory_source=timing.memory_source)
+    return output, _median_timing(timings[1:])
 
 
 def interleaved_timing(method, pipe, plan: EvalPlan, prompt: str, seed: int, runs: int) -> tuple[Timing, Timing]:
@@ -284,29 +222,25 @@ def interleaved_timing(method, pipe, plan: EvalPlan, prompt: str, seed: int, run
     each, so that both see the same machine load (a speedup from timings taken minutes apart measures the load)."""
     cached, uncached = [], []
     for _ in range(runs + 1):  # the first round is the warm-up
-        uncached.append(_timed_call(pipe, plan, prompt, seed))
+        uncached.append(_timed_call(pipe, plan, prompt, seed)[1])
         switch_on(method, pipe)
         try:
-            cached.append(_timed_call(pipe, plan, prompt, seed))
+            cached.append(_timed_call(pipe, plan, prompt, seed)[1])
         finally:
             method.off(pipe)
     return _median_timing(cached[1:]), _median_timing(uncached[1:])
 
 
-def _timed_call(pipe, plan: EvalPlan, prompt: str, seed: int) -> Timing:
-    with PeakMemory() as memory, TransformerTimer(pipe) as timer:
-        start = time.perf_counter()
-        generate(pipe, plan, prompt, seed)
-        seconds = time.perf_counter() - start
-    return Timing(seconds, timer.seconds, memory.megabytes)
+def _timed_call(pipe, plan: EvalPlan, prompt: str, seed: int) -> tuple[np.ndarray, Timing]:
+    with PeakMemory(pipeline_device(pipe)) as memory, TransformerTimer(pipe) as timer:
+        output = generate(pipe, plan, prompt, seed)
+    return output, Timing(timer.wall_seconds, timer.seconds, memory.peak_mb, memory.source)
 
 
 def _median_timing(timings: list[Timing]) -> Timing:
-    return Timing(
-        statistics.median(t.seconds for t in timings),
-        statistics.median(t.transformer_seconds for t in timings),
-        max(t.peak_memory_mb for t in timings),
-    )
+    calls, inside = [t.seconds for t in timings], [t.transformer_seconds for t in timings]
+    return Timing(statistics.median(calls), statistics.median(inside), max(t.peak_memory_mb for t in timings),
+                  timings[0].memory_source, calls, inside)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
@@ -434,6 +368,8 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         "target": method.target, "options": _describe(method.options), "prompt": prompt, "seed": seed,
         "compute_fraction": fraction, **asdict(timing), **quality,
         "uncached_seconds": uncached.seconds, "uncached_transformer_seconds": uncached.transformer_seconds,
+        "uncached_seconds_runs": uncached.seconds_runs,
+        "uncached_transformer_seconds_runs": uncached.transformer_seconds_runs,
     }  # fmt: skip
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason

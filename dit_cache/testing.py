@@ -549,7 +549,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None, use_cross_timestep=False),
         dict(guidance_scale=3.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
         components=dict(vae=_tiny_ltx2_vae, audio_vae=_tiny_ltx2_audio_vae, connectors=_tiny_ltx2_connectors),
-        known_gaps=dict(cfg="the transformer returns (video, audio); CFG reuse rebuilds a single output tensor"),
     ),
     "wan_animate": TinyFamily(
         "WanAnimatePipeline", "WanAnimateTransformer3DModel",
@@ -573,7 +572,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         {}, dict(prompt="a red circle", height=64, width=64, max_sequence_length=TEXT_TOKENS),
         dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
         components=dict(text_encoder=_tiny_smollm3, tokenizer=lambda: word_tokenizer(), vae=_tiny_fibo_vae),
-        known_gaps=dict(cfg="the per-layer text features come as a list (text_encoder_layers) CFG reuse does not halve"),
     ),
     "glm_image": TinyFamily(
         "GlmImagePipeline", "GlmImageTransformer2DModel",
@@ -607,7 +605,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_DIM,
              axes_dims=[4, 6, 6], axes_lens=[64, 32, 32]),
         _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=0.0), embeds_as_list=True,
-        known_gaps=dict(cfg="its batched CFG passes latents and prompt embeddings as lists CFG reuse does not halve"),
     ),
     "lumina2": TinyFamily(
         "Lumina2Pipeline", "Lumina2Transformer2DModel",

@@ -73,6 +73,9 @@ def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     assert not torch.equal(out, baseline), f"{name} {policy}: reuse changed nothing"
     if policy == "fora":  # remove() after a policy that kept per-block state (the others: test_pipelines.py)
         assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} {policy}: remove()"
+    if policy == "cfg":  # both branches computed on every step: bitwise the uncached pipeline
+        with dit_cache.cached(pipe, dit_cache.CFGCache(interval=1, warmup=0.0)):
+            assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} cfg interval=1"
 
 
 def test_unsupported_transformer_names_the_nearest_classes_and_how_to_register():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .adapters import ArgReader, BlockCall, BlockGroup, ModelSpec
-from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of
+from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of, sequential_cfg_branch
 from .stats import StepRecord
 
 if TYPE_CHECKING:
@@ -122,6 +122,8 @@ class CacheEngine:
         self.calls_since_reset += 1
         self.stale = False
         branch, fields = branch_of(context)
+        if branch == NO_CONTEXT_BRANCH:  # sequential CFG that sets no context: read from the pipeline's embeddings
+            branch = sequential_cfg_branch(self.transformer, self.spec.cfg_embeds, args, kwargs) or branch
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)
 
@@ -212,8 +214,8 @@ class CacheEngine:
         timestep_value = values.pop(0) if self.locator.needs_timestep(call) and call.timestep is not None else None
         self.locator.locate(call, timestep_value)
         if call.branch == NO_CONTEXT_BRANCH and self.last_step.get(NO_CONTEXT_BRANCH) == call.step:
-            # A second call of the same step with no cache_context: a pipeline that runs its unconditional branch
-            # as a separate call and names neither (Chroma, Kandinsky 5...). Same step, so not a restart: its own
+            # A second call of the same step with no cache_context and no embeddings of the calling pipeline to
+            # tell its branch (see state.sequential_cfg_branch). Same step, so not a restart: its own
             # state, or it would reuse the other branch's features. (A third call of the step is a restart.)
             call.branch = SECOND_CALL_BRANCH
         self._maybe_new_trajectory(call)

@@ -148,9 +148,11 @@ def test_registered_and_refused_classes_are_diffusers_classes():
 
 
 def test_sequential_cfg_without_cache_context_keeps_the_branches_apart():
-    """Chroma runs its unconditional branch as a second call of each step and names neither: the second call of a
-    step gets its own state (never the other branch's features), so caching works and matches a run whose calls
-    are named by cache_context."""
+    """Chroma runs its unconditional branch as a second call of each step and names neither. Where its embeddings
+    cannot be read (the spec names none here), the second call of a step gets its own state (never the other
+    branch's features), so caching works and matches a run whose calls are named by cache_context."""
+    from dataclasses import replace
+
     pipe = tiny_pipeline("chroma")
     transformer = pipe.transformer
     original = type(transformer)
@@ -168,8 +170,11 @@ def test_sequential_cfg_without_cache_context_keeps_the_branches_apart():
         return pipe(**kw).images
 
     with dit_cache.cached(pipe, "fora", interval=2):
+        engine = transformer._dit_cache.engine
+        spec, engine.spec = engine.spec, replace(engine.spec, cfg_embeds=())
         plain = guided()
         stats = dit_cache.stats(pipe)
+        engine.spec = spec
         transformer.__class__ = Named
         try:
             named = guided()
@@ -215,3 +220,36 @@ def test_guider_branch_names_are_read_as_cond_and_uncond():
         records = dit_cache.stats(pipe).records
     assert {r.branch for r in records} == {"cond", "uncond"}
     assert any(r.branch == "uncond" and r.decision == "reused" for r in records)
+
+
+SEQUENTIAL_CFG = ["chroma", "flux_kontext", "kandinsky5", "chronoedit", "krea2", "glm_image", "lumina2",
+                  "hunyuan_video_framepack"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL_CFG)
+def test_sequential_cfg_branch_is_read_from_the_pipelines_own_embeddings(name):
+    """These pipelines run CFG as two calls per step and set no cache_context: a call given the pipeline's
+    `negative_prompt_embeds` is "uncond", one given its `prompt_embeds` "cond" (not the calls' order), so CFG reuse
+    rebuilds the unconditional calls. Checked against the calls' real arguments, read by a hook."""
+    pipe = tiny_pipeline(name)
+    kw = tiny_inputs(name, cfg=True, steps=STEPS)
+    negative = next(kw[key] for key in ("negative_prompt_embeds", "negative_prompt_embeds_qwen") if key in kw)
+    got_negative = []
+
+    def hook(module, args, kwargs):
+        got_negative.append(any(value is negative for value in (*args, *kwargs.values())))
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with dit_cache.cached(pipe, "cfg", interval=2, warmup=0.0):
+            pipe(**kw)
+            records = sorted(dit_cache.stats(pipe).records, key=lambda r: r.step)
+    finally:
+        handle.remove()
+    # the hook runs before dit_cache's, on every call, rebuilt or not (FramePack: one trajectory per video section;
+    # Krea 2 passes embeddings it derives from the ones given, so the given one never reaches the transformer)
+    calls = len(got_negative)
+    assert calls % (2 * STEPS) == 0 and calls > 0
+    assert got_negative == ([False] * calls if name == "krea2" else [False, True] * (calls // 2))
+    assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(STEPS) for b in ("cond", "uncond")]
+    assert [r.decision for r in records if r.branch == "uncond"] == ["computed", "reused"] * (STEPS // 2)

@@ -112,7 +112,7 @@ class SegmentPolicy(Policy):
 
     def decide(self, call: CallInfo, state: Any, values: list[float]) -> str:
         if self.speedup is not None:
-            self.threshold = self.threshold_for(call.num_steps, call.sigmas)
+            self.threshold = self.threshold_for(call.num_steps, call.sigmas, call.expert_switches)
         self.observe(call, state, values)
         decision = COMPUTE if self.forced(call, state) else self.rule(call, state)
         if decision == COMPUTE:
@@ -131,17 +131,19 @@ class SegmentPolicy(Policy):
         a profile override this."""
         raise ValueError(f"{self.name}: speedup targets are not supported by this policy")
 
-    def threshold_for(self, num_steps: int, sigmas: list[float] | None) -> float:
+    def threshold_for(self, num_steps: int, sigmas: list[float] | None, switches: tuple[int, ...] = ()) -> float:
         """The threshold whose replayed compute fraction is closest to 1 / speedup, for this step count; raises
-        `SpeedupError` when the closest is more than TOLERANCE away."""
-        key = (num_steps, tuple(sigmas) if sigmas else None)
+        `SpeedupError` when the closest is more than TOLERANCE away. With two experts (`switches`), the replay runs
+        the whole trajectory with the fresh start of the next expert at each switch: the target counts the steps
+        of both, and each expert applies the same threshold to its own."""
+        key = (num_steps, tuple(sigmas) if sigmas else None, switches)
         if key not in self._tuned:
             traces = self.replay_traces(num_steps, sigmas)
             with self._untuned() as speedup:
 
                 def fraction_at(threshold: float) -> float:
                     self.threshold = threshold
-                    return replay_fraction(self, traces, num_steps, sigmas)
+                    return replay_fraction(self, traces, num_steps, sigmas, switches)
 
                 target = 1.0 / speedup
                 best = search_threshold(fraction_at, target)
@@ -549,21 +551,26 @@ class LeMiCaPolicy(SchedulePolicy):
             self.steps = tuple(schedules[budget])
 
     def steps_for_call(self, call: CallInfo) -> frozenset[int]:
-        key = ("lemica", call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        key = ("lemica", call.num_steps, tuple(call.sigmas) if call.sigmas else None, call.expert_switches)
         if key not in self._tuned:
-            self._tuned[key] = self._solve(call.num_steps, call.sigmas)
+            self._tuned[key] = self._solve(call.num_steps, call.sigmas, call.expert_switches)
         return self._tuned[key]
 
-    def _solve(self, num_steps: int, sigmas: list[float] | None) -> frozenset[int]:
+    def _solve(self, num_steps: int, sigmas: list[float] | None, switches: tuple[int, ...] = ()) -> frozenset[int]:
+        """The computed steps of the whole trajectory. With two experts, the next expert computes its first step
+        (nothing of the other is cached): the path goes through every switch (edges across one are forbidden), and
+        the budget counts the steps of both experts."""
         config = self.config
         if self.edges is None:  # a published schedule, moved to the same trajectory positions
-            steps = map_steps(self.steps, self.written_for, num_steps)
+            steps = map_steps(self.steps, self.written_for, num_steps) | frozenset(switches)
         else:
             budget = self._budget(num_steps)
             edges = self.edges.double().numpy()
             src = self._edge_grid(edges.shape[0])
-            steps = frozenset(solve_lexminimax(resample_edges(edges, src, self.profile.call_grid(num_steps, sigmas)),
-                                               budget))  # fmt: skip
+            weights = resample_edges(edges, src, self.profile.call_grid(num_steps, sigmas))
+            for switch in switches:
+                weights[:switch, switch + 1 :] = np.inf
+            steps = frozenset(solve_lexminimax(weights, budget))
         if config.speedup is not None:
             least = min(2, num_steps)
             check_reached(

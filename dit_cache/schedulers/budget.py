@@ -17,12 +17,20 @@ _CACHED = (object(), None)  # stands in for a stored residual during a replay
 
 
 def replay(
-    policy: Any, branch: str, num_steps: int, sigmas: Sequence[float] | None, values_for: ValuesFor
+    policy: Any,
+    branch: str,
+    num_steps: int,
+    sigmas: Sequence[float] | None,
+    values_for: ValuesFor,
+    switches: Sequence[int] = (),
 ) -> list[str]:
-    """The decisions `policy` takes on one branch of one trajectory."""
+    """The decisions `policy` takes on one branch of one trajectory; at each step of `switches` another expert
+    takes over (Wan 2.2 A14B) and starts with a fresh state, as it does in the run."""
     state = policy.new_state()
     decisions = []
     for step in range(num_steps):
+        if step in switches:
+            state = policy.new_state()
         call = CallInfo(branch=branch, timestep=None, step=step, num_steps=num_steps)
         call.sigmas = list(sigmas) if sigmas is not None else None
         call.sigma = call.sigmas[step] if call.sigmas else None
@@ -34,14 +42,19 @@ def replay(
 
 
 def replay_fraction(
-    policy: Any, traces: Sequence[tuple[str, ValuesFor]], num_steps: int, sigmas: Sequence[float] | None
+    policy: Any,
+    traces: Sequence[tuple[str, ValuesFor]],
+    num_steps: int,
+    sigmas: Sequence[float] | None,
+    switches: Sequence[int] = (),
 ) -> float:
-    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces."""
+    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces: over every step of
+    the trajectory, those of all experts where `switches` hands it from one to the next."""
     total_units = sum(slot.units for slot in policy.model.slots)
     segment_share = policy.segment_units / total_units if total_units else 1.0
     fractions = []
     for branch, values_for in traces:
-        decisions = replay(policy, branch, num_steps, sigmas, values_for)
+        decisions = replay(policy, branch, num_steps, sigmas, values_for, switches)
         reused = sum(d != COMPUTE for d in decisions)
         fractions.append(1.0 - segment_share * reused / num_steps)
     return sum(fractions) / len(fractions)

@@ -124,8 +124,9 @@ def apply(
             raise TypeError(f"{name} ({type(transformer).__name__}) has no blocks under {spec.name}'s block lists")
         policy_obj = policy_class(config)(config, ModelContext(transformer, spec, slots))
         source = _scheduler_source(transformer, scheduler, pipeline)
-        boundary = _expert_boundary(transformer, pipeline) if len(targets) > 1 else None
-        locator = StepLocator(source, spec.timestep_scale, spec.timestep_offset, boundary)
+        locator = StepLocator(
+            source, spec.timestep_scale, spec.timestep_offset, _expert_boundary(transformer, pipeline)
+        )
         engine = CacheEngine(transformer, name, spec, slots, policy_obj, locator, process_group)
         patches.append((transformer, _Patch(config, engine, Installation(engine))))
 
@@ -161,7 +162,8 @@ def _scheduler_source(transformer: nn.Module, scheduler: Any, pipeline: Any) -> 
 def _expert_boundary(transformer: nn.Module, pipeline: Any) -> Callable[[], float | None]:
     """Where the calling two-expert pipeline switches from `transformer` to `transformer_2`, as a scheduler timestep:
     its config's `boundary_ratio` x its scheduler's `num_train_timesteps` (Wan 2.2 A14B's rule); None where it
-    has no boundary_ratio."""
+    has no boundary_ratio (one transformer runs every step). Read when the scheduler's timesteps change, from the
+    pipeline that is calling (also for an expert applied on its own)."""
 
     def source() -> float | None:
         caller = calling_pipeline(transformer) or pipeline

@@ -35,8 +35,7 @@ class CallInfo:
     sigma: float | None = None
     step: int | None = None
     sigmas: list[float] | None = None  # every step's sigma of this trajectory, when the scheduler tells
-    # steps at which the pipeline hands the trajectory to another expert (Wan 2.2 A14B's boundary_ratio): each
-    # expert starts afresh there, and step policies plan their speedup targets over the whole trajectory with it
+    # steps at which the pipeline hands the trajectory to another expert (Wan 2.2 A14B's boundary_ratio)
     expert_switches: tuple[int, ...] = ()
     prepared: bool = False
     located: bool = False  # step located before the transformer ran (a policy that intercepts whole calls)
@@ -51,6 +50,17 @@ class CallInfo:
     @property
     def last_step(self) -> int:
         return self.num_steps - 1
+
+    @property
+    def expert_steps(self) -> range | None:
+        """The steps of the expert this call runs on, where experts share the trajectory (None: one transformer
+        runs every step). Step policies plan their speedup targets on these steps, each expert on its own, so the
+        fraction over all the steps of both is the target too."""
+        if not self.expert_switches:
+            return None
+        start = max((s for s in self.expert_switches if s <= self.step), default=0)
+        end = min((s for s in self.expert_switches if s > self.step), default=self.num_steps)
+        return range(start, end)
 
 
 # diffusers' guiders (HunyuanVideo 1.5, Motif-Video) name their classifier-free guidance calls after the prediction

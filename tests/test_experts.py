@@ -110,8 +110,9 @@ def test_stats_show_which_expert_ran_each_step(experts):
 
 @pytest.mark.parametrize("policy", ["magcache", "lemica"])
 def test_speedup_counts_the_steps_of_both_experts(experts, profile, policy):
-    """speedup=3 computes a third of all the steps of both experts. A plan that ignores the switch (the
-    single-model plan applied by each expert) computes one step more: the next expert's first (0.417 here)."""
+    """speedup=3 computes a third of all the steps of both experts, each expert planning on its own steps. A plan
+    that ignores the switch (the single-model plan applied by each expert) computes one step more: the next
+    expert's first (0.417 here, benchmarks/expert_targets.py)."""
     pipe, switch = experts
     with dit_cache.cached(pipe, policy, speedup=3.0, profile=profile):
         _run(pipe)
@@ -122,9 +123,18 @@ def test_speedup_counts_the_steps_of_both_experts(experts, profile, policy):
     assert stats.compute_fraction == len(computed) / STEPS
 
 
-def test_replay_starts_the_next_expert_afresh():
-    """The planning replay restarts the policy's state at each switch, as the run does."""
+def test_each_expert_plans_on_its_own_steps_starting_afresh():
+    """A call's expert steps are the span between switches that holds it; the planning replay runs on them with a
+    fresh state, as the expert does."""
     from dit_cache.policies.step import SegmentPolicy
+    from dit_cache.state import CallInfo
+
+    def expert_steps(step):
+        return CallInfo("cond", None, step=step, num_steps=8, expert_switches=(5,)).expert_steps
+
+    assert (expert_steps(0), expert_steps(4), expert_steps(5), expert_steps(7)) == (range(5), range(5), range(5, 8),
+                                                                                    range(5, 8))  # fmt: skip
+    assert CallInfo("cond", None, step=3, num_steps=8).expert_steps is None
 
     class Never(SegmentPolicy):  # computes only when forced (no residual yet)
         def __init__(self):
@@ -133,5 +143,32 @@ def test_replay_starts_the_next_expert_afresh():
         def rule(self, call, state):
             return "reused"
 
-    decisions = replay(Never(), "cond", 8, None, lambda step, state: [], switches=(5,))
-    assert [i for i, d in enumerate(decisions) if d == "computed"] == [0, 5]
+    assert replay(Never(), "cond", 8, None, lambda step, state: [], range(5, 8)) == ["computed", "reused", "reused"]
+
+
+def test_each_expert_runs_on_its_own_profile(experts):
+    """calibrate(transformer="transformer_2") records the second expert on its own steps; applied to each expert
+    on its own, each plans on its own profile and steps, and both together reach the target."""
+    pipe, switch = experts
+    inputs = tiny_inputs("wan22_a14b", cfg=False, steps=STEPS)
+    prompt = {k: v for k, v in inputs.items() if k not in ("num_inference_steps", "output_type", "generator")}
+    settings = CalibrationSettings(steps=STEPS)
+    profiles = {name: calibrate(pipe, [prompt], settings, progress=False, transformer=name)
+                for name in ("transformer", "transformer_2")}  # fmt: skip
+    sigmas = [float(s) for s in pipe.scheduler.sigmas[:STEPS]]
+    assert profiles["transformer"].branches["cond"]["sigma"] == pytest.approx(sigmas[:switch])
+    assert profiles["transformer_2"].branches["cond"]["sigma"] == pytest.approx(sigmas[switch:])
+    for name, profile in profiles.items():
+        dit_cache.apply(getattr(pipe, name), "magcache", speedup=2.0, profile=profile)
+    try:
+        _run(pipe)
+        stats = [dit_cache.stats(getattr(pipe, name)) for name in profiles]
+        assert [getattr(pipe, name)._dit_cache.engine.policy.profile for name in profiles] == list(profiles.values())
+    finally:
+        for name in profiles:
+            dit_cache.remove(getattr(pipe, name))
+    assert [s.steps_by_transformer() for s in stats] == [{"transformer": list(range(switch))},
+                                                         {"transformer": list(range(switch, STEPS))}]  # fmt: skip
+    computed = sum(len(s.computed_steps()) for s in stats)
+    assert abs(computed / STEPS - 0.5) <= TOLERANCE
+    assert stats[1].computed_steps()[0] == switch

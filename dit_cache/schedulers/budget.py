@@ -22,15 +22,13 @@ def replay(
     num_steps: int,
     sigmas: Sequence[float] | None,
     values_for: ValuesFor,
-    switches: Sequence[int] = (),
+    steps: range | None = None,
 ) -> list[str]:
-    """The decisions `policy` takes on one branch of one trajectory; at each step of `switches` another expert
-    takes over (Wan 2.2 A14B) and starts with a fresh state, as it does in the run."""
+    """The decisions `policy` takes on one branch of one trajectory, on `steps` of it (all by default; one expert's
+    steps where experts share the trajectory, Wan 2.2 A14B: it starts there with a fresh state, as in the run)."""
     state = policy.new_state()
     decisions = []
-    for step in range(num_steps):
-        if step in switches:
-            state = policy.new_state()
+    for step in range(num_steps) if steps is None else steps:
         call = CallInfo(branch=branch, timestep=None, step=step, num_steps=num_steps)
         call.sigmas = list(sigmas) if sigmas is not None else None
         call.sigma = call.sigmas[step] if call.sigmas else None
@@ -46,17 +44,17 @@ def replay_fraction(
     traces: Sequence[tuple[str, ValuesFor]],
     num_steps: int,
     sigmas: Sequence[float] | None,
-    switches: Sequence[int] = (),
+    steps: range | None = None,
 ) -> float:
-    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces: over every step of
-    the trajectory, those of all experts where `switches` hands it from one to the next."""
+    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces, on `steps` (all by
+    default; one expert's own steps where experts share the trajectory)."""
     total_units = sum(slot.units for slot in policy.model.slots)
     segment_share = policy.segment_units / total_units if total_units else 1.0
     fractions = []
     for branch, values_for in traces:
-        decisions = replay(policy, branch, num_steps, sigmas, values_for, switches)
+        decisions = replay(policy, branch, num_steps, sigmas, values_for, steps)
         reused = sum(d != COMPUTE for d in decisions)
-        fractions.append(1.0 - segment_share * reused / num_steps)
+        fractions.append(1.0 - segment_share * reused / len(decisions))
     return sum(fractions) / len(fractions)
 
 

@@ -7,12 +7,15 @@ unconditional one: u = c + w_high * d + (w_low - w_high) * low(d), low() the spa
 the trajectory and 1 outside.
 
 How each pipeline runs CFG:
-- sequential branches (Flux true-CFG, Wan, HunyuanVideo, Qwen-Image: `cache_context("cond")` then `("uncond")`):
-  the conditional call runs as usual and its output is kept; on a reuse step the unconditional call returns the
-  rebuilt output without running the transformer (its step is located from its timestep first: one host read).
+- sequential branches (Flux true-CFG, Wan, HunyuanVideo, Qwen-Image: `cache_context("cond")` then `("uncond")`;
+  Chroma, Kandinsky 5... set none, and their branch is read from the pipeline's embeddings, see
+  `state.sequential_cfg_branch`): the conditional call runs as usual and its output is kept; on a reuse step the
+  unconditional call returns the rebuilt output without running the transformer (its step is located from its
+  timestep first: one host read).
 - batched CFG (SD3, PixArt, CogVideoX, LTX: one call on a doubled batch, halves in the adapter's `cfg_batch_order`):
-  on a reuse step every tensor argument whose first dim is the doubled batch is cut to the conditional half, the
-  transformer runs on it and the other half of the output is rebuilt. Guidance counts as on when the batch is even
+  on a reuse step every batched part of the arguments is cut to the conditional half (`batched.py`: tensors of the
+  doubled batch in nested lists and dicts, or Z-Image's lists of samples), the transformer runs on it and the other
+  half of every batched output is rebuilt (LTX-2: video and audio, each with its own stored difference). Guidance counts as on when the batch is even
   and its two latent halves are equal (the pipeline's `cat([latents] * 2)`), read with the step in one host read.
   The inner policy keeps a separate state for those half calls (branch "cond"): its decisions there run on the
   sub-trajectory of reuse steps.

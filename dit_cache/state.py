@@ -135,6 +135,8 @@ def sequential_cfg_branch(
     one batch size and not one object: a pipeline that batches CFG rebinds `prompt_embeds` to the concatenation of
     both (twice the batch of the negative), and one running without CFG has no negative embeddings.
     """
+    if torch.compiler.is_compiling():  # identities of the pipeline's tensors are read outside the graph
+        return _sequential_cfg_branch_eager(transformer, pairs, args, kwargs)
     names = calling_locals(transformer)
     if not names:
         return None
@@ -148,6 +150,9 @@ def sequential_cfg_branch(
             continue
         found.update("cond" if value is pos else "uncond" for value in passed if value is pos or value is neg)
     return found.pop() if len(found) == 1 else None
+
+
+_sequential_cfg_branch_eager = torch.compiler.disable(sequential_cfg_branch)
 
 
 def _version(tensor: Any) -> int | None:

@@ -124,7 +124,9 @@ def apply(
             raise TypeError(f"{name} ({type(transformer).__name__}) has no blocks under {spec.name}'s block lists")
         policy_obj = policy_class(config)(config, ModelContext(transformer, spec, slots))
         source = _scheduler_source(transformer, scheduler, pipeline)
-        locator = StepLocator(source, spec.timestep_scale, spec.timestep_offset)
+        locator = StepLocator(
+            source, spec.timestep_scale, spec.timestep_offset, _expert_boundary(transformer, pipeline)
+        )
         engine = CacheEngine(transformer, name, spec, slots, policy_obj, locator, process_group)
         patches.append((transformer, _Patch(config, engine, Installation(engine))))
 
@@ -153,6 +155,22 @@ def _scheduler_source(transformer: nn.Module, scheduler: Any, pipeline: Any) -> 
     def source():
         caller = calling_pipeline(transformer)
         return getattr(caller if caller is not None else pipeline, "scheduler", None)
+
+    return source
+
+
+def _expert_boundary(transformer: nn.Module, pipeline: Any) -> Callable[[], float | None]:
+    """Where the calling two-expert pipeline switches from `transformer` to `transformer_2`, as a scheduler timestep:
+    its config's `boundary_ratio` x its scheduler's `num_train_timesteps` (Wan 2.2 A14B's rule); None where it
+    has no boundary_ratio (one transformer runs every step). Read when the scheduler's timesteps change, from the
+    pipeline that is calling (also for an expert applied on its own)."""
+
+    def source() -> float | None:
+        caller = calling_pipeline(transformer) or pipeline
+        ratio = (getattr(caller, "config", None) or {}).get("boundary_ratio")
+        scheduler_config = getattr(getattr(caller, "scheduler", None), "config", None) or {}
+        train = scheduler_config.get("num_train_timesteps")
+        return None if ratio is None or train is None else float(ratio) * float(train)
 
     return source
 

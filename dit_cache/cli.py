@@ -164,7 +164,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.pipeline, device=args.device or _device(state))
     check_call_kwargs(pipe, settings.call_kwargs)
     target = out if world == 1 else out.with_suffix(f".shard{rank}.json")
-    profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=rank, world_size=world)
+    profile = calibrate(
+        pipe, prompts, settings, target, resume=args.resume, rank=rank, world_size=world, transformer=args.transformer
+    )
     if world > 1:
         state.wait_for_everyone()
         if rank == 0:
@@ -220,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
     cal.add_argument("--device", help="move the pipeline to this device")
+    cal.add_argument(
+        "--transformer",
+        default="transformer",
+        help="component to record (Wan 2.2 A14B: transformer_2 for its second expert)",
+    )
     cal.add_argument("--resume", action="store_true", help="continue an interrupted calibration at --out")
     cal.add_argument("--out", required=True, help="profile path (.json; arrays go to .safetensors beside it)")
     cal.set_defaults(handler=_calibrate)

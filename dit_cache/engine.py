@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .adapters import ArgReader, BlockCall, BlockGroup, ModelSpec
-from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of
+from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of, sequential_cfg_branch
 from .stats import StepRecord
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class CacheEngine:
         self.reader = ArgReader(transformer.forward)
         self.states: dict[str, Any] = {}
         self.last_step: dict[str, int] = {}
-        self.batch_of: dict[str, int] = {}  # the batch size of each branch's hidden states, last seen
+        self.batch_of: dict[str, tuple] = {}  # (batch, tokens) of each branch's hidden states, last seen
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
@@ -122,6 +122,8 @@ class CacheEngine:
         self.calls_since_reset += 1
         self.stale = False
         branch, fields = branch_of(context)
+        if branch == NO_CONTEXT_BRANCH:  # sequential CFG that sets no context: read from the pipeline's embeddings
+            branch = sequential_cfg_branch(self.transformer, self.spec.cfg_embeds, args, kwargs) or branch
         timestep = self.reader.get(self.spec.timestep_arg, args, kwargs)
         self.call = CallInfo(branch=branch, timestep=timestep, **fields)
 
@@ -212,8 +214,8 @@ class CacheEngine:
         timestep_value = values.pop(0) if self.locator.needs_timestep(call) and call.timestep is not None else None
         self.locator.locate(call, timestep_value)
         if call.branch == NO_CONTEXT_BRANCH and self.last_step.get(NO_CONTEXT_BRANCH) == call.step:
-            # A second call of the same step with no cache_context: a pipeline that runs its unconditional branch
-            # as a separate call and names neither (Chroma, Kandinsky 5...). Same step, so not a restart: its own
+            # A second call of the same step with no cache_context and no embeddings of the calling pipeline to
+            # tell its branch (see state.sequential_cfg_branch). Same step, so not a restart: its own
             # state, or it would reuse the other branch's features. (A third call of the step is a restart.)
             call.branch = SECOND_CALL_BRANCH
         self._maybe_new_trajectory(call)
@@ -255,10 +257,11 @@ class CacheEngine:
         return call.branch
 
     def _batch_checked(self, call: CallInfo, state: Any, block_call: BlockCall) -> Any:
-        """`call`'s state, fresh if the pipeline changed the branch's batch size mid-trajectory (Z-Image's
-        cfg_truncation drops the unconditional half of its batched CFG call): the kept features have the old batch."""
+        """`call`'s state, fresh if the pipeline changed the branch's batch size or token count mid-trajectory
+        (Z-Image's cfg_truncation drops the unconditional half of its batched CFG call; Qwen-Image 2.1's KV cache runs
+        step 0 on the whole sequence and later steps on the target tokens only): the kept features no longer fit."""
         hidden = block_call.get(block_call.group.hidden_arg)
-        batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.dim() >= 1 else None
+        batch = tuple(hidden.shape[:2]) if isinstance(hidden, torch.Tensor) and hidden.dim() >= 1 else None
         if state is not None and batch is not None and self.batch_of.get(call.branch, batch) != batch:
             self.policy.reset({call.branch: state})
             state = self.states[call.branch] = self.policy.new_state()

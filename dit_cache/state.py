@@ -1,8 +1,10 @@
 """Where a transformer call sits: its CFG branch and its denoising step, read from what the pipeline passes.
 
 The branch comes from diffusers' `cache_context` ("cond", "uncond", "cond_uncond"...) or is "batch" when the pipeline
-sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one); a second call of an already
-located step without a context (sequential CFG that names neither branch: Chroma, Kandinsky 5) is "batch:2". The
+sets none (SD3, PixArt: CFG, if on, is batched into one call and decided as one). Sequential CFG that names
+neither branch (Chroma, Kandinsky 5) is read from the pipeline's own data: a call given the calling pipeline's
+`prompt_embeds` is "cond", one given its `negative_prompt_embeds` "uncond" (`sequential_cfg_branch`); where those
+cannot be told, a second call of an already located step without a context is "batch:2". The
 step comes from the context's `step_index` when the pipeline gives one (Wan), else from matching the `timestep`
 argument against the pipeline scheduler's timesteps. Calls are never counted.
 """
@@ -33,6 +35,8 @@ class CallInfo:
     sigma: float | None = None
     step: int | None = None
     sigmas: list[float] | None = None  # every step's sigma of this trajectory, when the scheduler tells
+    # steps at which the pipeline hands the trajectory to another expert (Wan 2.2 A14B's boundary_ratio)
+    expert_switches: tuple[int, ...] = ()
     prepared: bool = False
     located: bool = False  # step located before the transformer ran (a policy that intercepts whole calls)
     decision: str = COMPUTE
@@ -46,6 +50,17 @@ class CallInfo:
     @property
     def last_step(self) -> int:
         return self.num_steps - 1
+
+    @property
+    def expert_steps(self) -> range | None:
+        """The steps of the expert this call runs on, where experts share the trajectory (None: one transformer
+        runs every step). Step policies plan their speedup targets on these steps, each expert on its own, so the
+        fraction over all the steps of both is the target too."""
+        if not self.expert_switches:
+            return None
+        start = max((s for s in self.expert_switches if s <= self.step), default=0)
+        end = min((s for s in self.expert_switches if s > self.step), default=self.num_steps)
+        return range(start, end)
 
 
 # diffusers' guiders (HunyuanVideo 1.5, Motif-Video) name their classifier-free guidance calls after the prediction
@@ -85,8 +100,13 @@ def calling_pipeline(transformer: Any) -> Any:
     call is located on the scheduler that produced its timestep. One short walk per transformer call, in the same
     place as the step's host read.
     """
+    return (calling_locals(transformer) or {}).get("self")
+
+
+def calling_locals(transformer: Any) -> dict | None:
+    """The local variables of the calling pipeline's `__call__` (see `calling_pipeline`), or None."""
     if torch.compiler.is_compiling():  # frames are not traceable: leave the graph for the walk
-        return _calling_pipeline_eager(transformer)
+        return _calling_locals_eager(transformer)
     frame = sys._getframe(1)
     for _ in range(_MAX_FRAMES):
         if frame is None:
@@ -94,12 +114,45 @@ def calling_pipeline(transformer: Any) -> Any:
         if frame.f_code.co_name == "__call__" and frame.f_code.co_varnames[:1] == ("self",):
             owner = frame.f_locals.get("self")
             if any(unwrap(value) is transformer for value in getattr(owner, "__dict__", {}).values()):
-                return owner
+                return frame.f_locals
         frame = frame.f_back
     return None
 
 
-_calling_pipeline_eager = torch.compiler.disable(calling_pipeline)
+_calling_locals_eager = torch.compiler.disable(calling_locals)
+
+
+def sequential_cfg_branch(
+    transformer: Any, pairs: tuple[tuple[str, str], ...], args: tuple, kwargs: dict
+) -> str | None:
+    """ "cond" or "uncond": which of the calling pipeline's own prompt embeddings, positive or negative (the tensors its
+    `__call__` holds under a pair of names in `pairs`, `ModelSpec.cfg_embeds`), a call without a cache_context got;
+    None where that cannot be told.
+
+    Pipelines that run CFG as two calls per step and name neither (Chroma, Kandinsky 5...) pass
+    `encoder_hidden_states=prompt_embeds` then `negative_prompt_embeds`: the branch is read from which of their
+    tensors the call got (by identity), never from the calls' order. A pair counts only where both are tensors of
+    one batch size and not one object: a pipeline that batches CFG rebinds `prompt_embeds` to the concatenation of
+    both (twice the batch of the negative), and one running without CFG has no negative embeddings.
+    """
+    if torch.compiler.is_compiling():  # identities of the pipeline's tensors are read outside the graph
+        return _sequential_cfg_branch_eager(transformer, pairs, args, kwargs)
+    names = calling_locals(transformer)
+    if not names:
+        return None
+    passed = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)]
+    found = set()
+    for positive, negative in pairs:
+        pos, neg = names.get(positive), names.get(negative)
+        if not isinstance(pos, torch.Tensor) or not isinstance(neg, torch.Tensor) or pos is neg:
+            continue
+        if pos.shape[:1] != neg.shape[:1]:
+            continue
+        found.update("cond" if value is pos else "uncond" for value in passed if value is pos or value is neg)
+    return found.pop() if len(found) == 1 else None
+
+
+_sequential_cfg_branch_eager = torch.compiler.disable(sequential_cfg_branch)
 
 
 def _version(tensor: Any) -> int | None:
@@ -122,9 +175,16 @@ class StepLocator:
     """
 
     def __init__(
-        self, scheduler_source: Callable[[], Any] | None, timestep_scale: float = 1.0, timestep_offset: float = 0.0
+        self,
+        scheduler_source: Callable[[], Any] | None,
+        timestep_scale: float = 1.0,
+        timestep_offset: float = 0.0,
+        boundary_source: Callable[[], float | None] | None = None,
     ) -> None:
         self._scheduler_source = scheduler_source
+        # the scheduler timestep at which a two-expert pipeline switches transformers (None: one transformer)
+        self._boundary_source = boundary_source
+        self._switches: tuple[int, ...] = ()
         self._scale, self._offset = timestep_scale, timestep_offset
         # the (timesteps, sigmas) tensors read last (held, so that a new tensor is never mistaken for them) and
         # their in-place write counters
@@ -153,6 +213,9 @@ class StepLocator:
             if sigmas is not None and len(sigmas) >= len(self._timesteps):
                 self._sigmas = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()][: len(self._timesteps)]
             self._tables_of, self._versions = (timesteps, sigmas), versions
+            self._switches = expert_switches(
+                self._timesteps, self._boundary_source() if self._boundary_source else None
+            )
         return self._timesteps, self._sigmas
 
     def locate(self, call: CallInfo, timestep_value: float | None) -> None:
@@ -160,6 +223,7 @@ class StepLocator:
         if tables is not None:
             timesteps, sigmas = tables
             call.sigmas = sigmas
+            call.expert_switches = self._switches
         if call.step_index is not None and call.num_steps is not None:
             call.step = call.step_index
         elif tables is not None and timestep_value is not None:
@@ -177,3 +241,11 @@ class StepLocator:
                 call.sigma = call.sigmas[call.step]
             elif timestep_value is not None:
                 call.sigma = self.scheduler_timestep(timestep_value) / 1000.0
+
+
+def expert_switches(timesteps: list[float], boundary: float | None) -> tuple[int, ...]:
+    """The steps whose timestep crosses `boundary`: where Wan 2.2 A14B's pipeline hands the trajectory from
+    `transformer` (timesteps >= boundary) to `transformer_2`."""
+    if boundary is None:
+        return ()
+    return tuple(i for i in range(1, len(timesteps)) if (timesteps[i - 1] >= boundary) != (timesteps[i] >= boundary))

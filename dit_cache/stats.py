@@ -22,7 +22,8 @@ class Stats:
     calls that were actually computed (reused or forecast outputs count as not computed)."""
 
     def __init__(self, records: list[StepRecord], policy: str = "") -> None:
-        self.records = sorted(records, key=lambda r: (r.transformer, r.step, r.branch))
+        # in step order: with two experts (Wan 2.2 A14B) the table reads as the trajectory, expert by expert
+        self.records = sorted(records, key=lambda r: (r.step, r.transformer, r.branch))
         self.policy = policy
 
     @property
@@ -52,6 +53,15 @@ class Stats:
             and (branch is None or r.branch == branch)
             and (transformer is None or r.transformer == transformer)
         ]
+
+    def steps_by_transformer(self) -> dict[str, list[int]]:
+        """The steps each transformer ran (Wan 2.2 A14B: `transformer` the high-noise steps, `transformer_2` the
+        rest), in step order."""
+        steps: dict[str, list[int]] = {}
+        for r in self.records:
+            if r.step not in steps.setdefault(r.transformer, []):
+                steps[r.transformer].append(r.step)
+        return steps
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +93,12 @@ class Stats:
             f"{self.count('reused')} reused, {self.count('forecast')} forecast{partial}; "
             f"compute fraction {self.compute_fraction:.3f}"
         )
+        by_transformer = self.steps_by_transformer()
+        if len(by_transformer) > 1:  # experts: which one ran which steps, and what each computed
+            summary += "\n" + "; ".join(
+                f"{name} ran steps {_ranges(steps)}, computed {len(self.computed_steps(transformer=name))} calls"
+                for name, steps in by_transformer.items()
+            )
         return "\n".join([*lines, summary])
 
     def __str__(self) -> str:
@@ -90,3 +106,14 @@ class Stats:
 
     def __repr__(self) -> str:
         return f"Stats(policy={self.policy!r}, calls={self.calls}, compute_fraction={self.compute_fraction:.3f})"
+
+
+def _ranges(steps: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    parts: list[str] = []
+    for step in steps:
+        if parts and step == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{step}"
+        else:
+            parts.append(str(step))
+    return ", ".join(parts)

@@ -396,8 +396,8 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, joint_attention_dim=TEXT_DIM,
              axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16,
              **_HEADS),
-        _TEXT, dict(height=64, width=64, guidance_scale=1.0), {}, masks=("prompt_attention_mask",),
-        mask_dtype=torch.bool, cfg=False,  # its CFG calls carry no cache_context (see docs/adapters.md)
+        _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=1.0),
+        masks=("prompt_attention_mask",), mask_dtype=torch.bool,
     ),
     "mochi": TinyFamily(
         "MochiPipeline", "MochiTransformer3DModel",
@@ -487,8 +487,9 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              patch_size=(1, 2, 2), model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=2,
              axes_dims=(4, 6, 6), visual_cond=False, attention_type="regular"),
         {"prompt_embeds_qwen": (TEXT_TOKENS, TEXT_DIM), "prompt_embeds_clip": (TEXT_DIM,)},
-        dict(_VIDEO, prompt_cu_seqlens=torch.tensor([0, TEXT_TOKENS], dtype=torch.int32), guidance_scale=1.0), {},
-        cfg=False, fill_zeros=True,  # its CFG calls carry no cache_context (see docs/adapters.md)
+        dict(_VIDEO, prompt_cu_seqlens=torch.tensor([0, TEXT_TOKENS], dtype=torch.int32)),
+        dict(guidance_scale=4.0, negative_prompt_cu_seqlens=torch.tensor([0, TEXT_TOKENS], dtype=torch.int32)),
+        dict(guidance_scale=1.0), fill_zeros=True,
     ),
     "sana_video": TinyFamily(
         "SanaVideoPipeline", "SanaVideoTransformer3DModel",
@@ -534,9 +535,9 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              intermediate_size=32, timestep_embed_dim=8, text_hidden_dim=16, num_text_layers=3,
              text_num_attention_heads=2, text_num_key_value_heads=1, text_intermediate_size=16,
              num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 2, 2), rope_theta=1000.0),
-        {"prompt_embeds": (TEXT_TOKENS, 3, 16)}, dict(height=64, width=64, guidance_scale=0.0), {},
-        masks=("prompt_embeds_mask",), mask_dtype=torch.bool, cfg=False,
-        components=dict(text_encoder_select_layers=(0, 1, 2)),  # its CFG calls carry no cache_context
+        {"prompt_embeds": (TEXT_TOKENS, 3, 16)}, dict(height=64, width=64), dict(guidance_scale=4.0),
+        dict(guidance_scale=0.0), masks=("prompt_embeds_mask",), mask_dtype=torch.bool,
+        components=dict(text_encoder_select_layers=(0, 1, 2)),
     ),
     "prx": TinyFamily(
         "PRXPipeline", "PRXTransformer2DModel",
@@ -549,7 +550,7 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
     "chronoedit": TinyFamily(
         "ChronoEditPipeline", "ChronoEditTransformer3DModel",
         {**_WAN, "in_channels": 12, "image_dim": 32, "added_kv_proj_dim": 32}, _TEXT,
-        dict(_VIDEO, image=_tiny_image(), guidance_scale=1.0), {}, cfg=False,  # CFG calls without cache_context
+        dict(_VIDEO, image=_tiny_image()), dict(guidance_scale=4.0), dict(guidance_scale=1.0),
         components=dict(vae=_tiny_wan_vae, image_encoder=_tiny_clip_vision, image_processor=_tiny_clip_processor),
     ),
     # image-conditioned pipelines: the reference image's tokens join the sequence (Kontext, FLUX.2: `img_ids` tell
@@ -557,7 +558,7 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
     "flux_kontext": TinyFamily(
         "FluxKontextPipeline", "FluxTransformer2DModel", FAMILIES["flux"].config, _TEXT_POOLED,
         dict(image=_tiny_image(64), height=64, width=64, max_area=64 * 64, _auto_resize=False),
-        dict(true_cfg_scale=3.0), cfg=False,  # its true-CFG calls carry no cache_context
+        dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
         components=dict(vae=lambda: _tiny_vae()),
     ),
     "flux2_edit": TinyFamily(
@@ -586,8 +587,8 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              patch_size_t=1, guidance_embeds=True, text_embed_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
              rope_axes_dim=(4, 6, 6), image_condition_type=None, has_image_proj=True, image_proj_dim=32,
              has_clean_x_embedder=True, **_HEADS),
-        _TEXT_POOLED, dict(image=_tiny_image(64), height=64, width=64, num_frames=9, latent_window_size=2), {},
-        masks=("prompt_attention_mask",), cfg=False,  # its true-CFG calls carry no cache_context
+        _TEXT_POOLED, dict(image=_tiny_image(64), height=64, width=64, num_frames=9, latent_window_size=2),
+        dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0), masks=("prompt_attention_mask",),
         components=dict(vae=_tiny_hunyuan_vae, image_encoder=_tiny_siglip, feature_extractor=_tiny_siglip_processor),
     ),
     "ltx2": TinyFamily(
@@ -602,7 +603,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None, use_cross_timestep=False),
         dict(guidance_scale=3.0, negative_prompt=None), dict(guidance_scale=1.0), masks=("prompt_attention_mask",),
         components=dict(vae=_tiny_ltx2_vae, audio_vae=_tiny_ltx2_audio_vae, connectors=_tiny_ltx2_connectors),
-        known_gaps=dict(cfg="the transformer returns (video, audio); CFG reuse rebuilds a single output tensor"),
     ),
     "wan_animate": TinyFamily(
         "WanAnimatePipeline", "WanAnimateTransformer3DModel",
@@ -626,14 +626,13 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
         {}, dict(prompt="a red circle", height=64, width=64, max_sequence_length=TEXT_TOKENS),
         dict(guidance_scale=4.0, negative_prompt="a blue square"), dict(guidance_scale=1.0),
         components=dict(text_encoder=_tiny_smollm3, tokenizer=lambda: word_tokenizer(), vae=_tiny_fibo_vae),
-        known_gaps=dict(cfg="the per-layer text features come as a list (text_encoder_layers) CFG reuse does not halve"),
     ),
     "glm_image": TinyFamily(
         "GlmImagePipeline", "GlmImageTransformer2DModel",
         dict(patch_size=2, in_channels=4, out_channels=4, num_layers=2, text_embed_dim=TEXT_DIM, time_embed_dim=16,
              condition_dim=8, prior_vq_quantizer_codebook_size=128, **_HEADS),
-        _TEXT, dict(height=64, width=64, guidance_scale=1.0, prior_token_ids=torch.arange(64)[None] * 7 % 128), {},
-        cfg=False,  # its CFG calls carry no cache_context; prior tokens given (no GLM autoregressive model)
+        _TEXT, dict(height=64, width=64, prior_token_ids=torch.arange(64)[None] * 7 % 128), dict(guidance_scale=4.0),
+        dict(guidance_scale=1.0),  # prior tokens given (no GLM autoregressive model)
         components=dict(vae=lambda: _tiny_vae()),
     ),
     "hidream_image": TinyFamily(
@@ -679,7 +678,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              gist_step=4, gist_min_text_len=8, gist_max_text_len=16, axes_dims=(4, 6, 6), axes_lens=(64, 32, 32)),
         {"prompt_embeds": (2, TEXT_TOKENS, TEXT_DIM)},  # the Perceiver's bundle, then one per injection block
         dict(height=64, width=64), *_GUIDED,
-        known_gaps=dict(cfg="its CFG calls carry no cache_context: CFG reuse cannot tell which one is unconditional"),
     ),
     "qwen_image_edit": TinyFamily(
         "QwenImageEditPipeline", "QwenImageTransformer2DModel", FAMILIES["qwenimage"].config, _TEXT,
@@ -694,15 +692,12 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              context_in_dim=TEXT_DIM, mlp_ratio=2, axes_dims_rope=(4, 6, 6)),
         _TEXT, dict(height=64, width=64, use_kv_cache=False), dict(true_cfg_scale=3.0), dict(true_cfg_scale=1.0),
         masks=("prompt_embeds_mask",), components=dict(processor=_tiny_qwen3vl_text_processor),
-        caveat="only with use_kv_cache=False: its KV cache runs step 0 on the whole sequence and later steps on the "
-        "target tokens, which the kept features do not follow yet",
-    ),
+    ),  # use_kv_cache=False keeps the family test fast; test_qwenimage21_kv_cache_steps_change_the_token_count runs it on
     "z_image": TinyFamily(
         "ZImagePipeline", "ZImageTransformer2DModel",
         dict(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=TEXT_DIM,
              axes_dims=[4, 6, 6], axes_lens=[64, 32, 32]),
         _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=0.0), embeds_as_list=True,
-        known_gaps=dict(cfg="its batched CFG passes latents and prompt embeddings as lists CFG reuse does not halve"),
     ),
     "lumina2": TinyFamily(
         "Lumina2Pipeline", "Lumina2Transformer2DModel",
@@ -711,7 +706,6 @@ MORE_FAMILIES: dict[str, TinyFamily] = {
              cap_feat_dim=TEXT_DIM),
         _TEXT, dict(height=64, width=64), dict(guidance_scale=4.0), dict(guidance_scale=1.0),
         masks=("prompt_attention_mask",),
-        known_gaps=dict(cfg="its CFG calls carry no cache_context: CFG reuse cannot tell which one is unconditional"),
     ),
 }  # fmt: skip
 

@@ -120,7 +120,29 @@ class PerBlockDiT(DummyDiT):
         return hidden_states
 
 
-for _cls in ("TokenDiT", "CondDiT", "PerBlockDiT"):
+class ListDiT(DummyDiT):
+    """CondDiT with Z-Image's call shape: the batch is a list of per-sample latents and one of per-sample
+    conditions (1, 1), and the output a list of samples."""
+
+    def forward(self, hidden_states, timestep, temb, encoder_hidden_states):
+        hidden = torch.stack(hidden_states)
+        for block in self.blocks:
+            hidden = block(hidden, temb)
+        return (list((hidden + torch.stack(encoder_hidden_states)).unbind(0)),)
+
+
+class LayersDiT(DummyDiT):
+    """CondDiT with Bria FIBO's and LTX-2's call shapes: the condition comes as a list of per-layer (B, 1, 1) tensors
+    (their sum is added), and the transformer returns two outputs, (video, audio), each with its own condition."""
+
+    def forward(self, hidden_states, timestep, temb, encoder_hidden_states):
+        for block in self.blocks:
+            hidden_states = block(hidden_states, temb)
+        condition = sum(encoder_hidden_states)
+        return hidden_states + condition, hidden_states[:, :1] * 0.5 - 2 * condition
+
+
+for _cls in ("TokenDiT", "CondDiT", "PerBlockDiT", "ListDiT", "LayersDiT"):
     dit_cache.register_adapter(
         ModelSpec(
             name=_cls.lower(),

@@ -110,6 +110,40 @@ def test_batch_order_cond_first_is_respected():
     assert sizes == [2, 1, 2, 1]
 
 
+@pytest.mark.parametrize("shape", ["lists", "layers-and-two-outputs"])
+def test_batched_rebuild_halves_and_rebuilds_nested_arguments_and_outputs(shape):
+    """Z-Image passes its batch as lists of samples; Bria FIBO its text features as a list of batched per-layer
+    tensors; LTX-2 returns (video, audio). One walk halves every batched part of the arguments and rebuilds every
+    batched output: exact on the constant-difference dummies, with the conditional half run alone."""
+    from dummy import LayersDiT, ListDiT
+
+    model, sched = (ListDiT if shape == "lists" else LayersDiT)(num_blocks=2), FakeScheduler(STEPS)
+    layers = torch.tensor([E_UNCOND, E_COND]).reshape(2, 1, 1)
+
+    def guided():
+        outputs = []
+        for i, t in enumerate(sched.timesteps):
+            h = torch.cat([_hidden(i), _hidden(i)])
+            if shape == "lists":
+                args = dict(hidden_states=list(h.unbind(0)), encoder_hidden_states=list(layers.unbind(0)))
+            else:
+                args = dict(hidden_states=h, encoder_hidden_states=[layers, layers * 3, -layers])
+            outputs.append(model(**args, timestep=t.expand(2), temb=torch.tensor(1.0)))
+        return outputs
+
+    baseline = guided()
+    sizes = _batch_sizes(model)
+    dit_cache.apply(model, "cfg", scheduler=sched, **EXACT)
+    out = guided()
+    assert sizes == [2, 1, 2, 1]
+    flat = [torch.stack(o[0]) if shape == "lists" else torch.cat([o[0].flatten(), o[1].flatten()]) for o in out]
+    reference = [torch.stack(o[0]) if shape == "lists" else torch.cat([o[0].flatten(), o[1].flatten()])
+                 for o in baseline]  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(flat, reference))
+    assert type(out[1][0]) is type(baseline[1][0]) and len(out[1]) == len(baseline[1])
+    assert dit_cache.stats(model).compute_fraction == 0.75
+
+
 def test_frequency_split_weights_low_and_high_parts():
     """A spatially constant difference is all low frequency: with alpha_low = 2 the rebuild adds it twice. A
     difference alternating over the token grid is all high frequency: alpha_low leaves it alone."""

@@ -75,6 +75,9 @@ def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     assert not torch.equal(out, baseline), f"{name} {policy}: reuse changed nothing"
     if policy == "fora":  # remove() after a policy that kept per-block state (the others: test_pipelines.py)
         assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} {policy}: remove()"
+    if policy == "cfg":  # both branches computed on every step: bitwise the uncached pipeline
+        with dit_cache.cached(pipe, dit_cache.CFGCache(interval=1, warmup=0.0)):
+            assert torch.equal(run(pipe, name, cfg=cfg, steps=STEPS), baseline), f"{name} cfg interval=1"
 
 
 def test_unsupported_transformer_names_the_nearest_classes_and_how_to_register():
@@ -147,9 +150,11 @@ def test_registered_and_refused_classes_are_diffusers_classes():
 
 
 def test_sequential_cfg_without_cache_context_keeps_the_branches_apart():
-    """Chroma runs its unconditional branch as a second call of each step and names neither: the second call of a
-    step gets its own state (never the other branch's features), so caching works and matches a run whose calls
-    are named by cache_context."""
+    """Chroma runs its unconditional branch as a second call of each step and names neither. Where its embeddings
+    cannot be read (the spec names none here), the second call of a step gets its own state (never the other
+    branch's features), so caching works and matches a run whose calls are named by cache_context."""
+    from dataclasses import replace
+
     pipe = tiny_pipeline("chroma")
     transformer = pipe.transformer
     original = type(transformer)
@@ -167,8 +172,11 @@ def test_sequential_cfg_without_cache_context_keeps_the_branches_apart():
         return pipe(**kw).images
 
     with dit_cache.cached(pipe, "fora", interval=2):
+        engine = transformer._dit_cache.engine
+        spec, engine.spec = engine.spec, replace(engine.spec, cfg_embeds=())
         plain = guided()
         stats = dit_cache.stats(pipe)
+        engine.spec = spec
         transformer.__class__ = Named
         try:
             named = guided()
@@ -216,26 +224,22 @@ def test_guider_branch_names_are_read_as_cond_and_uncond():
     assert any(r.branch == "uncond" and r.decision == "reused" for r in records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(RuntimeError, ValueError),
-    reason="Qwen-Image 2.1's KV cache (use_kv_cache=True, the pipeline's default) runs step 0 on the whole sequence "
-    "and later steps on the target tokens only; a branch's state starts afresh when its batch changes, not its "
-    "token count, so features kept at step 0 meet the shorter sequence (engine._batch_checked)",
-)
 def test_qwenimage21_kv_cache_steps_change_the_token_count():
+    """Qwen-Image 2.1's KV cache (use_kv_cache=True, the pipeline's default) runs step 0 on the whole sequence and
+    later steps on the target tokens only: the branch's state starts afresh where its token count changes."""
     pipe = tiny_pipeline("qwenimage21")
 
     def cached_run():
         return pipe(**{**tiny_inputs("qwenimage21", steps=4), "use_kv_cache": True}).images
 
     baseline = cached_run()
-    with dit_cache.cached(pipe, "fora", interval=1):
-        assert torch.equal(cached_run(), baseline)  # never-reuse works: nothing kept is ever applied
-    with dit_cache.cached(pipe, "fora", interval=3):
-        out = cached_run()
-        stats = dit_cache.stats(pipe)
-    assert stats.compute_fraction < 0.9 and torch.isfinite(out).all()
+    with dit_cache.cached(pipe, "taylorseer", interval=1):
+        assert torch.equal(cached_run(), baseline)  # never-reuse: bitwise
+    for policy, options in (("fora", dict(interval=3)), ("teacache", dict(threshold=10.0)), ("toca", {})):
+        with dit_cache.cached(pipe, policy, **options):
+            out = cached_run()
+            stats = dit_cache.stats(pipe)
+        assert stats.compute_fraction < 0.9 and torch.isfinite(out).all(), policy
 
 
 @pytest.mark.parametrize("name", ["cogvideox_i2v", "consisid"])
@@ -258,3 +262,38 @@ def test_image_and_face_conditioning_reach_the_transformer(name):
     assert not torch.equal(call(), call(**other)), f"{name}: the condition is ignored"
     with dit_cache.cached(pipe, "fora", interval=2):
         assert not torch.equal(call(), call(**other)), f"{name}: the condition is ignored when cached"
+
+
+SEQUENTIAL_CFG = ["chroma", "flux_kontext", "kandinsky5", "chronoedit", "krea2", "glm_image", "lumina2",
+                  "hunyuan_video_framepack", "bria_fibo2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL_CFG)
+def test_sequential_cfg_branch_is_read_from_the_pipelines_own_embeddings(name):
+    """These pipelines run CFG as two calls per step and set no cache_context: a call given the pipeline's
+    `negative_prompt_embeds` is "uncond", one given its `prompt_embeds` "cond" (not the calls' order), so CFG reuse
+    rebuilds the unconditional calls. Checked against the calls' real arguments, read by a hook."""
+    pipe = tiny_pipeline(name)
+    kw = tiny_inputs(name, cfg=True, steps=STEPS)
+    negative = next(kw[key] for key in ("negative_prompt_embeds", "negative_prompt_embeds_qwen") if key in kw)
+    got_negative = []
+
+    def hook(module, args, kwargs):
+        got_negative.append(any(value is negative for value in (*args, *kwargs.values())))
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with dit_cache.cached(pipe, "cfg", interval=2, warmup=0.0):
+            pipe(**kw)
+            records = sorted(dit_cache.stats(pipe).records, key=lambda r: r.step)
+    finally:
+        handle.remove()
+    # the hook runs before dit_cache's, on every call, rebuilt or not (FramePack: one trajectory per video section;
+    # Krea 2 and Bria FIBO 2 pass embeddings derived from the ones given, so the given one never reaches the
+    # transformer: the branch is still read from the pipeline's locals of those names)
+    calls = len(got_negative)
+    assert calls % (2 * STEPS) == 0 and calls > 0
+    derived = name in ("krea2", "bria_fibo2")  # they pass embeddings derived from the given ones, under the same names
+    assert got_negative == ([False] * calls if derived else [False, True] * (calls // 2))
+    assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(STEPS) for b in ("cond", "uncond")]
+    assert [r.decision for r in records if r.branch == "uncond"] == ["computed", "reused"] * (STEPS // 2)

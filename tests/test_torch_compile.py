@@ -151,3 +151,18 @@ def test_remove_leaves_the_compiled_model_uncached(mode, eager):
     out = run(pipe, "wan")
     assert recorder.attention_calls > 0
     torch.testing.assert_close(out, eager["wan", None][0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sequential_cfg_branches_are_read_from_embeddings_under_compile():
+    """Chroma names neither CFG call: under `torch.compile(transformer)` the branch is still read from the calling
+    pipeline's embeddings (outside the graph), and CFG reuse gives the uncompiled result."""
+    pipe = tiny_pipeline("chroma")
+    with dit_cache.cached(pipe, "cfg", interval=2, warmup=0.0):
+        eager_out = run(pipe, "chroma", steps=2)
+    compile_transformer(pipe, "wrapped")
+    with dit_cache.cached(pipe, "cfg", interval=2, warmup=0.0):
+        out = run(pipe, "chroma", steps=2)
+        stats = dit_cache.stats(pipe)
+    assert {r.branch for r in stats.records} == {"cond", "uncond"} and stats.compute_fraction == 0.75
+    assert torch.equal(out, eager_out)

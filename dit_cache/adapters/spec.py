@@ -159,6 +159,10 @@ class BlockCall:
         return self.get(self.group.encoder_arg)
 
 
+# what sequential-CFG pipelines call their prompt embeddings (Kandinsky 5: the Qwen ones go to the blocks)
+CFG_EMBEDS = (("prompt_embeds", "negative_prompt_embeds"), ("prompt_embeds_qwen", "negative_prompt_embeds_qwen"))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What dit_cache knows about one transformer family.
@@ -167,7 +171,9 @@ class ModelSpec:
     the transformer's timestep argument (Flux and Qwen-Image pipelines pass `t / 1000`: scale 1000; Z-Image and
     Lumina 2 pass it reversed, `(1000 - t) / 1000`: scale -1000, offset 1000). `cfg_batch_order`: the order of
     the two halves of a batch when the pipeline batches classifier-free guidance (diffusers concatenates negative
-    first).
+    first). `cfg_embeds`: (positive, negative) names of the prompt embeddings in a pipeline's `__call__` that runs
+    CFG as two calls per step without a cache_context: a call given the positive tensor is "cond", the negative
+    "uncond" (`state.sequential_cfg_branch`).
     """
 
     name: str
@@ -179,6 +185,7 @@ class ModelSpec:
     timestep_offset: float = 0.0
     timestep_arg: str = "timestep"
     cfg_batch_order: tuple[str, str] = ("uncond", "cond")
+    cfg_embeds: tuple[tuple[str, str], ...] = CFG_EMBEDS
     notes: str = ""
     extra: dict = field(default_factory=dict)
 

@@ -162,17 +162,27 @@ def calibrate(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    transformer: str = "transformer",
 ) -> Profile:
     """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
+
+    transformer: the component to record. A two-expert pipeline (Wan 2.2 A14B) gets one profile per expert:
+    `transformer` records the steps it runs, `transformer="transformer_2"` the others, each on the sigmas of its own
+    steps (a profile places a call's steps by sigma, so an expert's profile serves that expert's steps at any step
+    count). Save the second one as `dit_cache_profile.json` in the `transformer_2` folder, or pass it to `apply` on
+    that expert.
 
     With `out`, the profile is rewritten atomically after each job; with `resume=True` the jobs already in `out`
     are skipped. Raises before generating anything if `out` cannot be written or belongs to another calibration.
     """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
-    if not hasattr(pipe, "transformer") or not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
-        raise ValueError(f"calibration needs a diffusers pipeline with a transformer, got {type(pipe).__name__}")
-    transformer = pipe.transformer
+    if not isinstance(getattr(pipe, transformer, None), torch.nn.Module):
+        raise ValueError(
+            f"calibration needs a diffusers pipeline with a {transformer!r} component, got {type(pipe).__name__}"
+            + (f" (its {transformer!r} is None)" if hasattr(pipe, transformer) else "")
+        )
+    transformer = getattr(pipe, transformer)
     fingerprint = model_fingerprint(transformer)
     sampler = _sampler(pipe, settings)
     kept = prompt_list(prompts)

@@ -7,12 +7,15 @@ unconditional one: u = c + w_high * d + (w_low - w_high) * low(d), low() the spa
 the trajectory and 1 outside.
 
 How each pipeline runs CFG:
-- sequential branches (Flux true-CFG, Wan, HunyuanVideo, Qwen-Image: `cache_context("cond")` then `("uncond")`):
-  the conditional call runs as usual and its output is kept; on a reuse step the unconditional call returns the
-  rebuilt output without running the transformer (its step is located from its timestep first: one host read).
+- sequential branches (Flux true-CFG, Wan, HunyuanVideo, Qwen-Image: `cache_context("cond")` then `("uncond")`;
+  Chroma, Kandinsky 5... set none, and their branch is read from the pipeline's embeddings, see
+  `state.sequential_cfg_branch`): the conditional call runs as usual and its output is kept; on a reuse step the
+  unconditional call returns the rebuilt output without running the transformer (its step is located from its
+  timestep first: one host read).
 - batched CFG (SD3, PixArt, CogVideoX, LTX: one call on a doubled batch, halves in the adapter's `cfg_batch_order`):
-  on a reuse step every tensor argument whose first dim is the doubled batch is cut to the conditional half, the
-  transformer runs on it and the other half of the output is rebuilt. Guidance counts as on when the batch is even
+  on a reuse step every batched part of the arguments is cut to the conditional half (`batched.py`: tensors of the
+  doubled batch in nested lists and dicts, or Z-Image's lists of samples), the transformer runs on it and the other
+  half of every batched output is rebuilt (LTX-2: video and audio, each with its own stored difference). Guidance counts as on when the batch is even
   and its two latent halves are equal (the pipeline's `cat([latents] * 2)`), read with the step in one host read.
   The inner policy keeps a separate state for those half calls (branch "cond"): its decisions there run on the
   sub-trajectory of reuse steps.
@@ -38,32 +41,13 @@ from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_c
 from ..state import REUSE, CallInfo
 from ..stats import StepRecord
 from .base import Locate, ModelContext, Policy, policy_class, policy_for
+from .batched import Batch, batch_of, batched_parts, joined, like, map_batched, stacked
 from .grid import low_pass
 from .token import grid_of_call
 
 logger = logging.getLogger(__name__)
 
-_NOT_BATCH = frozenset({"img_ids", "txt_ids", "image_rotary_emb", "rotary_emb", "freqs_cis"})
 DEFAULT_INTERVAL = 2
-
-
-def output_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return output.sample
-
-
-def with_tensor(output: Any, tensor: torch.Tensor) -> Any:
-    """`output` (a tensor, a tuple or a diffusers output object) with its first tensor replaced."""
-    if isinstance(output, torch.Tensor):
-        return tensor
-    if isinstance(output, tuple):
-        return (tensor, *output[1:])
-    if isinstance(output, list):
-        return [tensor, *output[1:]]
-    return type(output)(**{**dict(output), "sample": tensor})
 
 
 def full_steps(num_steps: int, interval: int, warmup: float) -> list[int]:
@@ -95,28 +79,15 @@ class CFGTrajectory:
     """What CFG reuse keeps across the branches of one pipeline call."""
 
     last_full: int | None = None
-    cond: tuple[int, torch.Tensor, Any] | None = None  # (step, conditional output, output object) — sequential
-    delta: torch.Tensor | None = None  # unconditional - conditional output of the last full step
-    delta_low: torch.Tensor | None = None  # its low spatial frequencies (computed when the weights need it)
+    # sequential: (step, the conditional call's batched outputs, its batch, its output object)
+    cond: tuple[int, list[torch.Tensor], Batch, Any] | None = None
+    # unconditional - conditional output of the last full step, one tensor per batched output (LTX-2: video, audio)
+    delta: list[torch.Tensor] | None = None
+    delta_low: torch.Tensor | None = None  # the first output's low spatial frequencies (when the weights need it)
     grid: Any = None
     seen_uncond: bool = False
     cond_decision: str | None = None  # the inner decision of the last conditional call (sequential)
     last_decision: str | None = None  # the inner decision of the last call
-
-
-def slice_batch(args: tuple, kwargs: dict, batch: int, half: slice) -> tuple[tuple, dict]:
-    """Cut every tensor argument (and tensor value of a dict argument) whose first dim is `batch` to `half`."""
-
-    def cut(value: Any, name: str | None = None) -> Any:
-        if name in _NOT_BATCH:
-            return value
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch:
-            return value[half]
-        if isinstance(value, dict):
-            return {k: cut(v, k) for k, v in value.items()}
-        return value
-
-    return tuple(cut(a) for a in args), {k: cut(v, k) for k, v in kwargs.items()}
 
 
 @policy_for(CFGCache)
@@ -206,23 +177,36 @@ class CFGPolicy(Policy):
         w_high = self.config.alpha_high if high[0] < position < high[1] else 1.0
         return float(w_low), float(w_high)
 
-    def rebuild(self, call: CallInfo, cond: torch.Tensor) -> torch.Tensor:
+    def rebuild(self, call: CallInfo, cond: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The unconditional outputs from the conditional ones and the stored differences. The frequency split is
+        spatial: it weights the first output (the latent, whose token grid is known); the others (LTX-2's audio)
+        get their difference as is."""
         t = self.trajectory
         w_low, w_high = self.weights(call.step, call.num_steps)
-        uncond = kernels.apply_residual(cond, t.delta, None if w_high == 1.0 else w_high)
+        uncond = [kernels.apply_residual(cond[0], t.delta[0], None if w_high == 1.0 else w_high)]
         if w_low != w_high:
             if t.delta_low is None:
-                t.delta_low = low_pass(t.delta, t.grid).to(t.delta.dtype)
-            uncond = kernels.apply_residual(uncond, t.delta_low, w_low - w_high)
-        return uncond
+                t.delta_low = low_pass(t.delta[0], t.grid).to(t.delta[0].dtype)
+            uncond[0] = kernels.apply_residual(uncond[0], t.delta_low, w_low - w_high)
+        return uncond + [kernels.apply_residual(c, d, None) for c, d in zip(cond[1:], t.delta[1:])]
 
-    def store_delta(self, uncond: torch.Tensor, cond: torch.Tensor, step: int, grid: Any = None) -> None:
+    def store_delta(self, uncond: list[torch.Tensor], cond: list[torch.Tensor], step: int, grid: Any = None) -> None:
         t = self.trajectory
-        buffer = t.delta if t.delta is not None and not torch.is_grad_enabled() else None
-        t.delta = kernels.store_residual(uncond.detach(), cond.detach(), buffer)
+        buffers = t.delta if t.delta is not None and not torch.is_grad_enabled() else None
+        if buffers is not None and [b.shape for b in buffers] != [u.shape for u in uncond]:
+            buffers = None
+        t.delta = [
+            kernels.store_residual(u.detach(), c.detach(), None if buffers is None else buffers[i])
+            for i, (u, c) in enumerate(zip(uncond, cond))
+        ]
         t.delta_low = None
         t.last_full = step
         t.grid = grid
+
+    def fits(self, parts: list[torch.Tensor]) -> bool:
+        """Whether the stored differences can rebuild the unconditional counterparts of `parts`."""
+        delta = self.trajectory.delta
+        return delta is not None and [d.shape for d in delta] == [p.shape for p in parts]
 
     def _say_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._said:
@@ -243,6 +227,7 @@ class CFGPolicy(Policy):
             return run(*args, **kwargs)
         if call.branch == "cond":
             call.extra["cfg"] = "cond"
+            call.extra["cfg_batch"] = batch_of(_hidden(args, kwargs))
             return run(*args, **kwargs)
         if call.branch == "uncond":
             return self._uncond(call, args, kwargs, run, locate)
@@ -255,11 +240,12 @@ class CFGPolicy(Policy):
         t.seen_uncond = True
         cond = t.cond
         fresh = cond is not None and cond[0] == call.step
-        if fresh and t.delta is not None and t.delta.shape == cond[1].shape and self.reuses(call):
+        if fresh and self.fits(cond[1]) and self.reuses(call):
             call.prepared, call.decision = True, REUSE
             call.skipped_units = self.total_units
             call.extra["cfg"] = "rebuilt"
-            return with_tensor(cond[2], self.rebuild(call, cond[1]))
+            uncond = iter(self.rebuild(call, cond[1]))
+            return map_batched(cond[3], cond[2], lambda part: like(part, next(uncond)))
         call.extra["cfg"] = "uncond" if fresh else "uncond-alone"
         if not fresh:
             self._say_once(
@@ -269,12 +255,12 @@ class CFGPolicy(Policy):
         return run(*args, **kwargs)
 
     def _batched(self, call: CallInfo, args: tuple, kwargs: dict, run: Callable, locate: Locate) -> Any:
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.dim() >= 1 else 0
+        batch = batch_of(_hidden(args, kwargs))
         differ = None
-        if batch >= 2 and batch % 2 == 0:
-            half = batch // 2
-            differ = (hidden[:half] != hidden[half:]).any().float().reshape(1)
+        if batch is not None and batch.size >= 2 and batch.size % 2 == 0:
+            latents = stacked(_hidden(args, kwargs))
+            half = batch.size // 2
+            differ = (latents[:half] != latents[half:]).any().float().reshape(1)
         values = locate(call, differ)
         if differ is None or values[-1] != 0:
             self._say_once(
@@ -283,20 +269,28 @@ class CFGPolicy(Policy):
             )  # fmt: skip
             call.extra["cfg"] = "off"
             return run(*args, **kwargs)
-        half = batch // 2
+        half = batch.size // 2
         t = self.trajectory
         self.resolve_target(call.num_steps)
-        if t.delta is not None and t.delta.shape[0] == half and self.reuses(call):
+        call.extra["cfg_batch"] = batch
+        if t.delta is not None and all(d.shape[0] == half for d in t.delta) and self.reuses(call):
             cond_half = slice(self.cond_index * half, (self.cond_index + 1) * half)
-            half_args, half_kwargs = slice_batch(args, kwargs, batch, cond_half)
+            cut = lambda part: part[cond_half]  # noqa: E731
+            half_args = map_batched(args, batch, cut)
+            half_kwargs = {name: map_batched(value, batch, cut, name) for name, value in kwargs.items()}
             call.extra["cfg"] = "half"
             call.extra["cfg_branch"] = call.branch
             call.branch = "cond"  # the inner policy's state for the conditional-half calls
             output = run(*half_args, **half_kwargs)
-            cond = output_tensor(output)
-            uncond = self.rebuild(call, cond)
-            both = (uncond, cond) if self.cond_index == 1 else (cond, uncond)
-            return with_tensor(output, torch.cat(both, dim=0))
+            half_batch = Batch(half, batch.as_list)
+            cond = batched_parts(output, half_batch)
+            uncond = iter(self.rebuild(call, [stacked(part) for part in cond]))
+
+            def both(part: Any) -> Any:
+                other = like(part, next(uncond))
+                return joined(other, part) if self.cond_index == 1 else joined(part, other)
+
+            return map_batched(output, half_batch, both)
         call.extra["cfg"] = "full"
         return run(*args, **kwargs)
 
@@ -306,8 +300,9 @@ class CFGPolicy(Policy):
         t = self.trajectory
         t.last_decision = call.decision
         if kind == "cond":
-            tensor = output_tensor(output)
-            t.cond = (call.step, tensor.detach().clone(), output)
+            batch = call.extra.get("cfg_batch") or Batch(1)
+            parts = [stacked(part).detach().clone() for part in batched_parts(output, batch)]
+            t.cond = (call.step, parts, batch, output)
             t.cond_decision = call.decision
             if not t.seen_uncond and call.step > 0:
                 self._say_once(
@@ -315,12 +310,15 @@ class CFGPolicy(Policy):
                     "do; %s runs alone", self.inner_name
                 )  # fmt: skip
         elif kind == "uncond":
-            self.store_delta(output_tensor(output), t.cond[1], call.step, call.extra.get("grid"))
+            uncond = [stacked(part) for part in batched_parts(output, t.cond[2])]
+            if [u.shape for u in uncond] == [c.shape for c in t.cond[1]]:
+                self.store_delta(uncond, t.cond[1], call.step, call.extra.get("grid"))
         elif kind == "full":
-            tensor = output_tensor(output)
-            half = tensor.shape[0] // 2
-            parts = (tensor[:half], tensor[half:])
-            self.store_delta(parts[1 - self.cond_index], parts[self.cond_index], call.step, call.extra.get("grid"))
+            parts = [stacked(part) for part in batched_parts(output, call.extra["cfg_batch"])]
+            half = call.extra["cfg_batch"].size // 2
+            uncond_at, cond_at = (slice(0, half), slice(half, None))[:: 1 if self.cond_index == 1 else -1]
+            self.store_delta([p[uncond_at] for p in parts], [p[cond_at] for p in parts], call.step,
+                             call.extra.get("grid"))  # fmt: skip
         return output
 
     def split_record(self, call: CallInfo, record: StepRecord) -> list[StepRecord]:
@@ -333,3 +331,7 @@ class CFGPolicy(Policy):
             replace(record, branch="cond", computed_units=record.computed_units / 2, total_units=half),
             replace(record, branch="uncond", decision=REUSE, indicator=None, computed_units=0.0, total_units=half),
         ]
+
+
+def _hidden(args: tuple, kwargs: dict) -> Any:
+    return args[0] if args else kwargs.get("hidden_states")

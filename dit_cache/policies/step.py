@@ -112,7 +112,7 @@ class SegmentPolicy(Policy):
 
     def decide(self, call: CallInfo, state: Any, values: list[float]) -> str:
         if self.speedup is not None:
-            self.threshold = self.threshold_for(call.num_steps, call.sigmas)
+            self.threshold = self.threshold_for(call.num_steps, call.sigmas, call.expert_steps)
         self.observe(call, state, values)
         decision = COMPUTE if self.forced(call, state) else self.rule(call, state)
         if decision == COMPUTE:
@@ -131,29 +131,32 @@ class SegmentPolicy(Policy):
         a profile override this."""
         raise ValueError(f"{self.name}: speedup targets are not supported by this policy")
 
-    def threshold_for(self, num_steps: int, sigmas: list[float] | None) -> float:
+    def threshold_for(self, num_steps: int, sigmas: list[float] | None, steps: range | None = None) -> float:
         """The threshold whose replayed compute fraction is closest to 1 / speedup, for this step count; raises
-        `SpeedupError` when the closest is more than TOLERANCE away."""
-        key = (num_steps, tuple(sigmas) if sigmas else None)
+        `SpeedupError` when the closest is more than TOLERANCE away. With two experts, `steps` are this expert's:
+        the replay starts there afresh, as the expert does, and counts its steps only (each expert reaching the
+        target on its own steps, both together reach it on all of them)."""
+        key = (num_steps, tuple(sigmas) if sigmas else None, None if steps is None else (steps.start, steps.stop))
         if key not in self._tuned:
             traces = self.replay_traces(num_steps, sigmas)
             with self._untuned() as speedup:
 
                 def fraction_at(threshold: float) -> float:
                     self.threshold = threshold
-                    return replay_fraction(self, traces, num_steps, sigmas)
+                    return replay_fraction(self, traces, num_steps, sigmas, steps)
 
                 target = 1.0 / speedup
                 best = search_threshold(fraction_at, target)
                 floor = fraction_at(1e12)
                 if floor > target + TOLERANCE:
+                    where = f"{num_steps} steps" if steps is None else f"the {len(steps)} steps of this expert"
                     raise SpeedupError(
                         f"{self.name}: speedup={speedup:g} is above what this policy can reach on this profile at "
-                        f"{num_steps} steps (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
+                        f"{where} (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
                         "ask for less, or loosen max_skip / retention / front_blocks"
                     )
                 check_reached(
-                    self.name, speedup, fraction_at(best), num_steps,
+                    self.name, speedup, fraction_at(best), num_steps if steps is None else len(steps),
                     f"compute fractions {floor:.3f}-1, in jumps (a threshold moves whole steps on these traces)",
                     "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
                 )  # fmt: skip
@@ -549,31 +552,39 @@ class LeMiCaPolicy(SchedulePolicy):
             self.steps = tuple(schedules[budget])
 
     def steps_for_call(self, call: CallInfo) -> frozenset[int]:
-        key = ("lemica", call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        steps = call.expert_steps or range(call.num_steps)
+        key = ("lemica", call.num_steps, tuple(call.sigmas) if call.sigmas else None, steps.start, steps.stop)
         if key not in self._tuned:
-            self._tuned[key] = self._solve(call.num_steps, call.sigmas)
+            self._tuned[key] = self._solve(call.num_steps, call.sigmas, steps)
         return self._tuned[key]
 
-    def _solve(self, num_steps: int, sigmas: list[float] | None) -> frozenset[int]:
+    def _solve(self, num_steps: int, sigmas: list[float] | None, steps: range) -> frozenset[int]:
+        """The computed steps among `steps`: all of the trajectory, or one expert's where experts share it (Wan 2.2
+        A14B): that expert's path runs from its first step to its last on the edge weights of its own steps, with
+        its share of the budget, so both experts together reach the target over all steps."""
         config = self.config
+        count = len(steps)
         if self.edges is None:  # a published schedule, moved to the same trajectory positions
-            steps = map_steps(self.steps, self.written_for, num_steps)
+            mapped = map_steps(self.steps, self.written_for, num_steps)
+            chosen = frozenset(s for s in mapped if s in steps) | {steps.start}
         else:
-            budget = self._budget(num_steps)
+            budget = self._budget(count if config.budget is None else num_steps)
+            if count < num_steps and config.budget is not None:  # one expert's share of budget=, at least 2 steps
+                budget = min(count, max(min(2, count), round(budget * count / num_steps)))
             edges = self.edges.double().numpy()
             src = self._edge_grid(edges.shape[0])
-            steps = frozenset(solve_lexminimax(resample_edges(edges, src, self.profile.call_grid(num_steps, sigmas)),
-                                               budget))  # fmt: skip
+            grid = self.profile.call_grid(num_steps, sigmas)[steps.start : steps.stop]
+            chosen = frozenset(steps.start + s for s in solve_lexminimax(resample_edges(edges, src, grid), budget))
         if config.speedup is not None:
-            least = min(2, num_steps)
+            least = min(2, count)
             check_reached(
-                "lemica", config.speedup, len(steps) / num_steps, num_steps,
-                f"compute fractions {least / num_steps:.3f}-1 in steps of 1/{num_steps}"
-                if self.edges is not None else f"{len(steps)} of {num_steps} steps (a published schedule)",
+                "lemica", config.speedup, len(chosen) / count, count,
+                f"compute fractions {least / count:.3f}-1 in steps of 1/{count}"
+                if self.edges is not None else f"{len(chosen)} of {count} steps (a published schedule)",
                 "Ask for a speedup near one of them, or run more steps (finer steps)"
                 if self.edges is not None else "Calibrate edge weights for other targets (dit-cache calibrate)",
             )  # fmt: skip
-        return steps
+        return chosen
 
     def _budget(self, num_steps: int) -> int:
         config = self.config

@@ -17,12 +17,18 @@ _CACHED = (object(), None)  # stands in for a stored residual during a replay
 
 
 def replay(
-    policy: Any, branch: str, num_steps: int, sigmas: Sequence[float] | None, values_for: ValuesFor
+    policy: Any,
+    branch: str,
+    num_steps: int,
+    sigmas: Sequence[float] | None,
+    values_for: ValuesFor,
+    steps: range | None = None,
 ) -> list[str]:
-    """The decisions `policy` takes on one branch of one trajectory."""
+    """The decisions `policy` takes on one branch of one trajectory, on `steps` of it (all by default; one expert's
+    steps where experts share the trajectory, Wan 2.2 A14B: it starts there with a fresh state, as in the run)."""
     state = policy.new_state()
     decisions = []
-    for step in range(num_steps):
+    for step in range(num_steps) if steps is None else steps:
         call = CallInfo(branch=branch, timestep=None, step=step, num_steps=num_steps)
         call.sigmas = list(sigmas) if sigmas is not None else None
         call.sigma = call.sigmas[step] if call.sigmas else None
@@ -34,16 +40,21 @@ def replay(
 
 
 def replay_fraction(
-    policy: Any, traces: Sequence[tuple[str, ValuesFor]], num_steps: int, sigmas: Sequence[float] | None
+    policy: Any,
+    traces: Sequence[tuple[str, ValuesFor]],
+    num_steps: int,
+    sigmas: Sequence[float] | None,
+    steps: range | None = None,
 ) -> float:
-    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces."""
+    """Mean compute fraction (attention/MLP units, as in stats()) of `policy` over the traces, on `steps` (all by
+    default; one expert's own steps where experts share the trajectory)."""
     total_units = sum(slot.units for slot in policy.model.slots)
     segment_share = policy.segment_units / total_units if total_units else 1.0
     fractions = []
     for branch, values_for in traces:
-        decisions = replay(policy, branch, num_steps, sigmas, values_for)
+        decisions = replay(policy, branch, num_steps, sigmas, values_for, steps)
         reused = sum(d != COMPUTE for d in decisions)
-        fractions.append(1.0 - segment_share * reused / num_steps)
+        fractions.append(1.0 - segment_share * reused / len(decisions))
     return sum(fractions) / len(fractions)
 
 

@@ -69,6 +69,24 @@ def context_parallel_rank(transformer: torch.nn.Module) -> int:
     return 0 if group is None else _dist().get_rank(group)
 
 
+def data_parallel_rank(transformer: torch.nn.Module, rank: int, world: int) -> tuple[int, int]:
+    """(rank, world size) among the replicas that share out prompts: under context parallelism the ranks of one
+    group run the same prompts, so a group counts once. Groups must be blocks of consecutive ranks (diffusers'
+    default mesh, or a custom one laid out that way)."""
+    group = context_parallel_group(transformer)
+    if group is None:
+        return rank, world
+    ranks = _dist().get_process_group_ranks(group)
+    size = len(ranks)
+    replica = rank // size
+    if world % size or ranks != list(range(replica * size, replica * size + size)):
+        raise ParallelError(
+            f"dit_cache: the context-parallel group of rank {rank} holds ranks {ranks} of {world}; sharing prompts "
+            "across groups needs groups of consecutive ranks (mesh dims ordered (data, ring, ulysses))"
+        )
+    return replica, world // size
+
+
 def selects_tokens(config: Any) -> bool:
     """Whether a policy config picks tokens by value (ToCa, the mixture's token mode), also as an inner policy."""
     name = getattr(config, "policy_name", "")
@@ -165,7 +183,7 @@ class GroupSync:
             return
         everyone: list[Any] = [None] * self.size
         dist.all_gather_object(everyone, options, group=self.group)
-        keys = sorted(set().union(*everyone))
+        keys = list(dict.fromkeys(k for o in everyone for k in o))  # the policy first
         differing = [k for k in keys if len({str(o.get(k, "<absent>")) for o in everyone}) > 1]
         details = "; ".join(
             f"{k}: " + ", ".join(f"rank {self.global_ranks[r]} {o.get(k, '<absent>')}" for r, o in enumerate(everyone))

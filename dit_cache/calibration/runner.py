@@ -350,7 +350,6 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     """`dit-cache calibrate merge`: one profile from shard profiles of the same model and settings."""
     target = check_writable(out)
     shards = [Profile.load(p) for p in paths]
-    profile = merge_profiles(shards)
     layouts = {json.dumps(s.policies.get("parallel_layout", {}), sort_keys=True) for s in shards}
     if len(layouts) > 1:
         found = ", ".join(f"{p}: {s.policies.get('parallel_layout') or 'one process'}" for p, s in zip(paths, shards))
@@ -358,6 +357,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
             f"cannot merge shards recorded under different parallel layouts ({found}); record every shard with the "
             "same ContextParallelConfig (ring_degree, ulysses_degree), or none"
         )
+    profile = merge_profiles(shards)
     lists = {json.dumps(s.policies.get("calibration_prompts")) for s in shards}
     if len(lists) > 1:
         raise ProfileError("cannot merge shards calibrated on different prompt lists; rerun them on one prompt file")

@@ -228,6 +228,22 @@ def calibrated(rank: int, world: int, folder: str) -> Any:
     return sorted(set(saved))
 
 
+def replicas(rank: int, world: int, arg: Any) -> dict:
+    """A (data x ulysses) mesh: two context-parallel groups of consecutive ranks, each its own replica."""
+    from diffusers import ContextParallelConfig
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from dit_cache.distributed import data_parallel_rank
+    from dit_cache.testing import tiny_pipeline
+
+    _cpu_context_parallel()
+    mesh = init_device_mesh("cpu", (world // 2, 1, 2), mesh_dim_names=("data", "ring", "ulysses"))
+    pipe = tiny_pipeline("flux")
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2, mesh=mesh))
+    out, (decisions, reduces) = _run(pipe, "fbcache", seed=rank // 2, threshold=0.5)
+    return dict(replica=data_parallel_rank(pipe.transformer, rank, world), decisions=decisions, reduces=reduces)
+
+
 def whole_sequence(rank: int, world: int, arg: Any) -> tuple:
     from test_distributed import hidden_shard, shard_decisions
 
@@ -240,6 +256,7 @@ SCENARIOS = {
     "sharded_run": sharded_run,
     "bad_input": bad_input,
     "calibrated": calibrated,
+    "replicas": replicas,
     "rank_fails": rank_fails,  # last: it leaves the group unusable
 }
 

@@ -47,7 +47,9 @@ def two(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four():
     # diffusers' ring attention needs a backend that returns the log-sum-exp (not SDPA on CPU): Ulysses over 4
-    return spawn(4, suite, dict(different_shards=FOUR_POLICIES, sharded_run=dict(ulysses_degree=4), rank_fails=3))
+    return spawn(
+        4, suite, dict(different_shards=FOUR_POLICIES, sharded_run=dict(ulysses_degree=4), replicas=None, rank_fails=3)
+    )
 
 
 def _world(request, name):
@@ -91,6 +93,15 @@ def test_context_parallel_run_equals_the_single_process_run(world, request):
         # found without process_group: one all-reduce per call that has a previous step to compare with
         assert result["fbcache"]["reduces"] == result["teacache"]["reduces"] == PIPE_STEPS - 1
         assert result["fora"]["reduces"] == 0  # nothing value-dependent, nothing to reduce
+
+
+def test_context_parallel_groups_of_a_larger_mesh_are_replicas(four):
+    """A (data 2 x ulysses 2) mesh: each group syncs only its own two ranks and takes its own share of prompts."""
+    for rank, result in four.items():
+        assert result["replicas"]["replica"] == (rank // 2, 2)
+        assert result["replicas"]["reduces"] == PIPE_STEPS - 1
+    assert four[0]["replicas"]["decisions"] == four[1]["replicas"]["decisions"]
+    assert four[2]["replicas"]["decisions"] == four[3]["replicas"]["decisions"]
 
 
 def test_bad_input_is_a_clear_error_on_every_rank(two):

@@ -181,7 +181,8 @@ def main() -> int:
         backend = dist.get_backend()
         print(f"{world} ranks ({backend}), ring {args.ring} x ulysses {ulysses}, {args.model or 'tiny flux'}, "
               f"{args.steps} steps")  # fmt: skip
-        print(table(rows, list(rows[0])))
+        shown = [{**r, "max_abs_diff": f"{r['max_abs_diff']:.1e}"} for r in rows]
+        print(table(shown, list(rows[0])))
         print("one all-reduce of the decision's floats (host read included):", json.dumps(cost))
         out = args.out or Path(__file__).parent / "results" / f"multi_gpu_{backend}_{world}.json"
         write_json(out, dict(world=world, backend=backend, ring=args.ring, ulysses=ulysses, model=args.model or

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 # Wait this long in an all-reduce before looking for a failed peer in the store, then look again at this period.
 FAILURE_CHECK_AFTER_S = 0.5
 FAILURE_CHECK_EVERY_S = 0.25
-_SPIN_S = 0.05  # spin (yielding) before sleeping: a healthy all-reduce returns within a block's compute
+# Polling pauses double from the first to the longest: at most about a millisecond added to a call's host read.
+_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 1e-5, 1e-3
 _FAILED_KEY = "dit_cache/failed/"
 
 
@@ -206,11 +207,12 @@ class GroupSync:
     def _wait(self, work: Any) -> None:
         """Wait for `work`, raising if a peer posted a failure meanwhile (it will never join)."""
         if not work.is_completed():
-            start = time.monotonic()
-            next_check = start + FAILURE_CHECK_AFTER_S
+            next_check = time.monotonic() + FAILURE_CHECK_AFTER_S
+            pause = _FIRST_PAUSE_S
             while not work.is_completed():
+                time.sleep(pause)  # sleeping, not spinning: on CPU ranks the peer needs the core to catch up
+                pause = min(2 * pause, _LONGEST_PAUSE_S)
                 now = time.monotonic()
-                time.sleep(0 if now - start < _SPIN_S else 0.001)
                 if now >= next_check:
                     self._raise_if_peer_failed()
                     next_check = now + FAILURE_CHECK_EVERY_S

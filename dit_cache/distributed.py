@@ -142,9 +142,11 @@ class GroupSync:
         self.reduces = 0  # all-reduces issued, for the docs' cost figure and the tests
 
     @classmethod
-    def resolve(cls, transformer: torch.nn.Module, process_group: Any, where: str) -> GroupSync | None:
+    def resolve(
+        cls, transformer: torch.nn.Module, process_group: Any, where: str, parallel_at_apply: bool = True
+    ) -> GroupSync | None:
         """The sync for `process_group`, else for diffusers' context-parallel group, else None (one process, or a
-        group of one)."""
+        group of one). `parallel_at_apply`: whether diffusers' parallelism was on when the policy was applied."""
         dist = _dist()
         if not dist.is_available() or not dist.is_initialized():
             if process_group is not None:
@@ -156,6 +158,12 @@ class GroupSync:
         group = process_group if process_group is not None else context_parallel_group(transformer)
         if group is None:
             return None
+        if process_group is None and not parallel_at_apply:
+            # diffusers' split/gather hooks then wrap dit-cache's hooks and the cached residuals mix shards
+            raise ParallelError(
+                f"dit_cache: {where}.enable_parallelism(...) was called after dit_cache.apply; caching must be applied "
+                "to the parallel model. Call dit_cache.remove(pipe), then dit_cache.apply(pipe, ...) again"
+            )
         sync = cls(group, where)
         return sync if sync.size > 1 else None
 

@@ -91,6 +91,7 @@ class CacheEngine:
         self.process_group = process_group
         self.sync: GroupSync | None = None  # the group whose ranks decide together (see distributed.py)
         self.sync_resolved = False
+        self.parallel_at_apply = getattr(transformer, "_parallel_config", None) is not None
         if process_group is not None:  # a group without this rank fails at apply
             self._resolve_sync()
         self.total_units = sum(slot.units for slot in slots)
@@ -121,7 +122,7 @@ class CacheEngine:
         self.call = None
 
     def _resolve_sync(self) -> None:
-        self.sync = GroupSync.resolve(self.transformer, self.process_group, self.name)
+        self.sync = GroupSync.resolve(self.transformer, self.process_group, self.name, self.parallel_at_apply)
         self.sync_resolved = True
 
     def fail(self, error: BaseException) -> None:

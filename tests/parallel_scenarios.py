@@ -33,6 +33,7 @@ VALUE_POLICIES = {  # name -> options: every policy that runs on the tiny Flux w
 ABANDONED = "_abandoned"  # a result key: a rank failed, the group is left as it is (no closing barrier)
 SENSITIVE = ("fbcache", "bwcache")  # run alone too: their decisions differ per rank without the group
 
+
 # ---------------------------------------------------------------------------------------------- harness
 def _free_port() -> int:
     with socket.socket() as s:
@@ -174,7 +175,7 @@ def sharded_run(rank: int, world: int, layout: dict) -> dict:
 
 def bad_input(rank: int, world: int, arg: Any) -> dict:
     import dit_cache
-    from dit_cache.testing import tiny_pipeline
+    from dit_cache.testing import run, tiny_pipeline
 
     pipe = tiny_pipeline("flux")
     first = dist.new_group([0])  # collective: every rank creates it; rank 1 is no member
@@ -184,6 +185,12 @@ def bad_input(rank: int, world: int, arg: Any) -> dict:
     result["options"] = outcome(lambda: _run(pipe, "fbcache", group=dist.group.WORLD, threshold=0.1 + 0.1 * rank))
     result["policy"] = outcome(lambda: _run(pipe, "fora" if rank else "taylorseer", group=dist.group.WORLD))
     result["after"] = _run(pipe, "fbcache", group=dist.group.WORLD, threshold=0.3)[1][0]  # agreeing ranks still run
+    from diffusers import ContextParallelConfig
+
+    _cpu_context_parallel()
+    dit_cache.apply(pipe, "fbcache")
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+    result["parallel_after_apply"] = outcome(lambda: run(pipe, "flux", steps=STEPS) and "ran")
     return result
 
 

@@ -115,6 +115,8 @@ def test_bad_input_is_a_clear_error_on_every_rank(two):
         kind, message = results[rank]["policy"][1:]
         assert kind == "ParallelError" and "(policy: rank 0 taylorseer, rank 1 fora;" in message
         assert results[rank]["after"] == results[0]["after"]
+        kind, message = results[rank]["parallel_after_apply"][1:]
+        assert kind == "ParallelError" and "enable_parallelism(...) was called after dit_cache.apply" in message
 
 
 @pytest.mark.parametrize("world", ["two", "four"])

@@ -18,6 +18,7 @@ model's own collectives is the backend's to time out; `torchrun` ends all ranks 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -99,8 +100,6 @@ def selects_tokens(config: Any) -> bool:
 
 def describe(config: Any) -> dict[str, str]:
     """A policy config's options as strings that are equal on two ranks exactly when the options are."""
-    import dataclasses
-
     options = {"policy": config.policy_name}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

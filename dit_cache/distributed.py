@@ -223,7 +223,11 @@ class GroupSync:
                 if now >= next_check:
                     self._raise_if_peer_failed()
                     next_check = now + FAILURE_CHECK_EVERY_S
-        work.wait()
+        try:
+            work.wait()
+        except RuntimeError as error:  # the backend saw a peer go away: say which one and why, if it told us
+            self._raise_if_peer_failed(error)
+            raise
 
     # ------------------------------------------------------------------------------------------ failures
     def post_failure(self, error: BaseException) -> None:
@@ -239,15 +243,18 @@ class GroupSync:
         except Exception:  # the store is gone (the job is ending): nothing left to tell
             logger.debug("dit_cache: could not post a failure to the store", exc_info=True)
 
-    def _raise_if_peer_failed(self) -> None:
+    def _raise_if_peer_failed(self, cause: BaseException | None = None) -> None:
         store = _store()
-        if store is None or not store.check([self.key]):
+        try:
+            if store is None or not store.check([self.key]):
+                return
+            message = store.get(self.key).decode(errors="replace")
+        except Exception:  # the store went away with the peer
             return
-        message = store.get(self.key).decode(errors="replace")
         raise ParallelError(
             f"dit_cache: a peer of {self.where}'s group failed ({message}); this rank stops too instead of waiting "
             "for it in the all-reduce of the caching decision"
-        )
+        ) from cause
 
 
 def _store() -> Any:

@@ -1,6 +1,7 @@
 """Identical caching decisions on every rank of a context-parallel group: 2 and 4 CPU processes on gloo, every run
 under a timeout so that a deadlock fails instead of hanging (the scenarios are in parallel_scenarios.py; each world
-size starts its processes once, since starting them is the slow part).
+size starts its processes once, from a forkserver that imported torch and diffusers once: importing is the slow
+part on a busy machine).
 
 The sharded runs use diffusers' real `enable_parallelism` (Ulysses attention over gloo, 2 and 4 ranks): the
 group is found on the transformer, and the output must equal the single-process run's."""

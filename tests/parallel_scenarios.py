@@ -132,10 +132,17 @@ def _run(
     if policy is None:
         return run(pipe, "flux", steps=STEPS, seed=seed, cfg=cfg), []
     dit_cache.apply(pipe, policy, process_group=group, **options)
+    engine = pipe.transformer._dit_cache.engine
+    cached, reset = [], engine.reset
+
+    def keep_shapes() -> None:  # the cached residuals' shapes, before the end-of-call reset drops them
+        cached.extend(tuple(st.residual[0].shape) for st in engine.states.values() if getattr(st, "residual", None))
+        reset()
+
+    engine.reset = keep_shapes
     try:
         out = run(pipe, "flux", steps=STEPS, seed=seed, cfg=cfg)
-        engine = pipe.transformer._dit_cache.engine
-        return out, [dit_cache.stats(pipe).decisions(), engine.sync is not None and engine.sync.reduces]
+        return out, [dit_cache.stats(pipe).decisions(), engine.sync is not None and engine.sync.reduces, cached]
     finally:
         dit_cache.remove(pipe)
 
@@ -176,6 +183,7 @@ def sharded_run(rank: int, world: int, layout: dict) -> dict:
         name: dict(
             difference=float((sharded[name][0] - alone[name][0]).abs().max()),
             decisions=(alone[name][1][:1], sharded[name][1][:1]),
+            cached=(alone[name][1][2:], sharded[name][1][2:]),
             reduces=sharded[name][1][1] if sharded[name][1] else 0,
         )
         for name in sharded
@@ -256,7 +264,7 @@ def replicas(rank: int, world: int, arg: Any) -> dict:
     mesh = init_device_mesh("cpu", (world // 2, 1, 2), mesh_dim_names=("data", "ring", "ulysses"))
     pipe = tiny_pipeline("flux")
     pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2, mesh=mesh))
-    out, (decisions, reduces) = _run(pipe, "fbcache", seed=rank // 2, threshold=0.5)
+    out, (decisions, reduces, _) = _run(pipe, "fbcache", seed=rank // 2, threshold=0.5)
     return dict(replica=data_parallel_rank(pipe.transformer, rank, world), decisions=decisions, reduces=reduces)
 
 

@@ -91,6 +91,8 @@ def test_context_parallel_run_equals_the_single_process_run(world, request):
             assert sharded == alone, (rank, name)
             assert result[name]["difference"] < 1e-5, (rank, name, result[name]["difference"])
         assert "reused" in result["fbcache"]["decisions"][0][0]  # the check is not vacuous: steps were skipped
+        (alone,), (sharded,) = result["fbcache"]["cached"]  # the cached residual is this rank's shard, not gathered
+        assert alone and sharded and all(s[1] * len(results) == a[1] for s, a in zip(sharded, alone)), (alone, sharded)
         # found without process_group: one all-reduce per call that has a previous step to compare with
         assert result["fbcache"]["reduces"] == result["teacache"]["reduces"] == PIPE_STEPS - 1
         assert result["fora"]["reduces"] == 0  # nothing value-dependent, nothing to reduce

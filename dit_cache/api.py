@@ -90,7 +90,9 @@ def apply(
         scheduler of the pipeline that calls (also one made by `from_pipe`, or any pipeline holding a transformer
         patched on its own), else on `target`'s.
     process_group: a torch.distributed group whose ranks must take identical decisions (context/sequence
-        parallelism); value-dependent indicators are all-reduced over it.
+        parallelism); value-dependent indicators are all-reduced over it. Without it, the group of diffusers'
+        context parallelism (`transformer.enable_parallelism(...)`) is found at the first call. See
+        docs/distributed.md.
     Returns `target`.
     """
     config = make_config(policy, **options)

@@ -163,14 +163,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     rank, world, state = _distributed()
     pipe = load_pipeline(args.model, args.pipeline, device=args.device or _device(state))
     check_call_kwargs(pipe, settings.call_kwargs)
-    target = out if world == 1 else out.with_suffix(f".shard{rank}.json")
-    profile = calibrate(
-        pipe, prompts, settings, target, resume=args.resume, rank=rank, world_size=world, transformer=args.transformer
-    )
+    from .distributed import data_parallel_rank
+
+    # under context parallelism (enabled by the --pipeline factory) a group shares one prompt shard
+    shard, shards = data_parallel_rank(pipe.transformer, rank, world)
+    target = out if shards == 1 else out.with_suffix(f".shard{shard}.json")
+    profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=shard, world_size=shards,
+                        transformer=args.transformer)  # fmt: skip
     if world > 1:
         state.wait_for_everyone()
-        if rank == 0:
-            profile = merge_shards([out.with_suffix(f".shard{r}.json") for r in range(world)], out)
+    if shards > 1 and rank == 0:
+        profile = merge_shards([out.with_suffix(f".shard{r}.json") for r in range(shards)], out)
     if rank == 0:
         print(f"profile: {out} ({profile.prompts} generations, {len(profile.branches)} branches)")
         fit = profile.policies.get("teacache", {})

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .adapters import ArgReader, BlockCall, BlockGroup, ModelSpec
+from .distributed import GroupSync
 from .state import NO_CONTEXT_BRANCH, SECOND_CALL_BRANCH, CallInfo, StepLocator, branch_of, sequential_cfg_branch
 from .stats import StepRecord
 
@@ -88,6 +89,11 @@ class CacheEngine:
         self.policy = policy
         self.locator = locator
         self.process_group = process_group
+        self.sync: GroupSync | None = None  # the group whose ranks decide together (see distributed.py)
+        self.sync_resolved = False
+        self.parallel_at_apply = getattr(transformer, "_parallel_config", None) is not None
+        if process_group is not None:  # a group without this rank fails at apply
+            self._resolve_sync()
         self.total_units = sum(slot.units for slot in slots)
         self.reader = ArgReader(transformer.forward)
         self.states: dict[str, Any] = {}
@@ -115,10 +121,24 @@ class CacheEngine:
         self.num_steps = None
         self.call = None
 
+    def _resolve_sync(self) -> None:
+        self.sync = GroupSync.resolve(self.transformer, self.process_group, self.name, self.parallel_at_apply)
+        self.sync_resolved = True
+
+    def fail(self, error: BaseException) -> None:
+        """A transformer call raised: tell the group's peers (they may be waiting on this rank), drop all state."""
+        if self.sync is not None:
+            self.sync.post_failure(error)
+        self.reset()
+
     def begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
         cache = getattr(self.transformer, "_cache_config", None)
         if cache is not None:  # diffusers' enable_cache reached past our guard (CacheMixin.enable_cache(t, ...))
             raise RuntimeError(diffusers_cache_conflict(self.name, self.policy.name, cache))
+        if not self.sync_resolved:  # at the first call: diffusers' enable_parallelism may come after apply
+            self._resolve_sync()
+        if self.sync is not None and not self.sync.agreed:
+            self.sync.agree(self.policy.config)
         self.calls_since_reset += 1
         self.stale = False
         branch, fields = branch_of(context)
@@ -275,21 +295,13 @@ class CacheEngine:
             parts.append(t.detach().float().max().reshape(1))
         if probe is not None:
             probe = probe.detach().float().reshape(-1)
-            if self.process_group is not None:
-                probe = self._all_reduce(probe)
+            if self.sync is not None:  # every rank decides on the sums of the whole sequence
+                probe = self.sync.all_reduce(probe)
             parts.append(probe)
         if not parts:
             return []
         device = parts[-1].device
         return torch.cat([p.to(device) for p in parts]).tolist()
-
-    def _all_reduce(self, sums: torch.Tensor) -> torch.Tensor:
-        # Every rank of a context/sequence-parallel group must take the same decision: reduce the partial sums.
-        import torch.distributed as dist
-
-        sums = sums.clone()
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.process_group)
-        return sums
 
     def _maybe_new_trajectory(self, call: CallInfo) -> None:
         previous = self.last_step.get(call.branch)

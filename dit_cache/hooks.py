@@ -63,8 +63,8 @@ class TransformerHook(ModelHook):
         self.engine.begin_call(args, kwargs, self.context.current)
         try:
             output = self.engine.run_call(compiled(self.fn_ref.original_forward), args, kwargs)
-        except BaseException:
-            self.engine.reset()  # an interrupted call leaves nothing behind
+        except BaseException as error:
+            self.engine.fail(error)  # an interrupted call leaves nothing behind (and its peers are told)
             raise
         return self.engine.end_call(output)
 

@@ -23,6 +23,7 @@ import torch
 from .. import kernels
 from ..adapters import BlockCall
 from ..config import PolicyConfig, register_config
+from ..distributed import GroupSync
 from ..engine import BlockSlot
 from ..policies.base import ModelContext, Policy, policy_for
 from ..state import COMPUTE, CallInfo
@@ -121,6 +122,7 @@ class RecorderPolicy(Policy):
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:
                 record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
+                record["mag_tokens"] = residual.numel() // max(1, residual.shape[-1])
             state.previous["residual"] = residual
         return output
 
@@ -153,12 +155,26 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
-def collect(states: dict[str, _Trace]) -> dict[str, dict[str, Any]]:
+def _mean(values: list[float]) -> float:
+    """A mean as recorded: [mean], or [sum, count] after an all-reduce."""
+    return values[0] if len(values) == 1 else _ratio(values[0], values[1])
+
+
+def collect(states: dict[str, _Trace], sync: GroupSync | None = None) -> dict[str, dict[str, Any]]:
     """Host copies of one pipeline call's records, per branch (one device-to-host transfer for all of them).
 
-    Per-step lists; None where a value is undefined (the first step has no previous one).
+    Per-step lists; None where a value is undefined (the first step has no previous one). With `sync` (context
+    parallelism: each rank recorded its shard of the tokens) the sums are all-reduced first, in one collective, so
+    every rank gets the statistics of the whole sequence; the MagCache ratio, a mean over tokens, travels as
+    (mean x tokens, tokens).
     """
     pending: list[torch.Tensor] = []
+
+    def mag(r: dict) -> int:
+        if sync is None:
+            return later(r["mag_ratio"])
+        tokens = float(r["mag_tokens"])
+        return later(torch.stack((r["mag_ratio"].float() * tokens, r["mag_ratio"].new_tensor(tokens).float())))
 
     def later(t: torch.Tensor) -> int:
         pending.append(t.detach().float().reshape(-1))
@@ -175,7 +191,7 @@ def collect(states: dict[str, _Trace]) -> dict[str, dict[str, Any]]:
                     "sigma": r["sigma"],
                     "x": later(r["x"]) if "x" in r else None,
                     "y": later(r["y"]) if "y" in r else None,
-                    "mag_ratio": later(r["mag_ratio"]) if "mag_ratio" in r else None,
+                    "mag_ratio": mag(r) if "mag_ratio" in r else None,
                     "fb_pairs": later(r["fb_pairs"]) if r.get("fb_pairs") is not None else None,
                     "res_pairs": later(r["res_pairs"]) if r.get("res_pairs") is not None else None,
                     "block_input_change": [later(p) for p in r["block_input_change"]],
@@ -183,7 +199,10 @@ def collect(states: dict[str, _Trace]) -> dict[str, dict[str, Any]]:
                 }
             )
         layout[branch] = (steps, rows)
-    flat = torch.cat([p.to(pending[0].device) for p in pending]).cpu().tolist() if pending else []
+    flat = torch.cat([p.to(pending[0].device) for p in pending]) if pending else torch.zeros(0)
+    if sync is not None and flat.numel():
+        flat = sync.all_reduce(flat)
+    flat = flat.cpu().tolist()
     offsets, position = [], 0
     for p in pending:
         offsets.append(position)
@@ -202,7 +221,7 @@ def collect(states: dict[str, _Trace]) -> dict[str, dict[str, Any]]:
             "sigma": [r["sigma"] for r in rows],
             "x": [rel(r["x"]) for r in rows],
             "y": [rel(r["y"]) for r in rows],
-            "mag_ratio": [1.0 if r["mag_ratio"] is None else values(r["mag_ratio"])[0] for r in rows],
+            "mag_ratio": [1.0 if r["mag_ratio"] is None else _mean(values(r["mag_ratio"])) for r in rows],
             **{
                 key: [
                     [] if r[key] is None else [_ratio(*pair) for pair in zip(*[iter(values(r[key]))] * 2)] for r in rows

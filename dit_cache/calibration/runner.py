@@ -18,6 +18,7 @@ import torch
 
 from ..api import apply, remove
 from ..config import Schedule
+from ..distributed import context_parallel_rank, parallel_layout
 from .fit import build_profile, merge_profiles, split_record
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder, collect
@@ -174,6 +175,9 @@ def calibrate(
 
     With `out`, the profile is rewritten atomically after each job; with `resume=True` the jobs already in `out`
     are skipped. Raises before generating anything if `out` cannot be written or belongs to another calibration.
+
+    Under diffusers' context parallelism every rank of the group runs every job of this (data-parallel) `rank` on
+    its shard of the tokens; the statistics are reduced over the group and the group's rank 0 alone writes `out`.
     """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
@@ -189,6 +193,8 @@ def calibrate(
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
     path = check_writable(out) if out is not None else None
+    layout = parallel_layout(transformer)
+    writes = path is not None and context_parallel_rank(transformer) == 0
     if path is not None and path.exists():
         if not resume:
             raise ValueError(
@@ -216,7 +222,7 @@ def calibrate(
             pipe(**settings.pipeline_kwargs(prompt, seed, transformer.device))
             record = {"index": index, "prompt": _label(prompt), "seed": seed}
             engine = transformer._dit_cache.engine
-            record["branches"] = collect(engine.states or engine.policy.finished)
+            record["branches"] = collect(engine.states or engine.policy.finished, engine.sync)
             if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)
                 try:
@@ -226,15 +232,15 @@ def calibrate(
             small, large = split_record(record)
             records.append(small)
             arrays.update(large)
-            if path is not None:  # a checkpoint after every job: an interruption loses at most the current one
-                _assemble(fingerprint, sampler, records, arrays, settings, kept).save(path)
+            if writes:  # a checkpoint after every job: an interruption loses at most the current one
+                _assemble(fingerprint, sampler, records, arrays, settings, kept, layout).save(path)
     finally:
         remove(transformer)
         if bar:
             bar.close()
     logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
-    profile = _assemble(fingerprint, sampler, records, arrays, settings, kept)
-    if path is not None:
+    profile = _assemble(fingerprint, sampler, records, arrays, settings, kept, layout)
+    if writes:
         profile.save(path)
     return profile
 
@@ -251,10 +257,18 @@ def _label(prompt: str | dict) -> str:
 
 
 def _assemble(
-    fingerprint: dict, sampler: dict, records: list, arrays: dict, settings: CalibrationSettings, prompts: dict
+    fingerprint: dict,
+    sampler: dict,
+    records: list,
+    arrays: dict,
+    settings: CalibrationSettings,
+    prompts: dict,
+    layout: dict | None = None,
 ) -> Profile:
     profile = build_profile(fingerprint, sampler, records, arrays, settings.to_dict())
     profile.policies["calibration_prompts"] = prompts
+    if layout:  # the context-parallel layout it was recorded under (shards of different layouts do not merge)
+        profile.policies["parallel_layout"] = layout
     _add_proxy_edges(profile, settings)
     return profile
 
@@ -346,10 +360,19 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     """`dit-cache calibrate merge`: one profile from shard profiles of the same model and settings."""
     target = check_writable(out)
     shards = [Profile.load(p) for p in paths]
+    layouts = {json.dumps(s.policies.get("parallel_layout", {}), sort_keys=True) for s in shards}
+    if len(layouts) > 1:
+        found = ", ".join(f"{p}: {s.policies.get('parallel_layout') or 'one process'}" for p, s in zip(paths, shards))
+        raise ProfileError(
+            f"cannot merge shards recorded under different parallel layouts ({found}); record every shard with the "
+            "same ContextParallelConfig (ring_degree, ulysses_degree), or none"
+        )
     profile = merge_profiles(shards)
     lists = {json.dumps(s.policies.get("calibration_prompts")) for s in shards}
     if len(lists) > 1:
         raise ProfileError("cannot merge shards calibrated on different prompt lists; rerun them on one prompt file")
+    if shards[0].policies.get("parallel_layout"):
+        profile.policies["parallel_layout"] = shards[0].policies["parallel_layout"]
     if shards[0].policies.get("calibration_prompts") is not None:
         profile.policies["calibration_prompts"] = shards[0].policies["calibration_prompts"]
     _add_proxy_edges(profile, settings_from_profile(profile))

@@ -21,9 +21,10 @@ class Stats:
     """Records of the last pipeline call. `compute_fraction`: the share of the uncached run's attention and MLP
     calls that were actually computed (reused or forecast outputs count as not computed)."""
 
-    def __init__(self, records: list[StepRecord], policy: str = "") -> None:
+    def __init__(self, records: list[StepRecord], policy: str = "", auto: dict | None = None) -> None:
         self.records = sorted(records, key=lambda r: (r.transformer, r.step, r.branch))
         self.policy = policy
+        self.auto = auto  # under "auto": the candidate it picked, its config and calibrated figures (auto.Choice)
 
     @property
     def compute_fraction(self) -> float:
@@ -56,6 +57,7 @@ class Stats:
     def to_dict(self) -> dict:
         return {
             "policy": self.policy,
+            "auto": self.auto,
             "compute_fraction": self.compute_fraction,
             "records": [asdict(r) for r in self.records],
         }
@@ -83,6 +85,8 @@ class Stats:
             f"{self.count('reused')} reused, {self.count('forecast')} forecast{partial}; "
             f"compute fraction {self.compute_fraction:.3f}"
         )
+        if self.auto is not None:
+            summary += f"; auto picked {self.auto['candidate']} (calibrated fraction {self.auto['fraction']:.3f})"
         return "\n".join([*lines, summary])
 
     def __str__(self) -> str:

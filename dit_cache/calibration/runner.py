@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ..api import apply, remove
+from ..auto import DEFAULT_TARGETS, candidate_list
 from ..config import Schedule
+from .candidates import measure_candidates
 from .fit import build_profile, merge_profiles, split_record
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder, collect
@@ -162,14 +164,29 @@ def calibrate(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    candidates: str | Sequence[str] | None = None,
+    candidate_targets: Sequence[float] = DEFAULT_TARGETS,
+    candidate_prompts: int = 4,
 ) -> Profile:
     """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
 
     With `out`, the profile is rewritten atomically after each job; with `resume=True` the jobs already in `out`
     are skipped. Raises before generating anything if `out` cannot be written or belongs to another calibration.
+    candidates: also run these `auto` candidates ("default", "all" or specs) at `candidate_targets` on the first
+    `candidate_prompts` jobs (see dit_cache/auto.py); a sharded run records none (merge, then resume the merged
+    profile with candidates).
     """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
+    if candidates is not None:
+        candidate_list(candidates)  # a typo fails now, not after the recording pass
+        if world_size > 1:
+            raise ValueError(
+                "candidate runs need the whole profile: calibrate the shards without --candidates, merge them, then "
+                "run `dit-cache calibrate ... --resume --out MERGED.json --candidates ...` on one process"
+            )
+        if isinstance(candidate_prompts, bool) or not isinstance(candidate_prompts, int) or candidate_prompts < 1:
+            raise ValueError(f"--candidate-prompts must be at least 1, got {candidate_prompts!r}")
     if not hasattr(pipe, "transformer") or not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
         raise ValueError(f"calibration needs a diffusers pipeline with a transformer, got {type(pipe).__name__}")
     transformer = pipe.transformer
@@ -178,6 +195,7 @@ def calibrate(
     kept = prompt_list(prompts)
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
+    previous_auto = None
     path = check_writable(out) if out is not None else None
     if path is not None and path.exists():
         if not resume:
@@ -194,6 +212,7 @@ def calibrate(
             raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
         _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
+        previous_auto = previous.policies.get("auto")
         arrays = {k: v for k, v in previous.arrays.items() if k.startswith("records/")}
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
@@ -224,8 +243,17 @@ def calibrate(
             bar.close()
     logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
     profile = _assemble(fingerprint, sampler, records, arrays, settings, kept)
+    if previous_auto is not None:
+        profile.policies["auto"] = previous_auto
     if path is not None:
         profile.save(path)
+    if candidates is not None:
+        jobs = jobs_of(prompts, settings.seeds)[:candidate_prompts]
+        device = transformer.device
+        measure_candidates(
+            pipe, profile, jobs, lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device),
+            candidates, candidate_targets, path, progress,
+        )  # fmt: skip
     return profile
 
 

@@ -157,6 +157,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         lemica=args.lemica,
         lemica_max_span=args.lemica_max_span,
         lemica_prompts=args.lemica_prompts,
+        lemica_forecast=tuple(args.lemica_forecast),
         block_traces=args.block_traces,
     )
     out = check_writable(args.out)  # before loading any model
@@ -233,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--lemica-prompts", type=int, help="global edges from the first N prompts only (default: every prompt)"
     )
+    cal.add_argument(
+        "--lemica-forecast", type=int, nargs="+", default=[0],
+        help="global edges measured with these forecast orders (e.g. 0 1: one set for LeMiCa(forecast=1) too)",
+    )  # fmt: skip
     cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
     auto = cal.add_argument_group("auto (apply(pipe, 'auto', speedup=X) picks among these runs)")
     auto.add_argument(

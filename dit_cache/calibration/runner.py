@@ -42,6 +42,7 @@ class CalibrationSettings:
     lemica: str = "proxy"  # "proxy" (free, from the recorded residuals) or "global" (replayed, costly)
     lemica_max_span: int = 8
     lemica_prompts: int | None = None  # global edges from the first N jobs only (None: all); the rest cost nothing
+    lemica_forecast: tuple[int, ...] = (0,)  # global edges measured with each of these forecast orders (LeMiCa's)
     block_traces: bool = False  # per-block traces for block-level policies (a few extra passes per block)
 
     def __post_init__(self):
@@ -55,10 +56,18 @@ class CalibrationSettings:
             raise ValueError(f"lemica_max_span must be >= 2, got {self.lemica_max_span}")
         if self.lemica_prompts is not None and (isinstance(self.lemica_prompts, bool) or self.lemica_prompts < 1):
             raise ValueError(f"lemica_prompts must be at least 1 (or None for every prompt), got {self.lemica_prompts}")
+        orders = tuple(self.lemica_forecast)
+        if not orders or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2 for k in orders):
+            raise ValueError(f"lemica_forecast must list forecast orders 0, 1 or 2, got {self.lemica_forecast!r}")
+        object.__setattr__(self, "lemica_forecast", tuple(sorted(set(orders))))
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["seeds"] = list(self.seeds)
+        if self.lemica_forecast == (0,):
+            data.pop("lemica_forecast")  # the default: profiles recorded before the option resume and merge as before
+        else:
+            data["lemica_forecast"] = list(self.lemica_forecast)
         return data
 
     def pipeline_kwargs(self, prompt: str | dict, seed: int, device: Any = None) -> dict:
@@ -229,7 +238,8 @@ def calibrate(
             if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)
                 try:
-                    record["lemica"] = global_edges(pipe, settings, prompt, seed)
+                    for order in settings.lemica_forecast:
+                        record[edge_key(order)] = global_edges(pipe, settings, prompt, seed, forecast=order)
                 finally:
                     apply(transformer, recorder, scheduler=pipe.scheduler)
             small, large = split_record(record)
@@ -334,12 +344,19 @@ def _final_latents(pipe: Any, settings: CalibrationSettings, prompt: str, seed: 
     return torch.as_tensor(out[0]).float()
 
 
-def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int) -> np.ndarray:
+def edge_key(forecast: int) -> str:
+    """The record key (and, under "lemica/", the profile array) of global edges measured with `forecast`."""
+    return "lemica" if forecast == 0 else f"lemica_forecast{forecast}"
+
+
+def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int, forecast: int = 0) -> np.ndarray:
     """LeMiCa's edge weights: w(i, j) = rel-L1 of the final latents when only the segment between computed steps i
     and j reuses the cache (every other step computed), for segments up to `lemica_max_span` steps. Each runs through
     the real pipeline with a dit_cache schedule, replayed from the reference run's transformer outputs up to step i
     (`Replay`): each costs only its steps from i on, about (span - 1) x steps / 2 generations in all (105 at 30
-    steps and span 8) where regenerating every one in full would cost twice that."""
+    steps and span 8) where regenerating every one in full would cost twice that. With `forecast=k` the segment's
+    steps are forecast from the k + 1 computed steps before it, as LeMiCa(forecast=k) will run them: replay then
+    stops k steps earlier, so that those steps run through dit_cache and fill its history."""
     n, span = settings.steps, settings.lemica_max_span
     replay = Replay(pipe)
     with replay.recording():
@@ -350,9 +367,9 @@ def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: in
         w[i, i + 1] = 0.0
         for j in range(i + 2, min(n, i + span + 1)):
             steps = tuple(k for k in range(n) if not i < k < j)
-            apply(pipe.transformer, Schedule(steps=steps), scheduler=pipe.scheduler)
+            apply(pipe.transformer, Schedule(steps=steps, forecast=forecast), scheduler=pipe.scheduler)
             try:
-                with replay.replaying(until=i):
+                with replay.replaying(until=max(0, i - forecast)):
                     cached = _final_latents(pipe, settings, prompt, seed)
             finally:
                 remove(pipe.transformer)

@@ -177,7 +177,7 @@ def check_records(records: Any, branches: dict) -> None:
 def check_arrays(arrays: dict, branches: dict, policies: dict) -> None:
     """Shapes of the large arrays: LeMiCa edges are (steps x steps), per-branch pair tables too."""
     num_steps = (policies.get("lemica") or {}).get("num_steps")
-    for key in ("lemica/edges", "lemica/proxy_edges"):
+    for key in ("lemica/edges", "lemica/proxy_edges", "lemica/edges_forecast1", "lemica/edges_forecast2"):
         if key in arrays:
             shape = tuple(arrays[key].shape)
             if len(shape) != 2 or shape[0] != shape[1] or (num_steps is not None and shape[0] != num_steps):

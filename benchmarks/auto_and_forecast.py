@@ -70,7 +70,9 @@ def main() -> None:
     settings = CalibrationSettings(steps=steps, call_kwargs=settings_kw, lemica="global",
                                    lemica_prompts=args.lemica_prompts, lemica_forecast=(0, 1))  # fmt: skip
     started = time.perf_counter()
-    profile = calibrate(pipe, calib, settings, progress=False, candidates=args.candidates,
+    saved = Path(f"runs/auto_{name}_profile.json")  # kept: a rerun resumes it instead of recalibrating
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    profile = calibrate(pipe, calib, settings, saved, resume=saved.exists(), progress=False, candidates=args.candidates,
                         candidate_targets=sorted({1.5, 2.0, 2.5, 3.0, 4.0, *args.targets}),
                         candidate_prompts=args.candidate_prompts)  # fmt: skip
     calibration_s = time.perf_counter() - started
@@ -79,7 +81,7 @@ def main() -> None:
 
     def generate(prompt):
         out = pipe(prompt, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **settings_kw)
-        return to_frames(out)
+        return to_frames(out.images if hasattr(out, "images") else out.frames)
 
     references = [generate(p) for p in scored]
 

@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--lemica-prompts", type=int, default=1, help="prompts for the (slow) global-edge run")
     parser.add_argument("--span", type=int, default=8, help="LeMiCa's longest cached segment")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--candidates", default="default", help="auto's candidates for the candidate-run row")
+    parser.add_argument("--candidate-prompts", type=int, default=1, help="jobs the candidates run on")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="runs/calibration_cost.json")
     args = parser.parse_args()
@@ -77,6 +79,16 @@ def main() -> None:
     rows.append({"calibration": f"+ global LeMiCa edges (span {args.span}, replayed)", "prompts": len(subset),
                  "generation_s": plain_subset, "calibration_s": replayed, "ratio": replayed / plain_subset,
                  "target": "extra cost, reported"})  # fmt: skip
+    subset = prompts[: args.candidate_prompts]
+    plain_subset, with_candidates = interleaved(
+        lambda: generate(subset),
+        lambda: calibrate(pipe, subset, settings, progress=False, candidates=args.candidates,
+                          candidate_prompts=len(subset)),
+        1,
+    )  # fmt: skip
+    rows.append({"calibration": f"+ auto candidates ({args.candidates}, 5 targets)", "prompts": len(subset),
+                 "generation_s": plain_subset, "calibration_s": with_candidates,
+                 "ratio": with_candidates / plain_subset, "target": "extra cost, reported"})  # fmt: skip
     print(f"\n{args.model}, {settings.steps} steps; {machine()}\n")
     print(table(rows, list(rows[0])))
     write_json(args.out, {"model": args.model, "steps": settings.steps, "rows": rows})

@@ -9,6 +9,7 @@ dit_cache.remove(pipe)
 
 from .adapters import ModelSpec, register_adapter, supported_classes
 from .api import apply, cached, is_applied, remove, stats
+from .auto import Auto
 from .calibration import Profile, ProfileError
 from .config import (
     FORA,
@@ -31,6 +32,7 @@ from .stats import Stats
 __version__ = "0.1.0"
 
 __all__ = [
+    "Auto",
     "BWCache",
     "CFGCache",
     "FBCache",

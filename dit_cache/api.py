@@ -12,6 +12,8 @@ from torch import nn
 
 from . import policies  # noqa: F401  (registers the policies)
 from .adapters import find_spec
+from .auto import Auto, Choice
+from .auto import resolve as resolve_auto
 from .calibration.builtin import note_experts
 from .config import PolicyConfig, make_config
 from .engine import CacheEngine, build_slots
@@ -66,10 +68,13 @@ def _diffusers_cache_hook(transformer: nn.Module) -> str | None:
 class _Patch:
     """What `apply` put on one transformer."""
 
-    def __init__(self, config: PolicyConfig, engine: CacheEngine, installation: Installation) -> None:
+    def __init__(
+        self, config: PolicyConfig, engine: CacheEngine, installation: Installation, choice: Choice | None = None
+    ) -> None:
         self.config = config
         self.engine = engine
         self.installation = installation
+        self.choice = choice  # what `auto` picked, if the policy was "auto"
 
 
 def apply(
@@ -98,6 +103,10 @@ def apply(
     config = make_config(policy, **options)
     targets = _transformers(target)
     note_experts([t for _, t in targets])  # experts (Wan 2.2 A14B) get no built-in profile of a single model
+    choice = None
+    if isinstance(config, Auto):  # one pick for the pipeline, from the (first) transformer's profile
+        choice = resolve_auto(config, targets[0][1])
+        config = choice.config
     for name, transformer in targets:
         if getattr(transformer, _ATTR, None) is not None and not replace:
             raise RuntimeError(
@@ -130,7 +139,7 @@ def apply(
             source, spec.timestep_scale, spec.timestep_offset, _expert_boundary(transformer, pipeline)
         )
         engine = CacheEngine(transformer, name, spec, slots, policy_obj, locator, process_group)
-        patches.append((transformer, _Patch(config, engine, Installation(engine))))
+        patches.append((transformer, _Patch(config, engine, Installation(engine), choice)))
 
     if pipeline is not None:
         _take_off_replaced(pipeline, "apply")
@@ -142,7 +151,11 @@ def apply(
         setattr(transformer, _ATTR, patch)
     if pipeline is not None:  # remembered, so that a component replaced later is noticed (see _replaced)
         pipeline._dit_cache_patched = dict(targets)
-    logger.info("dit_cache: %s applied to %s", config.policy_name, ", ".join(n for n, _ in targets))
+    logger.info(
+        "dit_cache: %s applied to %s",
+        config.policy_name if choice is None else f"auto ({choice.candidate})",
+        ", ".join(n for n, _ in targets),
+    )
     return target
 
 
@@ -270,7 +283,8 @@ def stats(target: Any) -> Stats:
             "apply), so it was not cached and has no stats; apply again with dit_cache.apply(..., replace=True)"
         )
     records = [record for patch in patches for record in patch.engine.records]
-    return Stats(records, policy=patches[0].config.policy_name)
+    choice = patches[0].choice
+    return Stats(records, policy=patches[0].config.policy_name, auto=None if choice is None else choice.to_dict())
 
 
 @contextlib.contextmanager

@@ -157,9 +157,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         lemica=args.lemica,
         lemica_max_span=args.lemica_max_span,
         lemica_prompts=args.lemica_prompts,
+        lemica_forecast=tuple(args.lemica_forecast),
         block_traces=args.block_traces,
     )
     out = check_writable(args.out)  # before loading any model
+    if args.candidates:
+        from .auto import candidate_list
+
+        candidate_list(args.candidates)
     rank, world, state = _distributed()
     pipe = load_pipeline(args.model, args.pipeline, device=args.device or _device(state))
     check_call_kwargs(pipe, settings.call_kwargs)
@@ -168,14 +173,24 @@ def _calibrate(args: argparse.Namespace) -> int:
     # under context parallelism (enabled by the --pipeline factory) a group shares one prompt shard
     shard, shards = data_parallel_rank(pipe.transformer, rank, world)
     target = out if shards == 1 else out.with_suffix(f".shard{shard}.json")
+    candidates = {}
+    if args.candidates:
+        from .auto import DEFAULT_TARGETS
+
+        candidates = dict(candidates=args.candidates, candidate_targets=args.candidate_targets or DEFAULT_TARGETS,
+                          candidate_prompts=args.candidate_prompts)  # fmt: skip
     profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=shard, world_size=shards,
-                        transformer=args.transformer)  # fmt: skip
+                        transformer=args.transformer, progress=not args.no_progress, **candidates)  # fmt: skip
     if world > 1:
         state.wait_for_everyone()
     if shards > 1 and rank == 0:
         profile = merge_shards([out.with_suffix(f".shard{r}.json") for r in range(shards)], out)
     if rank == 0:
         print(f"profile: {out} ({profile.prompts} generations, {len(profile.branches)} branches)")
+        if "auto" in profile.policies:
+            section = profile.policies["auto"]
+            print(f"auto: {len(section['candidates'])} candidates x {len(section['targets'])} targets on "
+                  f"{len(section['runs'])} jobs ({section.get('seconds', 0):.0f} s)")  # fmt: skip
         fit = profile.policies.get("teacache", {})
         if fit:
             print(f"TeaCache polynomial {fit['coefficients']} (R^2 {fit['r2']:.3f}, {fit['points']} points)")
@@ -223,7 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--lemica-prompts", type=int, help="global edges from the first N prompts only (default: every prompt)"
     )
+    cal.add_argument(
+        "--lemica-forecast", type=int, nargs="+", default=[0],
+        help="global edges measured with these forecast orders (e.g. 0 1: one set for LeMiCa(forecast=1) too)",
+    )  # fmt: skip
     cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
+    auto = cal.add_argument_group("auto (apply(pipe, 'auto', speedup=X) picks among these runs)")
+    auto.add_argument(
+        "--candidates",
+        help="run candidate policies: default, all, or NAME[:key=value],... (e.g. magcache,fora:forecast=1)",
+    )
+    auto.add_argument(
+        "--candidate-targets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="speedups to run them at (default 1.5 2 2.5 3 4)",
+    )
+    auto.add_argument("--candidate-prompts", type=int, default=4, help="first N jobs to run them on (default 4)")
+    cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     cal.add_argument("--device", help="move the pipeline to this device")
     cal.add_argument(
         "--transformer",

@@ -59,6 +59,24 @@ def make_config(policy: str | PolicyConfig, **options: Any) -> PolicyConfig:
     return cls(**options)
 
 
+def parse_policy_spec(spec: str) -> tuple[str, dict]:
+    """`"teacache:threshold=0.2,max_skip=3"` -> ("teacache", {"threshold": 0.2, "max_skip": 3}) (values as Python
+    literals, else strings): how `dit-cache eval` methods and `auto` candidates are written."""
+    import ast
+
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"option {item!r} in {spec!r} must look like key=value")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name.strip().lower(), options
+
+
 # ---------------------------------------------------------------------------------------------- validation helpers
 def _check_number(policy: str, name: str, value: Any, *, low: float = 0.0, allow_none: bool = True) -> None:
     if value is None and allow_none:

@@ -21,10 +21,11 @@ class Stats:
     """Records of the last pipeline call. `compute_fraction`: the share of the uncached run's attention and MLP
     calls that were actually computed (reused or forecast outputs count as not computed)."""
 
-    def __init__(self, records: list[StepRecord], policy: str = "") -> None:
+    def __init__(self, records: list[StepRecord], policy: str = "", auto: dict | None = None) -> None:
         # in step order: with two experts (Wan 2.2 A14B) the table reads as the trajectory, expert by expert
         self.records = sorted(records, key=lambda r: (r.step, r.transformer, r.branch))
         self.policy = policy
+        self.auto = auto  # under "auto": the candidate it picked, its config and calibrated figures (auto.Choice)
 
     @property
     def compute_fraction(self) -> float:
@@ -66,6 +67,7 @@ class Stats:
     def to_dict(self) -> dict:
         return {
             "policy": self.policy,
+            "auto": self.auto,
             "compute_fraction": self.compute_fraction,
             "records": [asdict(r) for r in self.records],
         }
@@ -99,6 +101,8 @@ class Stats:
                 f"{name} ran steps {_ranges(steps)}, computed {len(self.computed_steps(transformer=name))} calls"
                 for name, steps in by_transformer.items()
             )
+        if self.auto is not None:
+            summary += f"; auto picked {self.auto['candidate']} (calibrated fraction {self.auto['fraction']:.3f})"
         return "\n".join([*lines, summary])
 
     def __str__(self) -> str:

@@ -248,6 +248,44 @@ def test_global_edges_replayed_equal_full_regeneration(pipe, monkeypatch):
     assert replayed_calls.calls < full_calls.calls
 
 
+def test_global_edges_with_forecast_replay_exactly_and_differ_from_plain_reuse(pipe, monkeypatch):
+    """Edges for LeMiCa(forecast=1) run each segment with the forecast, replaying one step less (the forecast's
+    history must run through dit_cache): bitwise the full regeneration; and not the plain-reuse edges."""
+    from dit_cache.calibration.replay import Replay
+    from dit_cache.calibration.runner import global_edges
+
+    settings = CalibrationSettings(steps=6, call_kwargs=TINY_TEXT_CALL, lemica="global", lemica_max_span=3)
+    replayed = global_edges(pipe, settings, "a red circle", 0, forecast=1)
+    plain = global_edges(pipe, settings, "a red circle", 0)
+
+    class NoReplay(Replay):
+        def replaying(self, until):
+            return super().replaying(0)
+
+    monkeypatch.setattr("dit_cache.calibration.runner.Replay", NoReplay)
+    assert (replayed == global_edges(pipe, settings, "a red circle", 0, forecast=1)).all()
+    finite = torch.isfinite(torch.as_tensor(replayed)) & (torch.as_tensor(replayed) > 0)
+    assert finite.any() and not (torch.as_tensor(replayed)[finite] == torch.as_tensor(plain)[finite]).all()
+
+
+def test_lemica_with_forecast_solves_on_the_edges_measured_with_it(pipe, tmp_path):
+    settings = CalibrationSettings(steps=6, call_kwargs=TINY_TEXT_CALL, lemica="global", lemica_max_span=3,
+                                   lemica_forecast=(1, 0))  # fmt: skip
+    assert settings.lemica_forecast == (0, 1) and settings.to_dict()["lemica_forecast"] == [0, 1]
+    assert "lemica_forecast" not in SETTINGS.to_dict()  # the default keeps older profiles resumable
+    profile = calibrate(pipe, PROMPTS[:1], settings, tmp_path / "p.json", progress=False)
+    loaded = Profile.load(tmp_path / "p.json")
+    assert loaded.arrays["lemica/edges_forecast1"].shape == (6, 6)
+    assert not torch.equal(loaded.arrays["lemica/edges_forecast1"], loaded.arrays["lemica/edges"])
+    dit_cache.apply(pipe, "lemica", speedup=2.0, forecast=1, profile=profile)
+    try:
+        assert pipe.transformer._dit_cache.engine.policy.edges is profile.arrays["lemica/edges_forecast1"]
+    finally:
+        dit_cache.remove(pipe)
+    with pytest.raises(ValueError, match="lemica_forecast must list forecast orders 0, 1 or 2"):
+        CalibrationSettings(lemica_forecast=(3,))
+
+
 def test_resume_on_another_prompt_list_is_refused_naming_the_first_difference(pipe, reference, tmp_path):
     out = reference.save(tmp_path / "done.json")
     assert Profile.load(out).policies["calibration_prompts"]["labels"] == PROMPTS

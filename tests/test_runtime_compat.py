@@ -20,6 +20,8 @@ def _profile(transformer) -> Profile:
         profile.branches[branch] = {"mag_ratio": [1.0] + [1.02] * (STEPS - 1)}
     profile.policies["lemica"] = {"num_steps": STEPS}
     profile.arrays["lemica/edges"] = torch.rand(STEPS, STEPS, generator=torch.Generator().manual_seed(0))
+    runs = {"magcache@2": [0.5, 0.01], "fora@2": [0.5, 0.02]}  # auto's candidate runs: it picks MagCache at 2x
+    profile.policies["auto"] = {"candidates": ["magcache", "fora"], "targets": [2.0], "runs": {"0": runs}}
     return profile
 
 
@@ -38,6 +40,7 @@ def _every_policy(transformer) -> dict:
         "bwcache": dict(threshold=10.0),
         "taylorseer": dict(interval=2),
         "mix": dict(reuse_threshold=0.5, token_threshold=1.0),
+        "auto": dict(speedup=2.0, profile=profile),
     }
 
 

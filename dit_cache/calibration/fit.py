@@ -71,9 +71,9 @@ def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
                 if row:
                     table[i, : len(row)] = torch.tensor([math.nan if v is None else v for v in row])
             arrays[f"{prefix}/{branch}/{key}"] = table
-    if "lemica" in record:
-        arrays[f"{prefix}/lemica"] = torch.as_tensor(record["lemica"], dtype=torch.float32)
-        small.pop("lemica")
+    for key in [k for k in record if k.startswith("lemica")]:  # global edges, one matrix per forecast order
+        arrays[f"{prefix}/{key}"] = torch.as_tensor(record[key], dtype=torch.float32)
+        small.pop(key)
     return small, arrays
 
 
@@ -128,6 +128,10 @@ def build_profile(
     coefficients, r2 = fit_polynomial(xs, ys)
     profile.policies["teacache"] = {"coefficients": coefficients, "r2": r2, "points": len(xs), "warmup": 0.0}
     edges = [arrays[f"records/{r['index']}/lemica"] for r in records if f"records/{r['index']}/lemica" in arrays]
+    for order in (1, 2):  # edges measured with LeMiCa's forecast (lemica_forecast), used by LeMiCa(forecast=order)
+        found = [arrays[k] for r in records if (k := f"records/{r['index']}/lemica_forecast{order}") in arrays]
+        if found:
+            profile.arrays[f"lemica/edges_forecast{order}"] = torch.stack(found).mean(dim=0)
     if edges:
         profile.arrays["lemica/edges"] = torch.stack(edges).mean(dim=0)
         profile.policies["lemica"] = {

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from ..api import apply, remove
+from ..auto import DEFAULT_TARGETS, candidate_list
 from ..config import Schedule
 from ..distributed import context_parallel_rank, parallel_layout
+from .candidates import measure_candidates
 from .fit import build_profile, merge_profiles, split_record
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder, collect
@@ -41,6 +43,7 @@ class CalibrationSettings:
     lemica: str = "proxy"  # "proxy" (free, from the recorded residuals) or "global" (replayed, costly)
     lemica_max_span: int = 8
     lemica_prompts: int | None = None  # global edges from the first N jobs only (None: all); the rest cost nothing
+    lemica_forecast: tuple[int, ...] = (0,)  # global edges measured with each of these forecast orders (LeMiCa's)
     block_traces: bool = False  # per-block traces for block-level policies (a few extra passes per block)
 
     def __post_init__(self):
@@ -54,10 +57,18 @@ class CalibrationSettings:
             raise ValueError(f"lemica_max_span must be >= 2, got {self.lemica_max_span}")
         if self.lemica_prompts is not None and (isinstance(self.lemica_prompts, bool) or self.lemica_prompts < 1):
             raise ValueError(f"lemica_prompts must be at least 1 (or None for every prompt), got {self.lemica_prompts}")
+        orders = tuple(self.lemica_forecast)
+        if not orders or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2 for k in orders):
+            raise ValueError(f"lemica_forecast must list forecast orders 0, 1 or 2, got {self.lemica_forecast!r}")
+        object.__setattr__(self, "lemica_forecast", tuple(sorted(set(orders))))
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["seeds"] = list(self.seeds)
+        if self.lemica_forecast == (0,):
+            data.pop("lemica_forecast")  # the default: profiles recorded before the option resume and merge as before
+        else:
+            data["lemica_forecast"] = list(self.lemica_forecast)
         return data
 
     def pipeline_kwargs(self, prompt: str | dict, seed: int, device: Any = None) -> dict:
@@ -164,6 +175,9 @@ def calibrate(
     world_size: int = 1,
     progress: bool = True,
     transformer: str = "transformer",
+    candidates: str | Sequence[str] | None = None,
+    candidate_targets: Sequence[float] = DEFAULT_TARGETS,
+    candidate_prompts: int = 4,
 ) -> Profile:
     """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
 
@@ -175,12 +189,24 @@ def calibrate(
 
     With `out`, the profile is rewritten atomically after each job; with `resume=True` the jobs already in `out`
     are skipped. Raises before generating anything if `out` cannot be written or belongs to another calibration.
+    candidates: also run these `auto` candidates ("default", "all" or specs) at `candidate_targets` on the first
+    `candidate_prompts` jobs (see dit_cache/auto.py); a sharded run records none (merge, then resume the merged
+    profile with candidates).
 
     Under diffusers' context parallelism every rank of the group runs every job of this (data-parallel) `rank` on
     its shard of the tokens; the statistics are reduced over the group and the group's rank 0 alone writes `out`.
     """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
+    if candidates is not None:
+        candidate_list(candidates)  # a typo fails now, not after the recording pass
+        if world_size > 1:
+            raise ValueError(
+                "candidate runs need the whole profile: calibrate the shards without --candidates, merge them, then "
+                "run `dit-cache calibrate ... --resume --out MERGED.json --candidates ...` on one process"
+            )
+        if isinstance(candidate_prompts, bool) or not isinstance(candidate_prompts, int) or candidate_prompts < 1:
+            raise ValueError(f"--candidate-prompts must be at least 1, got {candidate_prompts!r}")
     if not isinstance(getattr(pipe, transformer, None), torch.nn.Module):
         raise ValueError(
             f"calibration needs a diffusers pipeline with a {transformer!r} component, got {type(pipe).__name__}"
@@ -192,6 +218,7 @@ def calibrate(
     kept = prompt_list(prompts)
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
+    previous_auto = None
     path = check_writable(out) if out is not None else None
     layout = parallel_layout(transformer)
     writes = path is not None and context_parallel_rank(transformer) == 0
@@ -210,6 +237,7 @@ def calibrate(
             raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
         _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
+        previous_auto = previous.policies.get("auto")
         arrays = {k: v for k, v in previous.arrays.items() if k.startswith("records/")}
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
@@ -226,7 +254,8 @@ def calibrate(
             if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)
                 try:
-                    record["lemica"] = global_edges(pipe, settings, prompt, seed)
+                    for order in settings.lemica_forecast:
+                        record[edge_key(order)] = global_edges(pipe, settings, prompt, seed, forecast=order)
                 finally:
                     apply(transformer, recorder, scheduler=pipe.scheduler)
             small, large = split_record(record)
@@ -240,8 +269,17 @@ def calibrate(
             bar.close()
     logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
     profile = _assemble(fingerprint, sampler, records, arrays, settings, kept, layout)
+    if previous_auto is not None:
+        profile.policies["auto"] = previous_auto
     if writes:
         profile.save(path)
+    if candidates is not None:
+        jobs = jobs_of(prompts, settings.seeds)[:candidate_prompts]
+        device = transformer.device
+        measure_candidates(
+            pipe, profile, jobs, lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device),
+            candidates, candidate_targets, path if writes else None, progress, transformer,
+        )  # fmt: skip
     return profile
 
 
@@ -330,12 +368,19 @@ def _final_latents(pipe: Any, settings: CalibrationSettings, prompt: str, seed: 
     return torch.as_tensor(out[0]).float()
 
 
-def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int) -> np.ndarray:
+def edge_key(forecast: int) -> str:
+    """The record key (and, under "lemica/", the profile array) of global edges measured with `forecast`."""
+    return "lemica" if forecast == 0 else f"lemica_forecast{forecast}"
+
+
+def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int, forecast: int = 0) -> np.ndarray:
     """LeMiCa's edge weights: w(i, j) = rel-L1 of the final latents when only the segment between computed steps i
     and j reuses the cache (every other step computed), for segments up to `lemica_max_span` steps. Each runs through
     the real pipeline with a dit_cache schedule, replayed from the reference run's transformer outputs up to step i
     (`Replay`): each costs only its steps from i on, about (span - 1) x steps / 2 generations in all (105 at 30
-    steps and span 8) where regenerating every one in full would cost twice that."""
+    steps and span 8) where regenerating every one in full would cost twice that. With `forecast=k` the segment's
+    steps are forecast from the k + 1 computed steps before it, as LeMiCa(forecast=k) will run them: replay then
+    stops k steps earlier, so that those steps run through dit_cache and fill its history."""
     n, span = settings.steps, settings.lemica_max_span
     replay = Replay(pipe)
     with replay.recording():
@@ -346,9 +391,9 @@ def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: in
         w[i, i + 1] = 0.0
         for j in range(i + 2, min(n, i + span + 1)):
             steps = tuple(k for k in range(n) if not i < k < j)
-            apply(pipe.transformer, Schedule(steps=steps), scheduler=pipe.scheduler)
+            apply(pipe.transformer, Schedule(steps=steps, forecast=forecast), scheduler=pipe.scheduler)
             try:
-                with replay.replaying(until=i):
+                with replay.replaying(until=max(0, i - forecast)):
                     cached = _final_latents(pipe, settings, prompt, seed)
             finally:
                 remove(pipe.transformer)

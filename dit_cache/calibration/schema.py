@@ -95,6 +95,16 @@ def _schedules(value: Any, num_steps: int | None) -> bool:
     return True
 
 
+def _run(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and _finite(value[0])
+        and 0 <= value[0] <= 1
+        and (value[1] is None or (_finite(value[1]) and value[1] >= 0))
+    )
+
+
 POLICY_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "teacache": {
         "coefficients": (_coefficients, "a list of 1-10 finite numbers (the rescaling polynomial, highest power first)"),
@@ -113,6 +123,15 @@ POLICY_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     },
     "lemica": {
         "num_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    },
+    "auto": {
+        "candidates": (lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v),
+                       "a non-empty list of candidate specs"),
+        "targets": (lambda v: isinstance(v, list) and v and all(_finite(t) and t > 1 for t in v),
+                    "a non-empty list of speedups above 1"),
+        "runs": (lambda v: isinstance(v, dict) and all(str(k).isdigit() and isinstance(r, dict) and all(
+                     isinstance(x, str) or _run(x) for x in r.values()) for k, r in v.items()),
+                 "a dict of job index -> {candidate@target: [compute fraction, error or null] or a reason}"),
     },
 }  # fmt: skip
 
@@ -158,7 +177,7 @@ def check_records(records: Any, branches: dict) -> None:
 def check_arrays(arrays: dict, branches: dict, policies: dict) -> None:
     """Shapes of the large arrays: LeMiCa edges are (steps x steps), per-branch pair tables too."""
     num_steps = (policies.get("lemica") or {}).get("num_steps")
-    for key in ("lemica/edges", "lemica/proxy_edges"):
+    for key in ("lemica/edges", "lemica/proxy_edges", "lemica/edges_forecast1", "lemica/edges_forecast2"):
         if key in arrays:
             shape = tuple(arrays[key].shape)
             if len(shape) != 2 or shape[0] != shape[1] or (num_steps is not None and shape[0] != num_steps):

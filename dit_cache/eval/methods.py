@@ -8,7 +8,6 @@ fraction on the first sample (their own knobs, measured work).
 
 from __future__ import annotations
 
-import ast
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 
 from .. import api
 from ..config import Schedule, config_class, policy_names
+from ..config import parse_policy_spec as parse_spec
 from .counting import WorkCounter
 
 SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica", "bwcache", "mix")  # speedup= needs a profile
@@ -48,21 +48,6 @@ class Method:
 
     def label(self) -> str:
         return self.key
-
-
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """`"teacache:threshold=0.2,max_skip=3"` -> ("teacache", {"threshold": 0.2, "max_skip": 3})."""
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"method option {item!r} in {spec!r} must look like key=value")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    return name.strip().lower(), options
 
 
 def uniform_steps(num_steps: int, target: float) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ instead of the last residual as is (decision "forecast"); the decision rules are
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ IDENTITY_COEFFICIENTS = (0.0, 0.0, 0.0, 1.0, 0.0)
 IDENTITY_DEFAULT_THRESHOLD = 0.1
 POLYNOMIAL_DEFAULT_THRESHOLD = 0.1
 _EPS = 1e-12
+
+logger = logging.getLogger(__name__)
 
 
 def rel_l1_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -535,6 +538,14 @@ class LeMiCaPolicy(SchedulePolicy):
         data = self.profile.policies.get("lemica", {})
         self.written_for = int(data.get("num_steps", 0)) or None
         self.edges = self.profile.arrays.get("lemica/edges")
+        measured = self.profile.arrays.get(f"lemica/edges_forecast{config.forecast}") if config.forecast else None
+        if measured is not None:  # edges measured with the forecast this run uses: its schedule minimizes that error
+            self.edges = measured
+        elif config.forecast and self.edges is not None and data.get("mode") == "global":
+            logger.info(
+                "lemica: forecast=%d runs on edges measured without forecasting; calibrate with --lemica-forecast "
+                "0 %d for a schedule solved on the error it makes", config.forecast, config.forecast,
+            )  # fmt: skip
         self.steps = ()
         if self.edges is None:
             schedules = {int(b): s for b, s in data.get("schedules", {}).items()}

@@ -1,0 +1,98 @@
+"""Candidate runs for `auto` (see dit_cache/auto.py): each candidate policy at each target speedup, through the real
+pipeline on the first calibration jobs, against the uncached run of the same job. Runs after the recording pass
+(the candidates use the profile it built), saved after every job: an interrupted run resumes at the next job."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..api import apply, remove, stats
+from ..auto import DEFAULT_TARGETS, candidate_config, candidate_list, relative_error
+from .profile import Profile, ProfileError
+
+logger = logging.getLogger(__name__)
+
+
+def _final_latents(pipe: Any, kwargs: dict) -> Any:
+    out = pipe(**kwargs)
+    for attr in ("images", "frames"):
+        if hasattr(out, attr):
+            return getattr(out, attr)
+    return out[0]
+
+
+def measure_candidates(
+    pipe: Any,
+    profile: Profile,
+    jobs: Sequence[tuple[int, Any, int]],
+    call_kwargs: Any,
+    candidates: str | Sequence[str] = "default",
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    out: Path | None = None,
+    progress: bool = True,
+    transformer: Any = None,
+) -> dict:
+    """Fill `profile.policies["auto"]`: for each job (index, prompt, seed), the uncached final latents, then every
+    candidate at every target; `call_kwargs(prompt, seed)` gives the pipeline's arguments (latent output).
+    Jobs already in the section (a resumed run) are skipped; the profile is saved to `out` after each job.
+    transformer: the one the candidates run on (default `pipe.transformer`; an expert of Wan 2.2 A14B)."""
+    specs = candidate_list(candidates)
+    targets = tuple(sorted({float(t) for t in targets}))
+    if not targets or any(not math.isfinite(t) or t <= 1.0 for t in targets):
+        raise ValueError(f"--candidate-targets must be speedups above 1, got {list(targets)}")
+    section = profile.policies.get("auto")
+    wanted = {"candidates": list(specs), "targets": list(targets)}
+    if section and {k: section.get(k) for k in wanted} != wanted:
+        raise ProfileError(
+            f"this profile's candidate runs were made for {section.get('candidates')} at {section.get('targets')}; "
+            f"this run asks {list(specs)} at {list(targets)}: use another --out or the same candidates and targets"
+        )
+    section = profile.policies.setdefault("auto", {**wanted, "runs": {}})
+    todo = [job for job in jobs if str(job[0]) not in section["runs"]]
+    transformer = pipe.transformer if transformer is None else transformer
+    bar = _bar(len(todo) * len(specs) * len(targets), progress)
+    try:
+        for index, prompt, seed in todo:
+            started = time.perf_counter()
+            reference = _final_latents(pipe, call_kwargs(prompt, seed))
+            runs: dict[str, Any] = {}
+            for spec in specs:
+                for target in targets:
+                    key = f"{spec}@{target:g}"
+                    try:
+                        config = candidate_config(spec, target, profile)
+                    except ValueError as e:  # no setting reaches it (FORA at 1.5x, CFG reuse at 3x)
+                        runs[key] = str(e)
+                        continue
+                    apply(transformer, config, scheduler=pipe.scheduler)
+                    try:
+                        cached = _final_latents(pipe, call_kwargs(prompt, seed))
+                        fraction = stats(transformer).compute_fraction
+                    finally:
+                        remove(transformer)
+                    error = relative_error(cached, reference)
+                    runs[key] = [fraction, error if math.isfinite(error) else None]
+                    if bar:
+                        bar.update(1)
+            section["runs"][str(index)] = runs
+            section["seconds"] = section.get("seconds", 0.0) + time.perf_counter() - started  # the cost, reported
+            if out is not None:
+                profile.save(out)
+    finally:
+        if bar:
+            bar.close()
+    logger.info("auto candidates: %d jobs x %d candidates x %d targets", len(todo), len(specs), len(targets))
+    return section
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="auto candidates", unit="run")

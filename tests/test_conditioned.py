@@ -19,7 +19,9 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.policies.grid import cell_ids, token_positions
+from dit_cache.adapters import find_spec
+from dit_cache.adapters.tokens import img_ids_positions, img_shapes_positions
+from dit_cache.policies.grid import cell_ids
 from dit_cache.policies.token import TokenMechanism, grid_of_call
 from dit_cache.testing import MORE_FAMILIES, _tiny_image, tiny_inputs, tiny_pipeline
 
@@ -65,7 +67,7 @@ def family(request):
 def test_the_condition_image_reaches_the_transformer(family):
     name, pipe, baseline, kwargs = family
     if name in ("flux_kontext", "flux2_edit", QWEN_EDIT):  # reference tokens appended, their own first position
-        ids = token_positions(kwargs)
+        ids = find_spec(pipe.transformer).tokens.positions(kwargs)  # as the family's adapter reads them
         assert kwargs["hidden_states"].shape[1] == ids.shape[0] > baseline.shape[1]
         images = 1 + len(MORE_FAMILIES[name].size["image"]) if name == "flux2_edit" else 2  # FLUX.2: two references
         assert len(set(ids[:, 0].tolist())) == images
@@ -132,7 +134,8 @@ def test_toca_never_drops_reference_tokens(monkeypatch, name):
         return out
 
     positions = []
-    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: positions.append(token_positions(kw)), with_kwargs=True)
+    read = find_spec(pipe.transformer).tokens.positions  # the family's reader, as ToCa uses it
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: positions.append(read(kw)), with_kwargs=True)
     monkeypatch.setattr(TokenMechanism, "_pick", recording_pick)
     monkeypatch.setattr("dit_cache.policies.token.kernels.token_scatter_gate", checked_scatter)
     with dit_cache.cached(pipe, dit_cache.ToCa(fraction=0.25, interval=interval)):
@@ -147,7 +150,8 @@ def test_cfg_reuse_on_qwen_image_edit_sees_both_images_as_frames():
     and the reference image as two 4 x 4 frames (not one 4 x 8 image mixing their rows)."""
     pipe, grids = _pipeline(QWEN_EDIT), []
     pipe.transformer.register_forward_pre_hook(
-        lambda m, a, kw: grids.append(grid_of_call(SimpleNamespace(transformer=m), a, kw)), with_kwargs=True
+        lambda m, a, kw: grids.append(grid_of_call(SimpleNamespace(transformer=m, spec=find_spec(m)), a, kw)),
+        with_kwargs=True,
     )
     baseline = _call(pipe, QWEN_EDIT)
     assert grids[0] == (2, 4, 4)
@@ -163,7 +167,7 @@ def _positions(name: str) -> torch.Tensor:
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
     pipe(**_inputs(name, steps=1))
-    return token_positions(calls[0])
+    return find_spec(pipe.transformer).tokens.positions(calls[0])
 
 
 @pytest.mark.parametrize("name", list(GENERATED))
@@ -192,9 +196,24 @@ def test_a_sequence_of_another_length_gets_no_position_cells():
 
 
 def test_token_positions_come_from_img_ids_or_img_shapes():
-    assert token_positions({}) is None
-    assert token_positions({"img_ids": torch.zeros(4, 5)}) is None  # more axes than one key packs
+    assert img_ids_positions({}) is None and img_shapes_positions({}) is None
+    assert img_ids_positions({"img_ids": torch.zeros(4, 5)}) is None  # more axes than one key packs
     ids = torch.tensor([[0, 0, 0], [0, 0, 1]])
-    assert torch.equal(token_positions({"img_ids": ids[None]}), ids)  # a batched (B, N, axes) layout
+    assert torch.equal(img_ids_positions({"img_ids": ids[None]}), ids)  # a batched (B, N, axes) layout
     shapes = {"img_shapes": [[(1, 1, 2), (2, 1, 1)]]}  # a 1 x 2 image, then a 2-frame 1 x 1 one
-    assert token_positions(shapes).tolist() == [[0, 0, 0], [0, 0, 1], [1, 0, 0], [2, 0, 0]]
+    assert img_shapes_positions(shapes).tolist() == [[0, 0, 0], [0, 0, 1], [1, 0, 0], [2, 0, 0]]
+
+
+def test_each_family_reads_its_own_token_layout():
+    """The token rules live in the adapters: the families whose calls carry positions or frame layouts say so."""
+    import importlib
+
+    from dit_cache.adapters import tokens
+
+    def spec_by_name(name):
+        return importlib.import_module(f"dit_cache.adapters.{name}").SPEC
+
+    expected = {"flux": tokens.IMG_IDS, "flux2": tokens.IMG_IDS, "chroma": tokens.IMG_IDS, "qwenimage": tokens.IMG_SHAPES,
+                "qwenimage21": tokens.IMG_SHAPES, "cogvideox": tokens.FRAMES_FIRST, "consisid": tokens.FRAMES_FIRST,
+                "ltx": tokens.FRAME_ARGS, "ltx2": tokens.FRAME_ARGS, "wan": tokens.LATENT, "sd3": tokens.LATENT}  # fmt: skip
+    assert {name: spec_by_name(name).tokens for name in expected} == expected

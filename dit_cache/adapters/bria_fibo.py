@@ -3,6 +3,7 @@ the text stream, and the single-stream blocks take and return the concatenated t
 segment is the single-stream blocks (one layout); the dual-stream blocks always run."""
 
 from .spec import ModelSpec, single_stream_blocks, temb_indicator
+from .tokens import IMG_IDS
 
 SPEC = ModelSpec(
     name="bria_fibo",
@@ -11,4 +12,5 @@ SPEC = ModelSpec(
     indicator=temb_indicator("temb"),
     indicator_doc="the timestep embedding `temb`",
     notes="single-stream blocks only: the dual-stream blocks run uncached",
+    tokens=IMG_IDS,
 )

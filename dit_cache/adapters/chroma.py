@@ -4,6 +4,7 @@ one layout, so only the single-stream blocks (2/3 of the layers) are cached; the
 Each block gets its own slice of the pruned modulation as `temb`; the indicator reads the first single block's."""
 
 from .spec import ModelSpec, single_stream_blocks, temb_indicator
+from .tokens import IMG_IDS
 
 SPEC = ModelSpec(
     name="chroma",
@@ -13,4 +14,5 @@ SPEC = ModelSpec(
     indicator_doc="single_transformer_blocks[0]'s modulation `temb`",
     timestep_scale=1000.0,
     notes="single-stream blocks only: the dual-stream blocks run uncached",
+    tokens=IMG_IDS,
 )

@@ -2,7 +2,8 @@
 (encoder, hidden). The pipeline passes the timestep divided by 1000."""
 
 from .spec import double_single, single_stream_blocks
+from .tokens import IMG_IDS
 
 SPEC = double_single("flux", ("FluxTransformer2DModel",), "dual-stream then single-stream blocks", hidden_index=1,
                      encoder_index=0, single=single_stream_blocks(hidden_index=1, encoder_index=0),
-                     timestep_scale=1000.0)  # fmt: skip
+                     timestep_scale=1000.0, tokens=IMG_IDS)  # fmt: skip

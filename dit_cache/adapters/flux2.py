@@ -4,6 +4,7 @@ layout, so the single-stream blocks (most of the work) are cached and the dual-s
 block fuses attention and MLP in one `attn` (Flux2ParallelSelfAttention): that is its one unit."""
 
 from .spec import BlockGroup, ModelSpec, temb_indicator
+from .tokens import IMG_IDS
 
 SPEC = ModelSpec(
     name="flux2",
@@ -13,4 +14,5 @@ SPEC = ModelSpec(
     indicator_doc="the single-stream modulation `temb_mod` (a function of timestep and guidance)",
     timestep_scale=1000.0,
     notes="single-stream blocks only: the dual-stream blocks run uncached",
+    tokens=IMG_IDS,
 )

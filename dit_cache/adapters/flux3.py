@@ -5,6 +5,7 @@ segment is the single blocks (most of the layers); the per-mode blocks always ru
 timestep in [0, 1] (t / 1000 of a flow-matching scheduler)."""
 
 from .spec import BlockGroup, ModelSpec
+from .tokens import IMG_IDS
 
 
 def _modulated(block, call):
@@ -20,4 +21,5 @@ SPEC = ModelSpec(
     indicator_doc="single_transformer_blocks[0]'s image input, normalised and modulated by `temb_mod`",
     timestep_scale=1000.0,
     notes="single blocks only: the per-mode blocks run uncached",
+    tokens=IMG_IDS,
 )

@@ -2,6 +2,7 @@
 both returning (encoder, hidden)."""
 
 from .spec import double_single, single_stream_blocks
+from .tokens import IMG_IDS
 
 SPEC = double_single("longcat_image", ("LongCatImageTransformer2DModel",), "Flux-like", hidden_index=1, encoder_index=0,
-                     single=single_stream_blocks(hidden_index=1, encoder_index=0), timestep_scale=1000.0)  # fmt: skip
+                     single=single_stream_blocks(hidden_index=1, encoder_index=0), timestep_scale=1000.0, tokens=IMG_IDS)  # fmt: skip

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .spec import BlockCall, dit_like
+from .tokens import FRAME_ARGS
 
 
 def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
@@ -16,4 +17,4 @@ def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
 
 
 SPEC = dit_like("ltx", ("LTXVideoTransformer3DModel",), "DiT blocks with cross-attention", indicator=_modulated_input,
-                indicator_doc="transformer_blocks[0].norm1(hidden) modulated by scale_shift_table + temb")  # fmt: skip
+                indicator_doc="transformer_blocks[0].norm1(hidden) modulated by scale_shift_table + temb", tokens=FRAME_ARGS)  # fmt: skip

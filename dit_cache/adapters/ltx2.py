@@ -4,6 +4,7 @@ and cross-attention, the audio<->video attentions (with RoPE on their queries: d
 token-subset) and the MLPs `ff` / `audio_ff` are the units. CFG batched under cache_context("cond_uncond")."""
 
 from .spec import BlockGroup, ModelSpec, temb_indicator
+from .tokens import FRAME_ARGS
 
 SPEC = ModelSpec(
     name="ltx2",
@@ -17,4 +18,5 @@ SPEC = ModelSpec(
     ),
     indicator=temb_indicator("temb"),
     indicator_doc="the video timestep embedding `temb`",
+    tokens=FRAME_ARGS,
 )  # fmt: skip

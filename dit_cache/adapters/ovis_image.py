@@ -3,7 +3,8 @@
 SiLU gate and a value (no activation tail, and the split pieces are not stand-ins FORA could hand on)."""
 
 from .spec import double_single, single_stream_blocks
+from .tokens import IMG_IDS
 
 SPEC = double_single("ovis_image", ("OvisImageTransformer2DModel",), "Flux-like, gated single-block MLP",
                      hidden_index=1, encoder_index=0, timestep_scale=1000.0,
-                     single=single_stream_blocks(hidden_index=1, encoder_index=0, tails=(), feeds=()))  # fmt: skip
+                     single=single_stream_blocks(hidden_index=1, encoder_index=0, tails=(), feeds=()), tokens=IMG_IDS)  # fmt: skip

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .spec import BlockCall, double_single
+from .tokens import IMG_SHAPES
 
 
 def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
@@ -15,4 +16,4 @@ def _modulated_input(block: nn.Module, call: BlockCall) -> torch.Tensor:
 SPEC = double_single("qwenimage", ("QwenImageTransformer2DModel",), "dual-stream MMDiT blocks", hidden_index=1,
                      encoder_index=0, mlp=("img_mlp", "txt_mlp"), indicator=_modulated_input,
                      indicator_doc="transformer_blocks[0] image stream after img_norm1, modulated by img_mod(temb)",
-                     timestep_scale=1000.0)  # fmt: skip
+                     timestep_scale=1000.0, tokens=IMG_SHAPES)  # fmt: skip

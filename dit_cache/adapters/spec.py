@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .tokens import LATENT, TokenLayout
+
 
 class ArgReader:
     """Reads a named argument of a call from `args`/`kwargs`, by the callee's signature (computed once)."""
@@ -186,6 +188,7 @@ class ModelSpec:
     timestep_arg: str = "timestep"
     cfg_batch_order: tuple[str, str] = ("uncond", "cond")
     cfg_embeds: tuple[tuple[str, str], ...] = CFG_EMBEDS
+    tokens: TokenLayout = LATENT  # where a call's image tokens sit in space (ToCa's cells, CFG reuse's low-pass)
     notes: str = ""
     extra: dict = field(default_factory=dict)
 

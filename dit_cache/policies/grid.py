@@ -1,110 +1,25 @@
-"""Where tokens sit in space: the token grid of a transformer call, read from host-side shapes and arguments only
-(no device read), and the spatial low-pass that CFG reuse splits its stored difference with.
-
-The grid comes from what diffusers transformers are called with: a 4-D latent (B, C, H, W) or a 5-D one (B, C, F, H,
-W; CogVideoX: B, F, C, H, W) divided by the model's patch sizes; Qwen-Image's `img_shapes`; LTX's `num_frames`,
-`height`, `width`. Packed latents without such arguments (Flux) get the most square factorisation of the token count,
-which is exact for square images and transposed or approximate otherwise (it only steers heuristics: which tokens
-ToCa spreads its picks over, which frequencies CFG reuse calls low).
-
-Where the call carries per-token positions (`img_ids` of Flux, Flux Kontext, FLUX.2, Chroma: one row per image
-token, reference-image tokens with their own first coordinate), ToCa's cells come from those positions instead: every
-token of the sequence, generated or reference, owns a cell of its own image, so the spread bonus reaches the
-conditioning tokens and never merges them with generated ones.
+"""Token cells and the spatial low-pass, on the token grid and positions a family's adapter reads from each call
+(`ModelSpec.tokens`, dit_cache/adapters/tokens.py): ToCa spreads its picks over cells, CFG reuse splits its stored
+difference into low and high frequencies. Where the call carries per-token positions (`img_ids`, Qwen-Image's
+`img_shapes`), every token of the sequence, generated or reference, owns a cell of its own image, so the spread
+bonus reaches the conditioning tokens and never merges them with generated ones.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-Grid = tuple[int, ...]  # (height, width) or (frames, height, width)
-
-
-def square_grid(n: int) -> Grid:
-    """(h, w) with h * w = n, h <= w and h as large as possible."""
-    h = max(d for d in range(1, math.isqrt(max(n, 1)) + 1) if n % d == 0)
-    return (h, n // h)
-
-
-def _patch(config: Any) -> tuple[int, int, int]:
-    """(temporal, height, width) patch sizes of a transformer config."""
-    p = config.get("patch_size", 1) or 1
-    pt = config.get("patch_size_t", None)
-    if isinstance(p, (tuple, list)):
-        if len(p) == 3:
-            return int(p[0]), int(p[1]), int(p[2])
-        p = p[-1]
-    return int(pt or 1), int(p), int(p)
-
-
-def token_grid(transformer: torch.nn.Module, hidden: Any, kwargs: dict) -> Grid | None:
-    """The grid of the image tokens inside the blocks for a call with latent `hidden` and keyword args `kwargs`."""
-    config = dict(getattr(transformer, "config", None) or {})
-    pt, ph, pw = _patch(config)
-    shapes = kwargs.get("img_shapes")
-    if shapes:  # Qwen-Image: [(frames, h, w), ...] per batch item, or a list of such lists (edit: + references)
-        images = shapes[0] if isinstance(shapes[0], list) else [shapes[0]]
-        if all(isinstance(image, (tuple, list)) and len(image) == 3 for image in images):
-            f, h, w = (int(v) for v in images[0])
-            if all(tuple(image[1:]) == (h, w) for image in images):  # references of the same size: more frames
-                f = sum(int(image[0]) for image in images)
-            return (f, h, w) if f > 1 else (h, w)
-    if not isinstance(hidden, torch.Tensor):
-        return None
-    if hidden.dim() == 4:
-        return (hidden.shape[-2] // ph, hidden.shape[-1] // pw)
-    if hidden.dim() == 5:
-        in_channels = config.get("in_channels")
-        frames = (
-            hidden.shape[1] if hidden.shape[2] == in_channels and hidden.shape[1] != in_channels else hidden.shape[2]
-        )
-        return (max(1, frames // pt), hidden.shape[-2] // ph, hidden.shape[-1] // pw)
-    if hidden.dim() == 3:
-        n = hidden.shape[1]
-        f, h, w = kwargs.get("num_frames"), kwargs.get("height"), kwargs.get("width")
-        if all(isinstance(v, int) for v in (f, h, w)):
-            for grid in ((f, h, w), (max(1, f // pt), h // ph, w // pw)):
-                if math.prod(grid) == n:
-                    return grid if grid[0] > 1 else grid[1:]
-        return square_grid(n)
-    return None
-
+from ..adapters.tokens import Grid, square_grid  # noqa: F401  (Grid: re-exported for the policies)
 
 _RADIX_BITS = 15  # per position axis: coordinates in [-2^14, 2^14) pack into one int64 key for up to 4 axes
-
-
-def token_positions(kwargs: dict) -> torch.Tensor | None:
-    """(P, axes) position of every image token of the call (generated then reference tokens), from `img_ids` or
-    from Qwen-Image's `img_shapes` (one (frames, h, w) per image, the edit pipelines' reference images after the
-    generated one); None where the call has neither or they do not pack into one key (more than 4 axes)."""
-    shapes = kwargs.get("img_shapes")
-    if shapes and isinstance(shapes[0], list) and all(isinstance(s, (tuple, list)) and len(s) == 3 for s in shapes[0]):
-        return _positions_of_shapes(shapes[0])
-    ids = kwargs.get("img_ids")
-    if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3):
-        return None
-    ids = ids[0] if ids.dim() == 3 else ids
-    return ids if 3 <= ids.shape[-1] <= 4 else None
 
 
 def text_tokens(kwargs: dict) -> int:
     """The number of text tokens of the call (`encoder_hidden_states`), 0 where it passes none."""
     text = kwargs.get("encoder_hidden_states")
     return text.shape[1] if isinstance(text, torch.Tensor) and text.dim() == 3 else 0
-
-
-def _positions_of_shapes(shapes: list) -> torch.Tensor:
-    """(sum f*h*w, 3) positions (frame counted across the images, row, column) of images laid out one after the
-    other in raster order."""
-    parts, frame = [], 0
-    for f, h, w in ((int(v) for v in shape) for shape in shapes):
-        grid = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1)
-        parts.append(grid.reshape(-1, 3) + torch.tensor([frame, 0, 0]))
-        frame += f
-    return torch.cat(parts)
 
 
 def cell_ids(

@@ -41,9 +41,9 @@ from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_r
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
-from .grid import text_tokens, token_positions
+from .grid import text_tokens
 from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
-from .token import TokenMechanism, TokenState, grid_of_call
+from .token import TokenMechanism, TokenState, grid_of_call, positions_of_call
 
 
 @dataclass
@@ -119,7 +119,7 @@ class MixChooser(TeaCachePolicy):
     # ------------------------------------------------------------------------------------------ mechanism
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         call.extra.setdefault("grid", grid_of_call(self.model, args, kwargs))
-        call.extra.setdefault("positions", token_positions(kwargs))
+        call.extra.setdefault("positions", positions_of_call(self.model, kwargs))
         call.extra.setdefault("text_tokens", text_tokens(kwargs))
         return forward(*args, **kwargs)
 

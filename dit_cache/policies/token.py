@@ -29,7 +29,7 @@ from ..engine import BlockSlot
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest
 from ..state import COMPUTE, PARTIAL, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for
-from .grid import Grid, cell_ids, text_tokens, token_grid, token_positions
+from .grid import Grid, cell_ids, text_tokens
 
 logger = logging.getLogger(__name__)
 DEFAULT_FRACTION = 0.3
@@ -202,9 +202,14 @@ class TokenMechanism:
 
 
 def grid_of_call(model: ModelContext, args: tuple, kwargs: dict) -> Grid | None:
-    transformer = model.transformer
+    """The token grid of a transformer call, as the family's adapter reads it (`ModelSpec.tokens`)."""
     hidden = args[0] if args else kwargs.get("hidden_states")
-    return token_grid(transformer, hidden, kwargs)
+    return model.spec.tokens.grid(model.transformer, hidden, kwargs)
+
+
+def positions_of_call(model: ModelContext, kwargs: dict) -> torch.Tensor | None:
+    """Per-token positions of a transformer call, where the family's calls carry them (`ModelSpec.tokens`)."""
+    return model.spec.tokens.positions(kwargs)
 
 
 @policy_for(ToCa)
@@ -288,7 +293,7 @@ class ToCaPolicy(Policy):
 
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         call.extra["grid"] = grid_of_call(self.model, args, kwargs)
-        call.extra["positions"] = token_positions(kwargs)
+        call.extra["positions"] = positions_of_call(self.model, kwargs)
         call.extra["text_tokens"] = text_tokens(kwargs)
         return forward(*args, **kwargs)
 

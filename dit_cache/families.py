@@ -98,7 +98,8 @@ def markdown() -> str:
         f"{len(supported)} transformer classes, each tested through the diffusers pipelines named (tiny random "
         f"weights, `dit_cache.testing`); policies: {', '.join(f'`{p}`' for p in user_policies())}. "
         f"{' and '.join(f'`{p}`' for p in NEEDS_PROFILE)} need a profile: a built-in one that matches the model, "
-        "or one recorded with `dit-cache calibrate`; `teacache` without one uses the identity rescaling. "
+        "or one recorded with `dit-cache calibrate`; `ertacache` and `hyca` need a recorded one (`hyca`: with "
+        "`--block-traces`); `teacache` without one uses the identity rescaling. "
         f"{len(BUILTINS)} built-in profiles come from the published calibrations of their checkpoints.",
         "",
         "| transformer class | adapter | pipelines tested | policies | built-in profiles |",
@@ -142,6 +143,7 @@ def text() -> str:
     lines += [
         "",
         f"{' and '.join(NEEDS_PROFILE)} need a profile: a matching built-in one above, or `dit-cache calibrate`; "
+        "ertacache and hyca need a recorded one (hyca: with --block-traces); "
         "teacache without one uses the identity rescaling.",
     ]
     return "\n".join(lines)

@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--lemica-prompts", type=int, help="global edges from the first N prompts only (default: every prompt)"
     )
-    cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
+    cal.add_argument(
+        "--block-traces", action="store_true", help="also record per-block traces and unit features (bwcache, hyca)"
+    )
     cal.add_argument("--device", help="move the pipeline to this device")
     cal.add_argument("--resume", action="store_true", help="continue an interrupted calibration at --out")
     cal.add_argument("--out", required=True, help="profile path (.json; arrays go to .safetensors beside it)")

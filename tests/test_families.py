@@ -64,6 +64,8 @@ def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     name, pipe, cfg, baseline = family
     if policy == "cfg" and not cfg:
         pytest.skip(f"{name}: the pipeline runs no classifier-free guidance")
+    if policy == "easycache" and MORE_FAMILIES[name].components.get("transformer_2"):
+        pytest.skip(f"{name}: {STEPS} steps over two transformers give each 2, both computed to measure the rate")
     gap = MORE_FAMILIES[name].known_gaps.get(policy)
     if gap:  # strict: once the gap is closed this fails, and the entry loses its note
         request.applymarker(pytest.mark.xfail(reason=f"{name}: {gap}", strict=True))

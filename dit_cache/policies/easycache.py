@@ -98,17 +98,18 @@ class EasyCachePolicy(SegmentPolicy):
 
 
 def predicted_change(values: list[float]) -> float | None:
-    """The largest per-row k * |dx| / |y_c| of the read (rows, 4) sums; None without a rate (fewer than two
-    computed steps, or no input change measured)."""
+    """The largest per-row k * |dx| / |y_c| of the read (rows, 4) sums (0 for a row whose input did not change);
+    None when a row that moves has no rate (fewer than two computed steps, or no input change between them)."""
     if len(values) < 4:
         return None
     worst = None
     for i in range(0, len(values) - 3, 4):
         change, d_out, d_in, out = values[i : i + 4]
-        if not all(math.isfinite(v) for v in (change, d_out, d_in, out)):
-            return None
-        if d_in <= 0 or out <= 0:  # no input change between computed steps: no rate to scale by
-            return None
-        predicted = d_out / d_in * change / out
+        if change == 0:  # this row did not move (padding or text rows of a token-first layout): no change
+            predicted = 0.0
+        elif not all(math.isfinite(v) for v in (d_out, d_in, out)) or d_in <= 0 or out <= 0:
+            return None  # no rate measured for a row that moves
+        else:
+            predicted = d_out / d_in * change / out
         worst = predicted if worst is None else max(worst, predicted)
     return worst

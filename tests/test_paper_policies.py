@@ -12,6 +12,7 @@ from dit_cache.calibration import Profile, ProfileError, model_fingerprint
 from dit_cache.calibration.recorder import UNIT_SAMPLES, unit_keys
 from dit_cache.calibration.resample import position_grid
 from dit_cache.calibration.runner import CalibrationSettings, calibrate
+from dit_cache.policies.easycache import predicted_change
 from dit_cache.policies.ertacache import greedy_schedule
 from dit_cache.testing import TINY_TEXT_CALL, tiny_text_flux
 
@@ -40,6 +41,14 @@ def test_easycache_warmup_and_max_skip():
     dit_cache.apply(model, "easycache", tolerance=10.0, warmup=0.3, max_skip=2, scheduler=sched)
     drive(model, sched, [1.0] * 10, hidden=h)
     assert dit_cache.stats(model).computed_steps() == [0, 1, 2, 5, 8, 9]
+
+
+def test_easycache_rows_that_do_not_move_predict_no_change():
+    """Per row [input change, |dy|, |dx| between computed steps, |y_c|]: a static row (text rows of a token-first
+    layout) adds nothing, a moving row without a rate leaves the step to compute."""
+    assert predicted_change([0.0, 1.0, 0.0, 5.0, 1.0, 2.0, 1.0, 4.0]) == 0.5
+    assert predicted_change([1.0, 1.0, 0.0, 5.0, 1.0, 2.0, 1.0, 4.0]) is None
+    assert predicted_change([]) is None
 
 
 # ---------------------------------------------------------------------------------------------------- ERTACache

@@ -7,9 +7,10 @@ reuse settings, PSNR of the final output against the uncached one at compute fra
 Out of sample: the profile every calibrated method uses (MagCache ratios, ERTACache's residual-error table, HyCa's
 unit trajectories: `--block-traces`) is recorded here on prompts and seeds disjoint from the scored ones (the zoo's
 first `--samples` evaluation prompts, seeds 0..). Each method runs at a few settings; its compute fraction is the
-one `stats()` reports (block linear work actually run). `at_0.5` / `at_0.33` interpolate each method's PSNR linearly
-along its settings' (fraction, mean PSNR) points sorted by fraction (None outside the range it reached). PSNR is the
-mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]).
+one `stats()` reports (block linear work actually run). `at_0.5` / `at_0.333` interpolate each method's PSNR
+linearly along its settings' (fraction, mean PSNR) points sorted by fraction (None outside the range it reached).
+PSNR is the mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]). HyCa rows also count
+the solvers it chose (per kept unit and branch).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def methods(profile, steps: int) -> dict[str, list[dict]]:
         "easycache": [dict(tolerance=t) for t in (0.05, 0.1, 0.2, 0.4, 0.8)],
         "ertacache": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
         "ertacache:rectify=False": [dict(speedup=s, rectify=False, profile=profile) for s in (2.0, 3.0)],
-        "hyca": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
-        "taylorseer:order=1": [dict(speedup=s, order=1) for s in (2.0, 3.0)],
-        "taylorseer:order=2": [dict(speedup=s, order=2) for s in (2.0, 3.0)],
+        "hyca": [dict(speedup=s, profile=profile) for s in (2.0, 3.0, 3.5)],
+        "taylorseer:order=1": [dict(speedup=s, order=1) for s in (2.0, 3.0, 3.5)],
+        "taylorseer:order=2": [dict(speedup=s, order=2) for s in (2.0, 3.0, 3.5)],
         "fora:forecast=1": [dict(interval=k, forecast=1) for k in (2, 3)],
         "magcache": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
         "uniform": [uniform(2), uniform(3)],
@@ -76,10 +77,10 @@ def generate(pipe, name: str, prompt: str, seed: int) -> np.ndarray:
 def interpolate(points: list[tuple[float, float]], fraction: float) -> float | None:
     points = sorted(p for p in points if math.isfinite(p[1]))
     for (f0, p0), (f1, p1) in zip(points, points[1:]):
-        if f0 <= fraction <= f1:
+        if f0 - 1e-6 <= fraction <= f1 + 1e-6:
             return p0 if f1 == f0 else p0 + (p1 - p0) * (fraction - f0) / (f1 - f0)
-    if any(abs(f - fraction) < 1e-9 for f, _ in points):
-        return next(p for f, p in points if abs(f - fraction) < 1e-9)
+    if any(abs(f - fraction) < 1e-6 for f, _ in points):
+        return next(p for f, p in points if abs(f - fraction) < 1e-6)
     return None
 
 
@@ -108,7 +109,7 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
             config = options.pop("__policy__", None)
             label = {k: v for k, v in options.items() if k != "profile"}
             try:
-                values, fractions = [], []
+                values, fractions, solvers = [], [], {}
                 for (prompt, seed), reference in zip(scored, references):
                     if config is not None:
                         dit_cache.apply(pipe, config)
@@ -117,19 +118,25 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
                     try:
                         out = generate(pipe, name, prompt, seed)
                         fractions.append(dit_cache.stats(pipe).compute_fraction)
+                        chosen = getattr(pipe.transformer._dit_cache.engine.policy, "_solvers", {})
+                        for choice in chosen.values():
+                            for order in choice.values():
+                                solvers[order] = solvers.get(order, 0) + 1
                     finally:
                         dit_cache.remove(pipe)
                     values.append(psnr(reference, out))
                 row = dict(method=method, options=label if config is None else {"steps": list(config.steps)},
                            compute_fraction=float(np.mean(fractions)), psnr=float(np.mean(values)),
                            psnr_per_sample=values)  # fmt: skip
+                if solvers:
+                    row["solver_counts"] = {f"order {k}": v // len(scored) for k, v in sorted(solvers.items())}
                 points.append((row["compute_fraction"], row["psnr"]))
             except Exception as e:  # a setting out of reach is a row with its error
                 row = dict(method=method, options=label, error=f"{type(e).__name__}: {e}")
             rows.append(row)
             print(name, row.get("method"), row.get("options"), row.get("compute_fraction"), row.get("psnr"),
                   row.get("error", ""), flush=True)  # fmt: skip
-        summary[method] = {"at_0.5": interpolate(points, 0.5), "at_0.33": interpolate(points, 0.33)}
+        summary[method] = {"at_0.5": interpolate(points, 0.5), "at_0.333": interpolate(points, 1 / 3)}
     return dict(
         model=name, steps=steps, scored=[f"{p} (seed {s})" for p, s in scored],
         calibration_prompts=calib, calibration_seed=100, calibration_s=calibration_s, rows=rows, summary=summary,
@@ -149,9 +156,9 @@ def main() -> None:
         results["models"].append(run_model(name, args.samples, args.calibration))
         write_json(args.out, results)
     for model in results["models"]:
-        print(f"\n{model['model']}: PSNR (dB) at compute fraction 0.5 / 0.33")
+        print(f"\n{model['model']}: PSNR (dB) at compute fraction 0.5 / 0.333")
         for method, at in model["summary"].items():
-            cells = [f"{v:.2f}" if v is not None else "-" for v in (at["at_0.5"], at["at_0.33"])]
+            cells = [f"{v:.2f}" if v is not None else "-" for v in (at["at_0.5"], at["at_0.333"])]
             print(f"  {method:28s} {cells[0]:>7s} {cells[1]:>7s}")
 
 

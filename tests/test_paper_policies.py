@@ -5,7 +5,7 @@ unpatched output, and a caching setting computes less and stays finite; bad inpu
 import numpy as np
 import pytest
 import torch
-from dummy import DummyDiT, FakeScheduler, drive
+from dummy import DummyDiT, FakeScheduler, drive, in_context
 
 import dit_cache
 from dit_cache.calibration import Profile, ProfileError, model_fingerprint
@@ -33,6 +33,19 @@ def test_easycache_accumulates_rate_times_input_change():
     assert indicators[2:9] == pytest.approx([1 / 9] * 3 + [1 / 12] * 4, rel=1e-6)
     assert torch.equal(out[2], h[2] + h[1]) and torch.equal(out[7], h[7] + h[4])  # input + stored transformation
     assert all(torch.equal(out[t], 2 * h[t]) for t in (0, 1, 4, 8, 9))
+
+
+def test_easycache_cfg_branches_follow_the_first_call_of_the_step():
+    """The unconditional calls see a constant input (alone they would reuse every step after the first); they follow
+    the conditional call's decisions instead."""
+    model, sched = DummyDiT(num_blocks=1), FakeScheduler(10)
+    dit_cache.apply(model, "easycache", tolerance=0.3, scheduler=sched)
+    for t, ts in enumerate(sched.timesteps):
+        for branch, h in (("cond", torch.full((1, 4, 2), 1 + t / 8)), ("uncond", torch.ones(1, 4, 2))):
+            in_context(model, branch)
+            model(hidden_states=h, timestep=ts.reshape(1), temb=torch.tensor(1.0))
+    stats = dit_cache.stats(model)
+    assert stats.computed_steps(branch="cond") == stats.computed_steps(branch="uncond") == [0, 1, 4, 8, 9]
 
 
 def test_easycache_warmup_and_max_skip():

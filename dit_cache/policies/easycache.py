@@ -9,7 +9,7 @@ x: the stack's input at every call (computed or not), y: its output at computed 
 the warm-up, the last step and every step before k is known compute; a compute resets acc. The sums are measured on
 the device: the input change at the decision block (TeaCache's probe slot), and k's three sums when a step computes,
 read with the next call's probe, so a call costs one host read. A batch takes the prediction of the row that moves
-most (`rel_l1_rows`' convention).
+most (`rel_l1_rows`' convention); of separate CFG calls, the first of each step decides for the others.
 """
 
 from __future__ import annotations
@@ -51,6 +51,23 @@ class EasyCachePolicy(SegmentPolicy):
     def __init__(self, config: EasyCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.threshold = config.tolerance
+        self.leading: dict[int, tuple[str, str]] = {}  # step -> (branch, decision) of the step's first call
+
+    def reset(self, states: dict[str, Any]) -> None:
+        self.leading = {}
+
+    def decide(self, call: CallInfo, state: EasyCacheState, values: list[float]) -> str:
+        """The first branch to reach a step decides it; the other CFG branches follow (computed on different steps,
+        their errors would be amplified by guidance instead of cancelling; the paper decides on the conditional
+        call for both)."""
+        lead = self.leading.get(call.step)
+        if lead is not None and lead[0] != call.branch:
+            self.observe(call, state, values)
+            follow = COMPUTE if lead[1] == COMPUTE or SegmentPolicy.forced(self, call, state) else REUSE
+            return self.settle(call, state, follow)
+        decision = super().decide(call, state, values)
+        self.leading[call.step] = (call.branch, decision)
+        return decision
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         x = block.hidden.detach()

@@ -2,7 +2,8 @@
 rectified reuse. The schedule executor of step.py runs it.
 
 Offline residual profile: `res_pairs[i, c]`, recorded by every calibration, is the rel-L1 error of using step c's
-block-stack residual at step i, averaged over the calibration prompts (per branch; resampled to the call's grid).
+block-stack residual at step i, averaged over the calibration prompts and the CFG branches (resampled to the call's
+grid): every branch runs the same schedule.
 The schedule computes step 0, then for every later step i reuses while that error against the last computed step c
 stays under the threshold (and fewer than `max_skip` reuses in a row), else computes (c = i).
 
@@ -59,21 +60,25 @@ class ERTACachePolicy(SegmentPolicy):
             )
 
     # ------------------------------------------------------------------------------------------------ schedule
-    def errors(self, branch: str, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
-        """res_pairs of the branch (else cond, batch, any), symmetric, on the call's grid."""
-        arrays = self.profile.arrays
-        for candidate in (branch, "cond", "batch", *self.profile.branches):
-            table = arrays.get(f"{candidate}/res_pairs")
-            grid = self.profile.branches.get(candidate, {}).get("grid")
+    def errors(self, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
+        """The mean over the recorded branches of their res_pairs, symmetric, on the call's grid."""
+        tables = []
+        for branch, data in self.profile.branches.items():
+            table = self.profile.arrays.get(f"{branch}/res_pairs")
+            grid = data.get("grid")
             if table is not None and grid is not None and len(grid) == table.shape[0]:
                 lower = np.tril(table.double().numpy(), -1)
-                return resample_matrix(lower + lower.T, grid, self.profile.call_grid(num_steps, sigmas))
-        raise ProfileError(f"ertacache: profile {self.profile.name!r} has no res_pairs on a recorded grid")
+                tables.append(resample_matrix(lower + lower.T, grid, self.profile.call_grid(num_steps, sigmas)))
+        if not tables:
+            raise ProfileError(f"ertacache: profile {self.profile.name!r} has no res_pairs on a recorded grid")
+        return np.mean(tables, axis=0)
 
     def steps_for_call(self, call: CallInfo) -> frozenset[int]:
-        key = ("ertacache", call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        """One schedule for every CFG branch: branches computed on different steps make errors that guidance
+        amplifies instead of cancelling (the paper, like EasyCache, decides once per step)."""
+        key = ("ertacache", call.num_steps, tuple(call.sigmas) if call.sigmas else None)
         if key not in self._tuned:
-            errors = self.errors(call.branch, call.num_steps, call.sigmas)
+            errors = self.errors(call.num_steps, call.sigmas)
             config = self.config
             if config.speedup is None:
                 threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD

@@ -114,7 +114,10 @@ class SegmentPolicy(Policy):
         if self.speedup is not None:
             self.threshold = self.threshold_for(call.num_steps, call.sigmas)
         self.observe(call, state, values)
-        decision = COMPUTE if self.forced(call, state) else self.rule(call, state)
+        return self.settle(call, state, COMPUTE if self.forced(call, state) else self.rule(call, state))
+
+    def settle(self, call: CallInfo, state: Any, decision: str) -> str:
+        """Book a decision: reset the rule's accumulators on compute, count skips, turn reuse into forecast."""
         if decision == COMPUTE:
             self.on_compute(call, state)
             state.skips = 0

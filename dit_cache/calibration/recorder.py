@@ -9,9 +9,9 @@ Per (branch, step) it records, as device scalars read once per pipeline call:
   block_input_change / block_residual_change   per block, rel-L1 change since the previous step
   unit_features  per attention/MLP unit (`unit_keys` order), a strided sample of UNIT_SAMPLES of its output values
                  (HyCa replays its solvers on them)
-Per-block traces and unit features are recorded only with `block_traces=True` (they cost a few passes per block). Pairwise and
-per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their memory and
-cost stay small on large models; the MagCache ratio and x, y use every token.
+Per-block traces and unit features are recorded only with `block_traces=True` (they cost a few passes per block).
+Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their
+memory and cost stay small on large models; the MagCache ratio and x, y use every token.
 """
 
 from __future__ import annotations

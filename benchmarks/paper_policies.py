@@ -9,8 +9,9 @@ unit trajectories: `--block-traces`) is recorded here on prompts and seeds disjo
 first `--samples` evaluation prompts, seeds 0..). Each method runs at a few settings; its compute fraction is the
 one `stats()` reports (block linear work actually run). `at_0.5` / `at_0.333` interpolate each method's PSNR
 linearly along its settings' (fraction, mean PSNR) points sorted by fraction (None outside the range it reached).
-PSNR is the mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]). HyCa rows also count
-the solvers it chose (per kept unit and branch).
+PSNR is the mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]); a setting under which
+some sample never reused (identical output, infinite PSNR) reports the mean of the others, `identical_samples`, and
+is left out of the interpolation. HyCa rows also count the solvers it chose (per unit and CFG branch).
 """
 
 from __future__ import annotations
@@ -125,12 +126,15 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
                     finally:
                         dit_cache.remove(pipe)
                     values.append(psnr(reference, out))
+                finite = [v for v in values if math.isfinite(v)]  # a sample that never reused is identical
                 row = dict(method=method, options=label if config is None else {"steps": list(config.steps)},
-                           compute_fraction=float(np.mean(fractions)), psnr=float(np.mean(values)),
-                           psnr_per_sample=values)  # fmt: skip
+                           compute_fraction=float(np.mean(fractions)),
+                           psnr=float(np.mean(finite)) if finite else None, identical_samples=len(values) - len(finite),
+                           psnr_per_sample=[v if math.isfinite(v) else None for v in values])  # fmt: skip
                 if solvers:
                     row["solver_counts"] = {f"order {k}": v // len(scored) for k, v in sorted(solvers.items())}
-                points.append((row["compute_fraction"], row["psnr"]))
+                if not row["identical_samples"]:  # a mean over fewer samples is not a point of the frontier
+                    points.append((row["compute_fraction"], row["psnr"]))
             except Exception as e:  # a setting out of reach is a row with its error
                 row = dict(method=method, options=label, error=f"{type(e).__name__}: {e}")
             rows.append(row)

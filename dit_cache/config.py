@@ -563,9 +563,9 @@ class EasyCache(PolicyConfig):
 class ERTACache(PolicyConfig):
     """ERTACache-style (Peng et al. 2025): a schedule fixed offline from a profile's residual-error table, with
     rectified reuse. The profile's `res_pairs` hold, per pair of steps (i, c), the rel-L1 error of using step c's
-    block-stack residual at step i, averaged over the calibration prompts; the schedule computes step 0 and reuses
-    every later step i while that error against the last computed step c stays under `threshold` (at most `max_skip`
-    in a row). A reused residual is rectified by the closed-form gain prod(ratio_k, c < k <= i) of the profile's
+    block-stack residual at step i, averaged over the calibration prompts and CFG branches; the schedule (one for
+    every branch) computes step 0 and reuses every later step i while that error against the last computed step c
+    stays under `threshold` (at most `max_skip` in a row). A reused residual is rectified by the closed-form gain prod(ratio_k, c < k <= i) of the profile's
     residual-norm ratios (`rectify=False`: reused as is).
 
     threshold: error bound (None: 0.1, or the one that gives `speedup`, searched on the profile).

@@ -71,7 +71,7 @@ def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
         if value.strip() == "default":
             specs = list(DEFAULT_CANDIDATES)
         elif value.strip() == "all":
-            extra = [p for p in user_policies() if p not in _NOT_CANDIDATES]
+            extra = [p for p in user_policies() if p not in _NOT_CANDIDATES and _has_target_knob(p)]
             specs = list(DEFAULT_CANDIDATES) + [p for p in extra if p not in DEFAULT_CANDIDATES]
         else:
             specs = [s.strip() for s in value.split(",") if s.strip()]
@@ -84,10 +84,14 @@ def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
         if name in _NOT_CANDIDATES:
             raise ValueError(f"--candidates: {name!r} cannot be a candidate (it has no speedup of its own)")
         make_config(name, **options)  # unknown policy or option: the error names the valid ones
-        fields = {f.name for f in dataclasses.fields(config_class(name))}
-        if "speedup" not in fields and "interval" not in fields:
+        if not _has_target_knob(name):
             raise ValueError(f"--candidates: {name} has neither a speedup target nor an interval; it cannot be run at")
     return tuple(dict.fromkeys(specs))
+
+
+def _has_target_knob(name: str) -> bool:
+    """Whether a policy can be run at a target: a speedup or an interval (EasyCache's tolerance is neither)."""
+    return bool({"speedup", "interval"} & {f.name for f in dataclasses.fields(config_class(name))})
 
 
 def candidate_config(spec: str, target: float, profile: Any) -> PolicyConfig:

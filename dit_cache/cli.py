@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lemica-forecast", type=int, nargs="+", default=[0],
         help="global edges measured with these forecast orders (e.g. 0 1: one set for LeMiCa(forecast=1) too)",
     )  # fmt: skip
-    cal.add_argument("--block-traces", action="store_true", help="also record per-block traces (block policies)")
+    cal.add_argument(
+        "--block-traces", action="store_true", help="also record per-block traces and unit features (bwcache, hyca)"
+    )
     auto = cal.add_argument_group("auto (apply(pipe, 'auto', speedup=X) picks among these runs)")
     auto.add_argument(
         "--candidates",

@@ -547,3 +547,101 @@ class MixCache(PolicyConfig):
         _check_open_fraction("mix", "fraction", self.fraction)
         _check_int("mix", "max_skip", self.max_skip, low=0)
         _check_speedup("mix", self.speedup)
+
+
+# ------------------------------------------------------------------------------------------------ paper policies
+@register_config("easycache")
+@dataclass(frozen=True)
+class EasyCache(PolicyConfig):
+    """EasyCache (Zhou et al. 2025), runtime-adaptive, no calibration: after the warm-up, reuse the block stack's
+    last computed transformation (output minus input) while the accumulated estimate of the output's relative change
+    stays under `tolerance`. The estimate at step t is k x |x_t - x_(t-1)| / |y_c|: x the stack input, y_c the stack
+    output of the last computed step, k = |y_c - y_c'| / |x_c - x_c'| the transformation rate measured between the last
+    two computed steps (mean absolute values).
+
+    tolerance: accumulated estimate before a recompute (the paper's tau; 0 never reuses). warmup: share of the first
+        steps always computed (the paper's retention steps). max_skip: cap on consecutive reuses (None: no cap).
+    forecast: as on the step policies (0: plain reuse of the transformation).
+    """
+
+    tolerance: float = 0.05
+    warmup: float = 0.1
+    max_skip: int | None = None
+    forecast: int = 0
+
+    def __post_init__(self):
+        _check_number("easycache", "tolerance", self.tolerance, allow_none=False)
+        _check_fraction("easycache", "warmup", self.warmup)
+        _check_int("easycache", "max_skip", self.max_skip, low=0)
+        _check_order("easycache", "forecast", self.forecast)
+
+
+@register_config("ertacache")
+@dataclass(frozen=True)
+class ERTACache(PolicyConfig):
+    """ERTACache-style (Peng et al. 2025): a schedule fixed offline from a profile's residual-error table, with
+    rectified reuse. The profile's `res_pairs` hold, per pair of steps (i, c), the rel-L1 error of using step c's
+    block-stack residual at step i, averaged over the calibration prompts and CFG branches; the schedule (one for
+    every branch) computes step 0 and reuses every later step i while that error against the last computed step c
+    stays under `threshold` (at most `max_skip` in a row). A reused residual is rectified by the closed-form gain prod(ratio_k, c < k <= i) of the profile's
+    residual-norm ratios (`rectify=False`: reused as is).
+
+    threshold: error bound (None: 0.1, or the one that gives `speedup`, searched on the profile).
+    """
+
+    threshold: float | None = None
+    max_skip: int | None = None
+    rectify: bool = True
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_number("ertacache", "threshold", self.threshold)
+        _check_int("ertacache", "max_skip", self.max_skip, low=0)
+        if not isinstance(self.rectify, bool):
+            raise ValueError(f"ertacache: rectify must be True or False, got {self.rectify!r}")
+        _check_speedup("ertacache", self.speedup)
+        if self.speedup is not None and self.threshold is not None:
+            raise ValueError("ertacache: give threshold or speedup, not both (speedup picks the threshold)")
+
+
+HYCA_SOLVERS = (0, 1, 2)  # reuse, first- and second-order Taylor forecast
+
+
+@register_config("hyca")
+@dataclass(frozen=True)
+class HyCa(PolicyConfig):
+    """HyCa-style hybrid caching (Zheng et al. 2025): TaylorSeer's schedule (the first `warmup` steps and every
+    `interval`-th step compute), but each unit (each block's attention and MLP output) gets its own solver on the
+    steps in between: reuse (0), first- (1) or second-order (2) Taylor forecast, the one of `solvers` that made
+    the least error on the profile's calibration trajectories under this very schedule (recorded with
+    `dit-cache calibrate --block-traces`).
+
+    speedup: picks the interval, as TaylorSeer's.
+    """
+
+    interval: int | None = None
+    warmup: int = 2
+    solvers: tuple[int, ...] = HYCA_SOLVERS
+    profile: Any = None
+    speedup: float | None = None
+
+    corrector: ClassVar[float] = 0.0  # TaylorSeer's schedule without FoCa calibration
+
+    def __post_init__(self):
+        _check_int("hyca", "interval", self.interval, low=1)
+        _check_int("hyca", "warmup", self.warmup, low=0, allow_none=False)
+        solvers = (self.solvers,) if isinstance(self.solvers, int) else tuple(self.solvers)
+        object.__setattr__(self, "solvers", solvers)
+        if not solvers or any(s not in HYCA_SOLVERS for s in solvers) or len(set(solvers)) != len(solvers):
+            raise ValueError(
+                f"hyca: solvers must name distinct solvers among {HYCA_SOLVERS} (0: reuse, 1 and 2: Taylor forecast "
+                f"of that order), got {self.solvers!r}"
+            )
+        _check_speedup("hyca", self.speedup)
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("hyca: give interval or speedup, not both (speedup picks the interval)")
+
+    @property
+    def order(self) -> int:
+        return max(self.solvers)

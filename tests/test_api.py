@@ -46,7 +46,11 @@ def test_cached_context_manager_removes_on_exit_and_on_error():
 @pytest.mark.parametrize(
     ("policy", "options", "message"),
     [
-        ("tea-cache", {}, "unknown policy 'tea-cache'; valid policies: bwcache, cfg, fbcache, fora, lemica, magcache"),
+        (
+            "tea-cache",
+            {},
+            "unknown policy 'tea-cache'; valid policies: auto, bwcache, cfg, easycache, ertacache, fbcache, fora, hyca",
+        ),
         ("teacache", {"thresh": 0.1}, "unknown option(s) 'thresh' for policy 'teacache'; valid options"),
         ("teacache", {"threshold": -0.1}, "teacache: threshold must be a finite number >= 0.0, got -0.1"),
         ("magcache", {"max_skip": -1}, "magcache: max_skip must be an integer >= 0, got -1"),

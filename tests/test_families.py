@@ -1,7 +1,7 @@
 """Every family of `dit_cache.testing.MORE_FAMILIES` through its real diffusers pipeline (tiny random transformer,
 2 layers, a few steps): never-reuse settings are bitwise equal to the unpatched pipeline and see every step of every
 CFG branch, remove() restores it exactly, and a step policy, a block policy, ToCa and (where the pipeline runs
-CFG) CFG reuse cut the compute and stay finite. A new family is one `MORE_FAMILIES` entry plus its adapter.
+CFG) CFG reuse and EasyCache cut the compute and stay finite. A new family is one `MORE_FAMILIES` entry plus its adapter.
 (The eight families of `FAMILIES` get the same checks and more in test_pipelines.py / test_new_pipelines.py.)"""
 
 import pytest
@@ -18,12 +18,14 @@ NEVER = {
     "teacache": dit_cache.TeaCache(threshold=0.0),
     "fora": dit_cache.FORA(interval=1),
     "taylorseer": dit_cache.TaylorSeer(interval=1),
+    "easycache": dit_cache.EasyCache(tolerance=0.0),
 }
 REUSE = {
     "teacache": dit_cache.TeaCache(threshold=10.0),
     "fora": dit_cache.FORA(interval=3),
     "toca": dit_cache.ToCa(fraction=0.25, interval=3),
     "cfg": dit_cache.CFGCache(interval=2, warmup=0.0),
+    "easycache": dit_cache.EasyCache(tolerance=10.0, warmup=0.0),
 }
 
 
@@ -64,6 +66,8 @@ def test_reuse_cuts_compute_and_stays_finite(family, policy, request):
     name, pipe, cfg, baseline = family
     if policy == "cfg" and not cfg:
         pytest.skip(f"{name}: the pipeline runs no classifier-free guidance")
+    if policy == "easycache" and MORE_FAMILIES[name].components.get("transformer_2"):
+        pytest.skip(f"{name}: {STEPS} steps over two transformers give each 2, both computed to measure the rate")
     gap = MORE_FAMILIES[name].known_gaps.get(policy)
     if gap:  # strict: once the gap is closed this fails, and the entry loses its note
         request.applymarker(pytest.mark.xfail(reason=f"{name}: {gap}", strict=True))

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 import dit_cache
+from dit_cache.adapters import find_spec
 from dit_cache.calibration import Profile, model_fingerprint
+from dit_cache.calibration.recorder import UNIT_SAMPLES, unit_keys
+from dit_cache.calibration.resample import position_grid
+from dit_cache.engine import build_slots
 from dit_cache.testing import run, tiny_inputs, tiny_pipeline
 
 pytestmark = pytest.mark.pipeline
@@ -14,10 +18,16 @@ STEPS = 6
 
 
 def _profile(transformer) -> Profile:
-    """MagCache ratios for both CFG branches and LeMiCa edge weights, for a tiny Wan at STEPS steps."""
+    """MagCache ratios, residual-error tables and unit trajectories for both CFG branches, and LeMiCa edge weights,
+    for a tiny Wan at STEPS steps."""
     profile = Profile(fingerprint=model_fingerprint(transformer))
+    g = torch.Generator().manual_seed(0)
+    units = len(unit_keys(build_slots(transformer, find_spec(transformer))))
+    profile.records = [{"index": 0, "branches": {"cond": {}, "uncond": {}}}]
     for branch in ("cond", "uncond"):
-        profile.branches[branch] = {"mag_ratio": [1.0] + [1.02] * (STEPS - 1)}
+        profile.branches[branch] = {"mag_ratio": [1.0] + [1.02] * (STEPS - 1), "grid": position_grid(STEPS).tolist()}
+        profile.arrays[f"{branch}/res_pairs"] = torch.tril(torch.rand(STEPS, STEPS, generator=g), -1)
+        profile.arrays[f"records/0/{branch}/unit_features"] = torch.rand(STEPS, units, UNIT_SAMPLES, generator=g)
     profile.policies["lemica"] = {"num_steps": STEPS}
     profile.arrays["lemica/edges"] = torch.rand(STEPS, STEPS, generator=torch.Generator().manual_seed(0))
     runs = {"magcache@2": [0.5, 0.01], "fora@2": [0.5, 0.02]}  # auto's candidate runs: it picks MagCache at 2x
@@ -40,6 +50,9 @@ def _every_policy(transformer) -> dict:
         "bwcache": dict(threshold=10.0),
         "taylorseer": dict(interval=2),
         "mix": dict(reuse_threshold=0.5, token_threshold=1.0),
+        "easycache": dict(tolerance=10.0, warmup=0.0),
+        "ertacache": dict(threshold=10.0, profile=profile),
+        "hyca": dict(interval=2, warmup=1, profile=profile),
         "auto": dict(speedup=2.0, profile=profile),
     }
 

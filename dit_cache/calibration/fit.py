@@ -61,6 +61,8 @@ def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
         small["branches"][branch] = {k: data[k] for k in ("steps", "sigma", "x", "y", "mag_ratio")}
         for key in ("fb_pairs", "res_pairs"):
             arrays[f"{prefix}/{branch}/{key}"] = pairs_matrix(data[key])
+        if data.get("unit_features") is not None:  # HyCa replays its solvers on these, per record
+            arrays[f"{prefix}/{branch}/unit_features"] = torch.as_tensor(data["unit_features"], dtype=torch.float32)
         for key in ("block_input_change", "block_residual_change"):
             rows = data[key]
             if not any(rows):

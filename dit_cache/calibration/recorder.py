@@ -7,13 +7,16 @@ Per (branch, step) it records, as device scalars read once per pipeline call:
   fb_pairs    rel-L1 between this step's first-block residual and every earlier step's (first-block probe replay)
   res_pairs   rel-L1 between this step's block-stack residual and every earlier step's (LeMiCa's proxy edges)
   block_input_change / block_residual_change   per block, rel-L1 change since the previous step
-Per-block traces are recorded only with `block_traces=True` (they cost a few passes per block). Pairwise and
-per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their memory and
-cost stay small on large models; the MagCache ratio and x, y use every token.
+  unit_features  per attention/MLP unit (`unit_keys` order), a strided sample of UNIT_SAMPLES of its output values
+                 (HyCa replays its solvers on them)
+Per-block traces and unit features are recorded only with `block_traces=True` (they cost a few passes per block).
+Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their
+memory and cost stay small on large models; the MagCache ratio and x, y use every token.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +32,31 @@ from ..policies.base import ModelContext, Policy, policy_for
 from ..state import COMPUTE, CallInfo
 
 MAX_TRACE_TOKENS = 1024
+UNIT_SAMPLES = 512  # values sampled per unit and step: a few MB per trajectory on large models
+UNIT_FEATURES = "unit_features"
+
+
+def unit_keys(slots: list[BlockSlot]) -> list[tuple[int, str]]:
+    """The attention/MLP units of a model, (block index, submodule name), in the order unit features are stored."""
+    return sorted((slot.index, name) for slot in slots for name in slot.work)
+
+
+def unit_sample(output: Any) -> torch.Tensor | None:
+    """UNIT_SAMPLES values of a unit's output (all its tensors, flattened), strided across tokens and channels (the
+    stride shares no factor with the channel count, so every channel can be hit), zero-padded; None if not tensors."""
+    if isinstance(output, torch.Tensor):
+        tensors = [output]
+    else:
+        tensors = [o for o in output if isinstance(o, torch.Tensor)] if isinstance(output, tuple) else []
+    if not tensors:
+        return None
+    flat = torch.cat([t.detach().float().reshape(-1) for t in tensors])
+    stride = max(1, -(-flat.numel() // UNIT_SAMPLES))
+    channels = tensors[0].shape[-1] if tensors[0].dim() else 1
+    while stride > 1 and math.gcd(stride, channels) > 1:
+        stride += 1
+    sample = flat[::stride][:UNIT_SAMPLES]
+    return torch.nn.functional.pad(sample, (0, UNIT_SAMPLES - sample.numel()))
 
 
 def token_subset(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +81,7 @@ class Recorder(PolicyConfig):
     """Computes every step and records trajectory statistics (used by `dit-cache calibrate`)."""
 
     progress: Any = field(default=None, compare=False)  # called once per newly reached step
-    block_traces: bool = False  # per-block input/residual changes (for block-level policies)
+    block_traces: bool = False  # per-block input/residual changes and unit features (for block-level policies)
 
 
 @dataclass
@@ -71,6 +99,8 @@ class RecorderPolicy(Policy):
         self.last_block = len(model.slots) - 1
         self._reported_steps: set[int] = set()
         self.finished: dict[str, _Trace] = {}  # the traces of the last pipeline call, kept past its reset
+        self.units = unit_keys(model.slots)
+        self.uses_submodules = config.block_traces and bool(self.units)  # unit features come from their hooks
 
     def new_state(self) -> _Trace:
         return _Trace()
@@ -85,7 +115,9 @@ class RecorderPolicy(Policy):
         return None
 
     def decide(self, call: CallInfo, state: _Trace, values: list[float]) -> str:
-        record = state.steps[call.step] = {"sigma": call.sigma, "block_input_change": [], "block_residual_change": []}
+        record = state.steps[call.step] = {
+            "sigma": call.sigma, "block_input_change": [], "block_residual_change": [], "units": {},
+        }  # fmt: skip
         self._change(state, record, "x", "indicator", call.payload)
         if self.config.progress is not None and call.step not in self._reported_steps:
             self._reported_steps.add(call.step)
@@ -124,6 +156,15 @@ class RecorderPolicy(Policy):
                 record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
                 record["mag_tokens"] = residual.numel() // max(1, residual.shape[-1])
             state.previous["residual"] = residual
+        return output
+
+    def run_submodule(
+        self, call: CallInfo, state: _Trace, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
+    ) -> Any:
+        output = forward(*args, **kwargs)
+        sample = unit_sample(output)
+        if sample is not None:
+            state.steps[call.step]["units"][(slot.index, name)] = sample
         return output
 
     @staticmethod
@@ -196,6 +237,7 @@ def collect(states: dict[str, _Trace], sync: GroupSync | None = None) -> dict[st
                     "res_pairs": later(r["res_pairs"]) if r.get("res_pairs") is not None else None,
                     "block_input_change": [later(p) for p in r["block_input_change"]],
                     "block_residual_change": [later(p) for p in r["block_residual_change"]],
+                    UNIT_FEATURES: torch.stack([r["units"][k] for k in sorted(r["units"])]) if r["units"] else None,
                 }
             )
         layout[branch] = (steps, rows)
@@ -230,5 +272,13 @@ def collect(states: dict[str, _Trace], sync: GroupSync | None = None) -> dict[st
             },
             "block_input_change": [[rel(i) for i in r["block_input_change"]] for r in rows],
             "block_residual_change": [[rel(i) for i in r["block_residual_change"]] for r in rows],
+            UNIT_FEATURES: _unit_table([r[UNIT_FEATURES] for r in rows]),
         }
     return result
+
+
+def _unit_table(per_step: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """(steps, units, UNIT_SAMPLES) on the host, or None unless every step sampled the same units."""
+    if not per_step or any(t is None or t.shape != per_step[0].shape for t in per_step):
+        return None
+    return torch.stack(per_step).cpu()

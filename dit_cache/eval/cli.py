@@ -55,7 +55,7 @@ def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, 
     if shipped is not None:
         return shipped
     path = out / "profile.json"
-    settings = CalibrationSettings(steps=steps, call_kwargs=call, block_traces=True)  # bwcache, mix
+    settings = CalibrationSettings(steps=steps, call_kwargs=call, block_traces=True)  # bwcache, mix, hyca
     if path.exists():
         try:
             return Profile.load(path, model=pipe.transformer)

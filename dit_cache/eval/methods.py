@@ -20,7 +20,8 @@ from ..config import Schedule, config_class, policy_names
 from ..config import parse_policy_spec as parse_spec
 from .counting import WorkCounter
 
-SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica", "bwcache", "mix")  # speedup= needs a profile
+# speedup= (or the policy itself) needs a profile
+SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica", "bwcache", "mix", "ertacache", "hyca")
 INTERVAL_POLICIES = ("fora",)
 BASELINES = ("uniform",)
 INTERNAL_POLICIES = ("recorder",)  # calibration's own policy: it caches nothing, so it is never offered

@@ -66,11 +66,16 @@ class FORAPolicy(Policy):
             return unflatten([h.forecast(call.step) for h in histories], layout)
         return state.outputs[key]
 
+    def unit_order(self, state: FORAState, key: tuple[int, str]) -> int:
+        """The forecast order of one unit (HyCa gives each its own)."""
+        return self.order
+
     def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: int) -> None:
         tensors, layout = flatten(output)
         entry = state.histories.get(key)
         if entry is None or len(entry[0]) != len(tensors):
-            entry = state.histories[key] = ([TaylorHistory(self.order, self.corrector) for _ in tensors], layout)
+            order = self.unit_order(state, key)
+            entry = state.histories[key] = ([TaylorHistory(order, self.corrector) for _ in tensors], layout)
         for history, tensor in zip(entry[0], tensors):
             history.update(tensor, step)
 

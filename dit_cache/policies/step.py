@@ -117,7 +117,10 @@ class SegmentPolicy(Policy):
         if self.speedup is not None:
             self.threshold = self.threshold_for(call.num_steps, call.sigmas, call.expert_steps)
         self.observe(call, state, values)
-        decision = COMPUTE if self.forced(call, state) else self.rule(call, state)
+        return self.settle(call, state, COMPUTE if self.forced(call, state) else self.rule(call, state))
+
+    def settle(self, call: CallInfo, state: Any, decision: str) -> str:
+        """Book a decision: reset the rule's accumulators on compute, count skips, turn reuse into forecast."""
         if decision == COMPUTE:
             self.on_compute(call, state)
             state.skips = 0
@@ -246,6 +249,10 @@ class SegmentPolicy(Policy):
             if encoder_res is not None:
                 state.history[1].update(encoder_res, call.step)
 
+    def residual_scale(self, call: CallInfo, state: Any) -> float | None:
+        """A factor on the reused image-stream residual (None: as stored); ERTACache's rectification."""
+        return None
+
     def replay(self, call: CallInfo, state: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden_in, encoder_in = call.segment_input
         hidden_res, encoder_res = state.residual
@@ -253,7 +260,7 @@ class SegmentPolicy(Policy):
             hidden_res = state.history[0].forecast(call.step)
             if encoder_res is not None and state.history[1].ready:
                 encoder_res = state.history[1].forecast(call.step)
-        hidden = kernels.apply_residual(hidden_in, hidden_res)
+        hidden = kernels.apply_residual(hidden_in, hidden_res, self.residual_scale(call, state))
         if not state.encoder_out:
             encoder = None
         elif encoder_res is None:

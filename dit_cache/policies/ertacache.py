@@ -1,0 +1,116 @@
+"""ERTACache-style caching (Peng et al. 2025): a schedule chosen offline from the profile's residual-error table, and
+rectified reuse. The schedule executor of step.py runs it.
+
+Offline residual profile: `res_pairs[i, c]`, recorded by every calibration, is the rel-L1 error of using step c's
+block-stack residual at step i, averaged over the calibration prompts and the CFG branches (resampled to the call's
+grid): every branch runs the same schedule.
+The schedule computes step 0, then for every later step i reuses while that error against the last computed step c
+stays under the threshold (and fewer than `max_skip` reuses in a row), else computes (c = i).
+
+Rectification: a residual reused at step i from step c is scaled by the closed-form gain prod(ratio_k, c < k <= i),
+the profile's per-step residual-norm ratios (MagCache's mag_ratio): the linear correction that matches the reused
+residual's magnitude to the one the trajectory reaches at step i.
+
+speedup= searches the threshold whose schedule computes 1 / speedup of the steps, on the same table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..calibration import ProfileError, resolve_profile
+from ..calibration.resample import resample_matrix
+from ..config import ERTACache
+from ..schedulers.budget import search_threshold
+from ..schedulers.targets import check_reached
+from ..state import COMPUTE, REUSE, CallInfo
+from .base import ModelContext, policy_for
+from .step import SegmentPolicy, SegmentState
+
+DEFAULT_THRESHOLD = 0.1
+
+
+def greedy_schedule(errors: np.ndarray, threshold: float, max_skip: int | None) -> frozenset[int]:
+    """The steps computed when each step reuses the last computed one while errors[i, c] < threshold."""
+    computed, last, skips = [0], 0, 0
+    for i in range(1, errors.shape[0]):
+        if errors[i, last] < threshold and (max_skip is None or skips < max_skip):
+            skips += 1
+        else:
+            computed.append(i)
+            last, skips = i, 0
+    return frozenset(computed)
+
+
+@policy_for(ERTACache)
+class ERTACachePolicy(SegmentPolicy):
+    def __init__(self, config: ERTACache, model: ModelContext) -> None:
+        super().__init__(config, model)
+        self.speedup = None  # the schedule, not a runtime threshold, carries the target
+        self.profile = resolve_profile(config.profile, model.transformer, "ertacache", required=True)
+        if not any(key.endswith("/res_pairs") and not key.startswith("records/") for key in self.profile.arrays):
+            raise ProfileError(
+                f"ertacache: profile {self.profile.name!r} has no residual-error table (res_pairs); record one with "
+                "`dit-cache calibrate` (any calibration records it) and pass profile=PATH"
+            )
+        if config.rectify and not self.profile.has("mag_ratio"):
+            raise ProfileError(
+                f"ertacache: profile {self.profile.name!r} has no residual-norm ratios to rectify with; recalibrate "
+                "it, or pass rectify=False"
+            )
+
+    # ------------------------------------------------------------------------------------------------ schedule
+    def errors(self, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
+        """The mean over the recorded branches of their res_pairs, symmetric, on the call's grid."""
+        tables = []
+        for branch, data in self.profile.branches.items():
+            table = self.profile.arrays.get(f"{branch}/res_pairs")
+            grid = data.get("grid")
+            if table is not None and grid is not None and len(grid) == table.shape[0]:
+                lower = np.tril(table.double().numpy(), -1)
+                tables.append(resample_matrix(lower + lower.T, grid, self.profile.call_grid(num_steps, sigmas)))
+        if not tables:
+            raise ProfileError(f"ertacache: profile {self.profile.name!r} has no res_pairs on a recorded grid")
+        return np.mean(tables, axis=0)
+
+    def steps_for_call(self, call: CallInfo) -> frozenset[int]:
+        """One schedule for every CFG branch: branches computed on different steps make errors that guidance
+        amplifies instead of cancelling (the paper, like EasyCache, decides once per step)."""
+        key = ("ertacache", call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        if key not in self._tuned:
+            errors = self.errors(call.num_steps, call.sigmas)
+            config = self.config
+            if config.speedup is None:
+                threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD
+            else:
+                n = call.num_steps
+
+                def fraction_at(threshold: float) -> float:
+                    return len(greedy_schedule(errors, threshold, config.max_skip)) / n
+
+                threshold = search_threshold(fraction_at, 1.0 / config.speedup)
+                floor = 1 if config.max_skip is None else -(-n // (config.max_skip + 1))
+                check_reached(
+                    "ertacache", config.speedup, fraction_at(threshold), n,
+                    f"compute fractions {floor / n:.3f}-1 in steps of 1/{n}, where the profile's errors part them",
+                    "Ask for a target near the closest, or calibrate on more prompts (smoother errors)",
+                )  # fmt: skip
+            self._tuned[key] = greedy_schedule(errors, threshold, config.max_skip)
+        return self._tuned[key]
+
+    def forced(self, call: CallInfo, state: SegmentState) -> bool:
+        self.steps_for_call(call)  # an unreachable target fails on the first call, before anything is cached
+        return super().forced(call, state) or call.step == 0
+
+    def rule(self, call: CallInfo, state: SegmentState) -> str:
+        return COMPUTE if call.step in self.steps_for_call(call) else REUSE
+
+    # ------------------------------------------------------------------------------------------------ rectification
+    def residual_scale(self, call: CallInfo, state: SegmentState) -> float | None:
+        if not self.config.rectify or state.last_computed is None:
+            return None
+        key = ("ertacache-ratios", call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        if key not in self._tuned:
+            self._tuned[key] = self.profile.per_step(call.branch, "mag_ratio", call.num_steps, call.sigmas)
+        ratios = self._tuned[key]
+        return float(np.prod(ratios[state.last_computed + 1 : call.step + 1]))

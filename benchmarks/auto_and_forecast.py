@@ -81,7 +81,7 @@ def main() -> None:
 
     def generate(prompt):
         out = pipe(prompt, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, **settings_kw)
-        return to_frames(out.images if hasattr(out, "images") else out.frames)
+        return to_frames(out.images if hasattr(out, "images") else out.frames[0])
 
     references = [generate(p) for p in scored]
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dit_cache.cli import main as cli  # noqa: E402
+from dit_cache.eval.frontier import equal_compute  # noqa: E402
 from dit_cache.eval.report import markdown_table, summarize  # noqa: E402
 from dit_cache.eval.runner import RESULTS, read_rows  # noqa: E402
 
@@ -67,15 +68,24 @@ def main() -> None:
     out = Path(args.out)
     sections = []
     for model in args.models:
-        target_dir = out / model
-        command = ["eval", "--model", f"zoo:{model}", "--samples", str(args.samples), "--runs", str(args.runs),
-                   "--targets", *args.targets, "--peers", *args.peers, "--out", str(target_dir)]  # fmt: skip
-        if args.policies is not None:
-            command += ["--policies", *args.policies]
-        if cli(command) != 0:
-            raise SystemExit(f"eval of {model} failed")
-        header, rows = read_rows(target_dir / RESULTS)
-        table = json.loads((target_dir / "equal_compute.json").read_text())
+        base = ["eval", "--model", f"zoo:{model}", "--samples", str(args.samples), "--runs", str(args.runs),
+                "--targets", *args.targets, "--no-progress"]  # fmt: skip
+        policies = [] if args.policies is None else ["--policies", *args.policies]
+        # two processes, ours and the peers, each resumable: on a shared machine the pair gets twice the CPU share
+        parts = {"ours": [*base, *policies, "--peers", "none"], "peers": [*base, "--policies", "--peers", *args.peers]}
+        procs = {
+            part: subprocess.Popen([sys.executable, "-m", "dit_cache.cli", *command, "--out", str(out / model / part)])
+            for part, command in parts.items()
+        }
+        for part, proc in procs.items():
+            if proc.wait() != 0:
+                raise SystemExit(f"eval of {model} ({part}) failed")
+        header, rows = None, []
+        for part in parts:
+            part_header, part_rows = read_rows(out / model / part / RESULTS)
+            header = header or part_header
+            rows += [r for r in part_rows if r["method"] != "uncached" or part == "ours"]
+        table = {"header": header, **equal_compute(rows)}
         results = Path(args.results)
         results.mkdir(parents=True, exist_ok=True)
         (results / f"zoo_{model}.json").write_text(

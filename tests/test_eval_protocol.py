@@ -136,3 +136,60 @@ def test_eval_refuses_an_in_sample_profile_and_labels_its_rows_when_allowed(save
     header, rows = read_rows(tmp_path / "c" / RESULTS)
     assert header["profile"]["in_sample"] is False
     assert not any("profile_in_sample" in r for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------- the zoo
+def test_zoo_profiles_are_calibrated_out_of_sample():
+    """Every zoo model's calibration prompts and seeds are disjoint from the ones `dit-cache eval` scores (16
+    samples: its prompts cycled, seeds 0-15), `dit-cache calibrate --model zoo:NAME` uses them by default, and the
+    profile shipped with the model was recorded on them."""
+    from dit_cache.calibration import Profile
+    from dit_cache.cli import _calibration_set
+    from dit_cache.eval import zoo
+
+    for name in zoo.names():
+        scored = [(zoo.prompts(name)[i % len(zoo.prompts(name))], i) for i in range(16)]
+        assert not set(zoo.calibration_prompts(name)) & set(zoo.prompts(name))
+        assert _calibration_set(f"zoo:{name}") == (zoo.calibration_prompts(name), zoo.calibration_seeds(name))
+        shipped = Profile.load(f"{zoo.path(name)}/dit_cache_profile.json")
+        info = check_out_of_sample(shipped, scored)
+        assert info["in_sample"] is False
+        assert info["calibration_prompts"] == zoo.calibration_prompts(name)
+        assert info["calibration_seeds"] == zoo.calibration_seeds(name)
+
+
+# ---------------------------------------------------------------------------------------------------- peers
+def test_peers_at_full_strength_and_a_crashing_peer_is_a_row_with_its_error(tmp_path):
+    """Two-call CFG Flux: FasterCache (built for a batch holding both branches) crashes and is a row with its error,
+    the sweep goes on; diffusers' MagCache takes the ratios its own calibration mode records on the calibration
+    jobs; diffusers' TaylorSeer forecasts every attention and MLP unit dit_cache counts."""
+    from dit_cache.eval import peers
+    from dit_cache.eval.runner import EvalPlan, evaluate
+
+    pipe = tiny_text_flux(vae=True)
+    call = dict(TINY_TEXT_CALL, true_cfg_scale=2.0, negative_prompt="")
+    plan = EvalPlan(model="tiny", prompts=PROMPTS, samples=1, steps=6, call_kwargs=call, policies=[],
+                    peers=["diffusers-fastercache", "diffusers-magcache", "diffusers-taylorseer"], targets=[2.0],
+                    runs=0, calibration=[("a green triangle", 1000)])  # fmt: skip
+    peers._MAG_RATIOS.clear()
+    evaluate(pipe, plan, tmp_path, progress=False)
+    header, rows = read_rows(tmp_path / RESULTS)
+    by_key = {r["method"]: r for r in rows}
+    assert by_key["peer:diffusers-fastercache@2"]["error"].startswith("IndexError")
+    assert header["peer_calibration"] == [["a green triangle", 1000]]
+    (ratios,) = peers._MAG_RATIOS.values()  # recorded once, by MagCache's calibrate mode, reused while tuning
+    assert len(ratios) == 6 and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert by_key["peer:diffusers-magcache@2"]["compute_fraction"] == 0.5
+    knob = by_key["peer:diffusers-taylorseer@2"]["options"]["(interval, warmup, order)"]
+    assert len(knob) == 3
+    import re
+
+    from dit_cache.adapters import find_spec
+    from dit_cache.engine import build_slots
+
+    names = [n for n, _ in pipe.transformer.named_modules()]
+    units = peers._work_identifiers(pipe.transformer)
+    slots = build_slots(pipe.transformer, find_spec(pipe.transformer))
+    assert len(units) == sum(len(slot.work) for slot in slots) > 2 * len(slots)  # attention and MLP, every block
+    assert all(sum(bool(re.fullmatch(u, n)) for n in names) == 1 for u in units)  # each names one module
+    assert by_key["peer:diffusers-taylorseer@2"]["compute_fraction"] < 1

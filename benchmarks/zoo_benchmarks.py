@@ -54,6 +54,26 @@ def _name(entry: dict | None) -> str:
     return "none reaches it" if entry is None else f"{entry['method']} {entry['psnr']:.2f} dB"
 
 
+def collect(folder: Path) -> tuple[dict, list[dict]]:
+    """The rows of every part of a model's sweep (each subfolder with results: `ours`, `peers`, more peers run as
+        further processes), which must share one plan (model, prompts, steps, call arguments, calibration jobs; the
+        profile provenance comes from the parts that read a profile); the uncached rows of the first part only; a method
+    rerun in a later part (by name order) replaces its earlier rows."""
+    header, rows = None, []
+    for part in sorted(p.parent for p in folder.glob(f"*/{RESULTS}")):
+        part_header, part_rows = read_rows(part / RESULTS)
+        plan = {k: v for k, v in part_header.items() if k != "profile"}  # a part without profile readers has none
+        if header is not None and plan != {k: v for k, v in header.items() if k != "profile"}:
+            raise SystemExit(f"{part} evaluated another plan: {part_header} vs {header}")
+        redone = {r["method"] for r in part_rows}  # a later part that reruns a method replaces its rows
+        rows = [r for r in rows if r["method"] not in redone or r["method"] == "uncached"]
+        rows += [r for r in part_rows if r["method"] != "uncached" or header is None]
+        header = {**part_header, **(header or {})}
+    if header is None:
+        raise SystemExit(f"no results under {folder}")
+    return header, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["shapes-image", "shapes-video"])
@@ -64,6 +84,7 @@ def main() -> None:
     parser.add_argument("--peers", nargs="*", default=["all"])
     parser.add_argument("--out", default="runs/zoo")
     parser.add_argument("--results", default="benchmarks/results", help="where the JSON behind the docs goes")
+    parser.add_argument("--collect", action="store_true", help="only merge the parts already run under --out")
     args = parser.parse_args()
     out = Path(args.out)
     sections = []
@@ -73,18 +94,17 @@ def main() -> None:
         policies = [] if args.policies is None else ["--policies", *args.policies]
         # two processes, ours and the peers, each resumable: on a shared machine the pair gets twice the CPU share
         parts = {"ours": [*base, *policies, "--peers", "none"], "peers": [*base, "--policies", "--peers", *args.peers]}
-        procs = {
-            part: subprocess.Popen([sys.executable, "-m", "dit_cache.cli", *command, "--out", str(out / model / part)])
-            for part, command in parts.items()
-        }
-        for part, proc in procs.items():
-            if proc.wait() != 0:
-                raise SystemExit(f"eval of {model} ({part}) failed")
-        header, rows = None, []
-        for part in parts:
-            part_header, part_rows = read_rows(out / model / part / RESULTS)
-            header = header or part_header
-            rows += [r for r in part_rows if r["method"] != "uncached" or part == "ours"]
+        if not args.collect:
+            procs = {
+                part: subprocess.Popen(
+                    [sys.executable, "-m", "dit_cache.cli", *command, "--out", str(out / model / part)]
+                )
+                for part, command in parts.items()
+            }
+            for part, proc in procs.items():
+                if proc.wait() != 0:
+                    raise SystemExit(f"eval of {model} ({part}) failed")
+        header, rows = collect(out / model)
         table = {"header": header, **equal_compute(rows)}
         results = Path(args.results)
         results.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def _rows(name, family, settings):
 
 
 def test_equal_compute_table_compares_the_best_of_each_side_at_exact_fractions():
-    rows = [{"method": "uncached", "sample": 0, "family": "reference", "name": "uncached", "psnr": None}]
+    rows = [{"method": "uncached", "sample": i, "family": "reference", "name": "uncached"} for i in range(2)]
     rows += _rows("lemica", "dit_cache", [("lemica@2", 0.5, [40.0, 38.0]), ("lemica@3", 0.3, [30.0, 32.0])])
     rows += _rows("fora", "dit_cache", [("fora@2", 0.5, [35.0, 35.0])])  # one setting: reaches 0.5 only
     rows += _rows("diffusers-fbcache", "peer", [("peer:diffusers-fbcache@2", 0.52, [33.0, 33.0]),
@@ -68,6 +68,11 @@ def test_equal_compute_table_compares_the_best_of_each_side_at_exact_fractions()
     assert best["0.5"]["peers_not_reaching"] == ["peer:diffusers-pab"]
     assert best["0.33"]["best_peer"] is None and best["0.33"]["margin_db"] is None
     assert set(best["0.33"]["peers_not_reaching"]) == {"peer:diffusers-fbcache", "peer:diffusers-pab"}
+    partial = _rows("diffusers-fbcache", "peer", [("peer:diffusers-fbcache@2.5", 0.45, [40.0])])  # 1 of 2 samples
+    table = equal_compute(rows + partial)
+    (fbcache,) = [m for m in table["methods"] if m["method"] == "peer:diffusers-fbcache"]
+    assert fbcache["not_run"] == {"peer:diffusers-fbcache@2.5": "incomplete: 1 of 2 samples"}
+    assert table["best"]["0.5"]["best_peer"]["psnr"] == pytest.approx(26.0 + 7.0 * 0.16 / 0.18)  # not averaged in
     rows += _rows("diffusers-fbcache", "peer", [("peer:diffusers-fbcache@2.2", 0.45, [31.0, 31.0])])
     best = equal_compute(rows)["best"]["0.5"]
     assert best["best_peer"]["psnr"] == pytest.approx(31.0 + 2.0 * 0.05 / 0.07)  # the new segment 0.45 -> 0.52

@@ -38,12 +38,16 @@ def method_points(rows: list[dict]) -> dict[str, dict]:
     """Per method (dit_cache policy, baseline or peer, over all its settings) its settings' mean points.
 
     rows: results rows (one per method key and sample). A setting is one method key (e.g. `taylorseer@2`,
-    `taylorseer:interval=3`); it counts only if every one of its samples has a PSNR and a compute fraction, else it
-    is listed under `not_run` with the reason (a peer's error, a skipped target)."""
+    `taylorseer:interval=3`); it counts only if it has every scored sample (as many as the uncached reference) and
+    each has a PSNR and a compute fraction, else it is listed under `not_run` with the reason (a peer's error, a
+    skipped target, an unfinished sweep)."""
     by_key: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         if row.get("family") not in (None, "reference"):
             by_key[row["method"]].append(row)
+    samples = len({r["sample"] for r in rows if r.get("family") == "reference"}) or max(
+        map(len, by_key.values()), default=0
+    )
     methods: dict[str, dict] = {}
     for key, group in sorted(by_key.items()):
         first = group[0]
@@ -51,6 +55,8 @@ def method_points(rows: list[dict]) -> dict[str, dict]:
         entry = methods.setdefault(name, {"family": first["family"], "settings": [], "not_run": {}})
         why = next((r.get("error") or r.get("skipped") for r in group if r.get("error") or r.get("skipped")), None)
         usable = all(r.get("psnr") is not None and r.get("compute_fraction") is not None for r in group)
+        if why is None and usable and len(group) < samples:  # means over other samples would not compare
+            why = f"incomplete: {len(group)} of {samples} samples"
         if why is not None or not usable:  # a crash, a skipped target, a sample without a score: said, not averaged
             entry["not_run"][key] = why or "a sample has no PSNR or compute fraction"
             continue

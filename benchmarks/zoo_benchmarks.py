@@ -67,6 +67,9 @@ def collect(folder: Path) -> tuple[dict, list[dict]]:
             raise SystemExit(f"{part} evaluated another plan: {part_header} vs {header}")
         redone = {r["method"] for r in part_rows}  # a later part that reruns a method replaces its rows
         rows = [r for r in rows if r["method"] not in redone or r["method"] == "uncached"]
+        for row in part_rows:  # rows of a crash written before crashes were also marked skipped (the report's key)
+            if "error" in row:
+                row.setdefault("skipped", f"crashed: {row['error']}")
         rows += [r for r in part_rows if r["method"] != "uncached" or header is None]
         header = {**part_header, **(header or {})}
     if header is None:

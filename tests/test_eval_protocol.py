@@ -181,6 +181,10 @@ def test_peers_at_full_strength_and_a_crashing_peer_is_a_row_with_its_error(tmp_
     header, rows = read_rows(tmp_path / RESULTS)
     by_key = {r["method"]: r for r in rows}
     assert by_key["peer:diffusers-fastercache@2"]["error"].startswith("IndexError")
+    assert (
+        by_key["peer:diffusers-fastercache@2"]["skipped"]
+        == "crashed: " + by_key["peer:diffusers-fastercache@2"]["error"]
+    )
     assert header["peer_calibration"] == [["a green triangle", 1000]]
     (ratios,) = peers._MAG_RATIOS.values()  # recorded once, by MagCache's calibrate mode, reused while tuning
     assert len(ratios) == 6 and ratios[0] == 1.0 and all(r > 0 for r in ratios)

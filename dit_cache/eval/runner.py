@@ -384,8 +384,7 @@ def evaluate(
                 except Exception as e:  # a peer that crashes on this model is a row that says how, not a dead sweep
                     logger.warning("%s failed: %s", method.key, _error_text(e))
                     if (method.key, -1) not in results.done:
-                        results.append({"method": method.key, "sample": -1, "family": method.family,
-                                        "name": method.name, "target": method.target, "error": _error_text(e)})  # fmt: skip
+                        results.append(_crash_row(method, -1, e))
                     _tick(bar, len(mine))
                     continue
             for i in mine:
@@ -445,8 +444,7 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
     except Exception as e:
         if method.family != "peer":
             raise
-        return {"method": method.key, "sample": index, "family": method.family, "name": method.name,
-                "target": method.target, "error": _error_text(e)}  # fmt: skip
+        return _crash_row(method, index, e)
     finally:
         method.off(pipe)
     timing, uncached = interleaved_timing(method, pipe, plan, prompt, seed, runs) if runs else (Timing(), Timing())
@@ -483,6 +481,13 @@ def off_target(fraction: float, target: float | None) -> bool | None:
 
 def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
+
+
+def _crash_row(method: Method, sample: int, error: BaseException) -> dict:
+    """The row of a peer that crashed: its error, and `skipped` (what readers of skipped rows show) saying so."""
+    text = _error_text(error)
+    return {"method": method.key, "sample": sample, "family": method.family, "name": method.name,
+            "target": method.target, "error": text, "skipped": f"crashed: {text}"}  # fmt: skip
 
 
 def _describe(options: dict) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..config import TaylorSeer
-from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest
+from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, within
 from ..state import COMPUTE, FORECAST, CallInfo
 from .base import ModelContext, policy_for
 from .block import FORAPolicy, FORAState
@@ -56,10 +56,9 @@ def spread_steps(num_steps: int, warmup: int, count: int) -> frozenset[int]:
 
 @policy_for(TaylorSeer)
 class TaylorSeerPolicy(FORAPolicy):
-    """speedup= takes the interval that computes the number of steps closest to the target (TaylorSeer's fixed
-    interval); where no interval computes exactly that many (intervals move the fraction in jumps: 1, then about
-    1/2, 1/3..., and 30 steps at interval 3 compute 0.367, not 1/3), that number of steps, spread evenly after the
-    warm-up: a target is met as closely as the step count allows, so methods compare at the same compute."""
+    """speedup= takes the interval that reaches the target (TaylorSeer's fixed interval); where no interval does
+    (intervals move the fraction in jumps: 1, then about 1/2, 1/3...), the number of computed steps that does,
+    spread evenly after the warm-up."""
 
     def __init__(self, config: TaylorSeer, model: ModelContext) -> None:
         super().__init__(config, model)
@@ -82,18 +81,18 @@ class TaylorSeerPolicy(FORAPolicy):
             return (config.interval if config.interval is not None else 4), None
         if num_steps not in self._plans:
             target = 1.0 / config.speedup
-            least = self.least_computed(num_steps)
-            exact, count = nearest({c / num_steps: c for c in range(least, num_steps + 1)}, target)
-            check_reached(
-                "taylorseer", config.speedup, exact, num_steps,
-                f"compute fractions {least / num_steps:.3f}-1 in steps of 1/{num_steps}",
-                f"warmup={config.warmup} and order={self.order} (order + 1 computed steps) are always computed: "
-                "ask for less, lower warmup, or run more steps",
-            )  # fmt: skip
             fraction, interval = nearest(interval_options(num_steps, config.warmup, self.order), target)
-            if fraction == exact:  # an interval computes exactly the closest count of steps: TaylorSeer's own schedule
+            if within(fraction, config.speedup):
                 self._plans[num_steps] = (interval, None)
-            else:  # no interval does (0.367 for 1/3 at 30 steps): the closest count, spread evenly
+            else:
+                least = self.least_computed(num_steps)
+                fraction, count = nearest({c / num_steps: c for c in range(least, num_steps + 1)}, target)
+                check_reached(
+                    "taylorseer", config.speedup, fraction, num_steps,
+                    f"compute fractions {least / num_steps:.3f}-1 in steps of 1/{num_steps}",
+                    f"warmup={config.warmup} and order={self.order} (order + 1 computed steps) are always computed: "
+                    "ask for less, lower warmup, or run more steps",
+                )  # fmt: skip
                 self._plans[num_steps] = (0, spread_steps(num_steps, config.warmup, count))
         return self._plans[num_steps]
 

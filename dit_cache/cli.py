@@ -138,10 +138,22 @@ def _device(state) -> str | None:
     return None if state is None or state.device.type == "cpu" else str(state.device)
 
 
+def _calibration_set(model: str | None) -> tuple[list[str], list[int]]:
+    """Default calibration prompts and seeds: a zoo model's calibration set, disjoint from the prompts and seeds
+    `dit-cache eval` scores (a profile fitted to the scored samples flatters the policies that read it)."""
+    if not model or not model.startswith("zoo:"):
+        return [], [0]
+    from .eval import zoo
+
+    name = model[len("zoo:") :]
+    return zoo.calibration_prompts(name), zoo.calibration_seeds(name)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibration.runner import CalibrationSettings, calibrate, check_writable, merge_shards, read_prompts
 
-    steps, call_kwargs, prompts = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
+    steps, call_kwargs, _ = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
+    prompts, seeds = _calibration_set(args.model)
     if args.prompts:
         prompts = read_prompts(args.prompts)
     if not prompts:
@@ -152,7 +164,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         frames=args.frames,
-        seeds=tuple(args.seeds),
+        seeds=tuple(args.seeds or seeds),
         call_kwargs=call_kwargs,
         lemica=args.lemica,
         lemica_max_span=args.lemica_max_span,
@@ -225,13 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     source = cal.add_argument_group("pipeline")
     source.add_argument("--model", help="path or hub id for DiffusionPipeline.from_pretrained, or zoo:NAME")
     source.add_argument("--pipeline", help="module:function returning a ready pipeline")
-    cal.add_argument("--prompts", help="text file, one prompt a line (default for zoo models: their prompt set)")
+    cal.add_argument("--prompts", help="text file, one prompt a line (default for zoo models: their calibration set)")
     cal.add_argument("--steps", type=int, help="denoising steps (default: the zoo model's own setting, else 30)")
     cal.add_argument("--guidance", type=float, default=None, help="guidance_scale passed to the pipeline")
     cal.add_argument("--height", type=int)
     cal.add_argument("--width", type=int)
     cal.add_argument("--frames", type=int, help="num_frames for video pipelines")
-    cal.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each prompt runs once per seed")
+    cal.add_argument(
+        "--seeds", type=int, nargs="+", help="seeds; each prompt runs once per seed (default: 0; zoo models: theirs)"
+    )
     cal.add_argument("--call-kwargs", help='extra pipeline arguments as JSON, e.g. \'{"negative_prompt": ""}\'')
     cal.add_argument("--lemica", choices=["proxy", "global"], default="proxy", help="LeMiCa edge weights")
     cal.add_argument("--lemica-max-span", type=int, default=8, help="longest cached segment LeMiCa may use")

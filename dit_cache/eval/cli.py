@@ -18,12 +18,22 @@ def add_commands(sub) -> None:
     ev.add_argument("--policies", nargs="*", default=None, help="dit_cache policies: NAME or NAME:key=value,...")
     ev.add_argument("--peers", nargs="*", default=["all"], help="peers to compare, 'all' or 'none'")
     ev.add_argument("--targets", nargs="*", type=float, default=[1.5, 2.0, 3.0], help="speedup targets")
-    ev.add_argument("--samples", type=int, default=4)
+    ev.add_argument("--samples", type=int, default=16, help="scored samples: sample i is prompt i (cycled), seed i")
     ev.add_argument("--steps", type=int, help="denoising steps (default: the model's own setting)")
     ev.add_argument("--call-kwargs", help="extra pipeline arguments as JSON")
     ev.add_argument("--runs", type=int, default=3, help="timed runs per method after a warm-up (median)")
     ev.add_argument("--timing-samples", type=int, default=1, help="samples that are timed (all are scored)")
     ev.add_argument("--profile", help="dit_cache profile for speedup targets (default: the model's or calibrated)")
+    ev.add_argument(
+        "--calibration-prompts",
+        help="text file of prompts to calibrate on, none of them scored (default for zoo models: their calibration "
+        "set; else the --prompts beyond --samples)",
+    )
+    ev.add_argument(
+        "--allow-in-sample",
+        action="store_true",
+        help="keep a profile calibrated on scored prompts or seeds (refused by default); its rows are labelled",
+    )
     ev.add_argument("--out", required=True, help="output directory (results.jsonl, refs, samples)")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(handler=run_eval)
@@ -43,8 +53,9 @@ def add_commands(sub) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, prompts: list, samples: int):
-    """--profile, else the profile saved with the model (zoo models ship one), else one calibrated into OUT."""
+def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, calibration: list[tuple[str, int]]):
+    """--profile, else the profile saved with the model (zoo models ship one), else one calibrated into OUT on the
+    calibration jobs (at most 4 prompts; never the scored ones)."""
     from ..calibration import Profile, ProfileError
     from ..calibration.resolve import saved_profile
     from ..calibration.runner import CalibrationSettings, calibrate
@@ -55,13 +66,41 @@ def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, 
     if shipped is not None:
         return shipped
     path = out / "profile.json"
-    settings = CalibrationSettings(steps=steps, call_kwargs=call, block_traces=True)  # bwcache, mix, hyca
+    if not calibration:
+        raise ValueError(
+            "no prompt is left to calibrate a profile on out of sample (every --prompts line is scored): pass "
+            "--calibration-prompts FILE (prompts that are not scored), more --prompts than --samples, or --profile"
+        )
+    prompts = list(dict.fromkeys(p for p, _ in calibration))[:4]
+    seeds = tuple(sorted({s for _, s in calibration}))
+    settings = CalibrationSettings(steps=steps, call_kwargs=call, block_traces=True, seeds=seeds)  # bwcache, mix, hyca
     if path.exists():
         try:
             return Profile.load(path, model=pipe.transformer)
         except ProfileError:
             pass
-    return calibrate(pipe, prompts[: min(4, samples)], settings, path, resume=False, progress=False)
+    return calibrate(pipe, prompts, settings, path, resume=False, progress=False)
+
+
+def calibration_jobs(model: str, prompts: list[str], samples: int, path: str | None) -> list[tuple[str, int]]:
+    """(prompt, seed) jobs to calibrate on, disjoint from the scored samples (sample i: prompt i cycled, seed i):
+    --calibration-prompts, else a zoo model's calibration set, else the prompts no sample scores."""
+    from ..calibration.runner import read_prompts
+    from .provenance import calibration_seeds
+
+    if path:
+        chosen = read_prompts(path)
+    elif model.startswith("zoo:"):
+        from . import zoo
+
+        chosen = zoo.calibration_prompts(model[len("zoo:") :])
+    else:
+        chosen = prompts[samples:]  # none left: a profile cannot be calibrated here (`_profile_for` says so)
+    scored = {prompts[i % len(prompts)] for i in range(samples)}
+    shared = [p for p in chosen if p in scored]
+    if shared:
+        raise ValueError(f"--calibration-prompts holds scored prompts ({shared[0]!r}, ...): give prompts not scored")
+    return [(prompt, seed) for prompt in chosen for seed in calibration_seeds(samples)]
 
 
 def _check_methods(policies: list[str], targets: list[float], steps: int) -> None:
@@ -98,8 +137,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
     _check_methods(policies, args.targets, steps)
+    jobs = calibration_jobs(args.model, prompts, args.samples, args.calibration_prompts)
     plan = EvalPlan(args.model, prompts, args.samples, steps, call, policies, peers, args.targets, args.runs,
-                    args.timing_samples)  # fmt: skip
+                    args.timing_samples, jobs)  # fmt: skip
     rank, world, state = _distributed()
     pipe = load_pipeline(args.model, None, device=_device(state))
     check_call_kwargs(pipe, json_kwargs(args.call_kwargs))
@@ -111,11 +151,15 @@ def run_eval(args: argparse.Namespace) -> int:
         or ("diffusers-magcache" in peers)
     )
     if needs_profile and rank == 0:  # a profile calibrated here is written once, then read by the others
-        profile = _profile_for(pipe, args.profile, out, steps, call, prompts, args.samples)
+        profile = _profile_for(pipe, args.profile, out, steps, call, jobs)
     if state is not None:
         state.wait_for_everyone()
     if needs_profile and rank != 0:
-        profile = _profile_for(pipe, args.profile, out, steps, call, prompts, args.samples)
+        profile = _profile_for(pipe, args.profile, out, steps, call, jobs)
+    if profile is not None:
+        from .provenance import check_out_of_sample
+
+        plan.profile_provenance = check_out_of_sample(profile, plan.scored(), allow_in_sample=args.allow_in_sample)
     evaluate(pipe, plan, out, profile=profile, rank=rank, world_size=world, progress=not args.no_progress)
     if world > 1:
         state.wait_for_everyone()
@@ -123,11 +167,24 @@ def run_eval(args: argparse.Namespace) -> int:
             merge_rank_files(out, world)
     if rank == 0:
         from .report import markdown_table, reference_line, summarize
-        from .runner import RESULTS, read_rows
+        from .runner import RESULTS, read_rows, write_equal_compute
 
         rows = read_rows(out / RESULTS)[1]
         print(markdown_table(summarize(rows), reference_line(rows)))
+        table = write_equal_compute(out)
+        for fraction, best in table["best"].items():
+            print(f"compute fraction {fraction}: {describe_best(best)}")
     return 0
+
+
+def describe_best(best: dict) -> str:
+    """One line of `frontier.equal_compute`'s verdict at a fraction."""
+
+    def name(entry):
+        return "none reaches it" if entry is None else f"{entry['method']} {entry['psnr']:.2f} dB"
+
+    margin = "" if best["margin_db"] is None else f", margin {best['margin_db']:+.2f} dB"
+    return f"best dit_cache {name(best['best_dit_cache'])}, best peer {name(best['best_peer'])}{margin}"
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -161,9 +218,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(1)  # a 2 M-parameter model: more threads only wait on each other (docs/zoo.md)
     out = check_output_dir(args.out)
-    profile = _profile_for(pipe, None, out, steps, call, prompts, args.samples)
+    jobs = calibration_jobs(DEMO_MODEL, prompts, args.samples, None)
+    profile = _profile_for(pipe, None, out, steps, call, jobs)
     plan = EvalPlan(DEMO_MODEL, prompts, args.samples, steps, call, [args.policy, "uniform"], [], [args.speedup],
                     args.runs, 1)  # fmt: skip
+    from .provenance import check_out_of_sample
+
+    plan.profile_provenance = check_out_of_sample(profile, plan.scored())
     evaluate(pipe, plan, out, profile=profile, progress=True)
     lines = summarize(read_rows(out / RESULTS)[1])
     print(f"\n{DEMO_MODEL}, {steps} steps, {args.samples} samples, target {args.speedup:g}x\n")

@@ -1,8 +1,9 @@
 """Counting the attention and MLP work a run actually did, for methods that report nothing themselves (the peers).
 
-Each attention/MLP submodule the adapter names is represented by its first inner `nn.Linear`: a cache that returns a
-stored output from the submodule's forward (or skips the whole block) never reaches that Linear, so the count is the
-work computed, in the same units as `dit_cache.stats().compute_fraction`.
+Each attention/MLP submodule the adapter names is represented by its first inner `nn.Linear` (or itself, if it is
+one), counted where its weight enters `F.linear`: a cache that returns a stored output from the submodule's forward
+(or skips the whole block) never reaches that matmul, so the count is the work computed, in the same units as
+`dit_cache.stats().compute_fraction`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..adapters import find_spec
 from ..engine import build_slots
@@ -30,6 +33,24 @@ def _probe_linears(transformer: nn.Module) -> list[nn.Module]:
     return probes
 
 
+class _LinearCalls(TorchFunctionMode):
+    """Counts `F.linear` calls on the probes' weights: the matmul itself, so a unit that is a Linear and whose
+    `forward` a cache replaced (diffusers' TaylorSeer on Flux's `proj_mlp` / `proj_out`) counts only when its
+    weight is really used. A forward pre-hook on the module would fire either way."""
+
+    def __init__(self, weights: set[int], counter: WorkCounter) -> None:
+        super().__init__()
+        self.weights, self.counter = weights, counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if id(weight) in self.weights:
+                self.counter.calls += 1
+        return func(*args, **kwargs)
+
+
 class WorkCounter:
     """`with WorkCounter(pipe) as counter: pipe(...)`; `counter.calls` is the number of work units run."""
 
@@ -37,20 +58,18 @@ class WorkCounter:
         transformers = [m for n, m in pipe.components.items() if n.startswith("transformer") and m is not None]
         self.probes = [p for t in transformers for p in _probe_linears(t)]
         self.calls = 0
-        self._handles = []
-
-    def _count(self, *_):
-        self.calls += 1
+        self._mode: _LinearCalls | None = None
 
     def __enter__(self) -> WorkCounter:
         self.calls = 0
-        self._handles = [p.register_forward_pre_hook(self._count) for p in self.probes]
+        self._mode = _LinearCalls({id(p.weight) for p in self.probes}, self)
+        self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+            self._mode = None
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..schedulers.budget import search_threshold
@@ -18,8 +18,10 @@ from ..schedulers.budget import search_threshold
 class PeerContext:
     pipe: Any
     num_steps: int
-    profile: Any  # a dit_cache profile of this model (MagCache ratios for diffusers' MagCache)
+    profile: Any  # a dit_cache profile of this model (MagCache ratios for diffusers' MagCache when no calibration)
     target: float
+    calibration: list = field(default_factory=list)  # (prompt, seed) jobs a peer calibrates on (not scored ones)
+    generate: Callable[[str, int], Any] | None = None  # one pipeline call of the evaluation's settings
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,52 @@ def _fbcache(ctx: PeerContext, threshold: float) -> None:
     _transformer_enable(ctx, FirstBlockCacheConfig(threshold=threshold))
 
 
+_MAG_RATIOS: dict[tuple, list[float]] = {}  # (pipeline, steps, calibration jobs) -> ratios of MagCache's own mode
+
+
+def _magcache_ratios(ctx: PeerContext) -> list[float]:
+    """MagCache's ratios: recorded by its own calibration mode on the calibration jobs (the mean over jobs and
+    branches of the lists it prints at the end of every run), else the dit_cache profile's (cond branch)."""
+    if not ctx.calibration or ctx.generate is None:
+        if ctx.profile is None or not ctx.profile.has("mag_ratio"):
+            raise ValueError("diffusers' MagCache needs this model's magnitude ratios: pass a dit_cache profile")
+        return ctx.profile.per_step("cond", "mag_ratio", ctx.num_steps).tolist()
+    key = (id(ctx.pipe), ctx.num_steps, tuple(map(tuple, ctx.calibration)))
+    if key not in _MAG_RATIOS:
+        _MAG_RATIOS[key] = _calibrate_magcache(ctx)
+    return _MAG_RATIOS[key]
+
+
+def _calibrate_magcache(ctx: PeerContext) -> list[float]:
+    import contextlib
+    import io
+
+    import numpy as np
+    from diffusers.hooks import MagCacheConfig
+
+    printed = io.StringIO()
+    _transformer_enable(ctx, MagCacheConfig(calibrate=True, num_inference_steps=ctx.num_steps))
+    try:
+        with contextlib.redirect_stdout(printed):  # calibration mode prints its ratios at the end of each run
+            for prompt, seed in ctx.calibration:
+                ctx.generate(prompt, seed)
+    finally:
+        _transformer_disable(ctx.pipe)
+    lists = [
+        [float(v) for v in re.findall(r"[-+0-9.eE]+", line)]
+        for line in printed.getvalue().splitlines()
+        if line.startswith("[") and line.rstrip().endswith("]")
+    ]
+    lists = [values for values in lists if len(values) == ctx.num_steps]
+    if not lists:
+        raise ValueError(f"diffusers' MagCache calibration printed no ratios of {ctx.num_steps} steps")
+    return np.mean(np.array(lists), axis=0).tolist()
+
+
 def _magcache(ctx: PeerContext, threshold: float) -> None:
     from diffusers.hooks import MagCacheConfig
 
-    if ctx.profile is None or not ctx.profile.has("mag_ratio"):
-        raise ValueError("diffusers' MagCache needs this model's magnitude ratios: pass a dit_cache profile")
-    ratios = ctx.profile.per_step("cond", "mag_ratio", ctx.num_steps).tolist()
+    ratios = _magcache_ratios(ctx)
     config = MagCacheConfig(
         threshold=threshold,
         max_skip_steps=max(3, math.ceil(2 * ctx.target)),
@@ -80,13 +122,35 @@ def _magcache(ctx: PeerContext, threshold: float) -> None:
     _transformer_enable(ctx, config)
 
 
-def _taylorseer(ctx: PeerContext, knob: tuple[int, int]) -> None:
+def _taylorseer(ctx: PeerContext, knob: tuple[int, ...], work: bool = True) -> None:
     from diffusers.hooks import TaylorSeerCacheConfig
 
-    interval, warmup = knob
-    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1)
-    config.cache_identifiers = _taylorseer_identifiers(ctx.pipe.transformer)
+    interval, warmup, *order = knob  # (interval, warmup[, max_order]); results written before the order was a knob
+    config = TaylorSeerCacheConfig(
+        cache_interval=interval, disable_cache_before_step=warmup, max_order=order[0] if order else 1,
+        taylor_factors_dtype=torch_dtype(ctx.pipe.transformer),
+    )  # fmt: skip
+    if work:  # the paper's TaylorSeer: every attention and MLP output forecast (diffusers' default: attention only)
+        config.cache_identifiers = _work_identifiers(ctx.pipe.transformer)
+    else:
+        config.cache_identifiers = _taylorseer_identifiers(ctx.pipe.transformer)
     _transformer_enable(ctx, config)
+
+
+def torch_dtype(module):
+    """The module's parameter dtype: Taylor factors kept at the model's precision (diffusers' default is bfloat16,
+    which rounds a float32 model's forecasts)."""
+    return next(module.parameters()).dtype
+
+
+def _work_identifiers(transformer) -> list[str]:
+    """The exact names of the attention and MLP submodules dit_cache forecasts (and WorkCounter counts)."""
+    from ..adapters import find_spec
+    from ..engine import build_slots
+
+    names = {id(m): n for n, m in transformer.named_modules()}
+    units = [module for slot in build_slots(transformer, find_spec(transformer)) for module in slot.work.values()]
+    return [re.escape(names[id(m)]) for m in units if id(m) in names]
 
 
 def _taylorseer_identifiers(transformer) -> list[str] | None:
@@ -102,12 +166,17 @@ def _taylorseer_identifiers(transformer) -> list[str] | None:
     return [p + r"\d*" for p in defaults]
 
 
-def _taylorseer_candidates(ctx: PeerContext) -> list[tuple[int, int]]:
-    # predicted fraction (warmup + ceil((n - warmup) / interval)) / n; measure the few closest
+def _taylorseer_candidates(ctx: PeerContext) -> list[tuple[int, int, int]]:
+    """(interval, warmup, order): orders 1 and 2, the warm-ups whose predicted fraction is closest to the target
+    for every interval that can reach it; diffusers computes steps < warmup and every interval-th after it."""
     n, target = ctx.num_steps, 1.0 / ctx.target
-    options = [(k, d) for k in range(2, 7) for d in range(1, n)]
-    options.sort(key=lambda kd: abs((kd[1] + math.ceil((n - kd[1]) / kd[0])) / n - target))
-    return options[:8]
+
+    def fraction(k, d):
+        return sum(1 for s in range(n) if s < d or (s - d - 1) % k == 0) / n
+
+    options = [(k, d) for k in range(2, 9) for d in range(1, n // 2)]
+    options.sort(key=lambda kd: (abs(fraction(*kd) - target), kd[1]))
+    return [(k, d, order) for k, d in options[:3] for order in (1, 2)]
 
 
 def _pab(ctx: PeerContext, skip: int) -> None:
@@ -122,13 +191,32 @@ def _pab(ctx: PeerContext, skip: int) -> None:
     _transformer_enable(ctx, config)
 
 
-def _cachedit(ctx: PeerContext, threshold: float, taylorseer: bool) -> None:
+def _fastercache(ctx: PeerContext, knob: tuple[int, int]) -> None:
+    """FasterCache: spatial attention reused over `attention` steps and the unconditional branch recomputed every
+    `uncond` steps (its CFG cache, which diffusers applies to a batch that concatenates both branches)."""
+    from diffusers.hooks import FasterCacheConfig
+
+    attention, uncond = knob
+    pipe = ctx.pipe
+    config = FasterCacheConfig(
+        spatial_attention_block_skip_range=attention,
+        spatial_attention_timestep_skip_range=(-1, 1001),
+        unconditional_batch_skip_range=uncond,
+        unconditional_batch_timestep_skip_range=(-1, 1001),
+        current_timestep_callback=lambda: pipe.current_timestep,
+        attention_weight_callback=lambda _: 0.5,
+        tensor_format="BCFHW" if "3D" in type(pipe.transformer).__name__ else "BCHW",  # video (Wan) or image
+    )
+    _transformer_enable(ctx, config)
+
+
+def _cachedit(ctx: PeerContext, threshold: float, taylorseer: bool, back: int = 0) -> None:
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")  # it logs every enable at info level
     import cache_dit
 
     config = cache_dit.DBCacheConfig(
         Fn_compute_blocks=1,
-        Bn_compute_blocks=0,
+        Bn_compute_blocks=back,
         residual_diff_threshold=threshold,
         max_warmup_steps=2,
         num_inference_steps=ctx.num_steps,
@@ -149,16 +237,29 @@ PEERS: dict[str, Peer] = {
         Peer("diffusers-fbcache", "diffusers", _fbcache, _transformer_disable, "threshold"),
         Peer("diffusers-magcache", "diffusers", _magcache, _transformer_disable, "threshold"),
         Peer(
-            "diffusers-taylorseer", "diffusers", _taylorseer, _transformer_disable, "(interval, warmup)",
+            "diffusers-taylorseer", "diffusers", _taylorseer, _transformer_disable, "(interval, warmup, order)",
             _taylorseer_candidates,
         ),
         Peer(
             "diffusers-pab", "diffusers", _pab, _transformer_disable, "attention skip range",
             lambda ctx: [2, 3, 4, 6, 8],
         ),
+        Peer(
+            "diffusers-taylorseer-attention", "diffusers", lambda c, k: _taylorseer(c, k, work=False),
+            _transformer_disable, "(interval, warmup, order)", _taylorseer_candidates,
+        ),
+        Peer(
+            "diffusers-fastercache", "diffusers", _fastercache, _transformer_disable, "(attention skip, uncond skip)",
+            lambda ctx: [(a, u) for a in (2, 3, 4) for u in (2, 3, 5)],
+        ),
         Peer("cachedit-dbcache", "cache-dit", lambda c, t: _cachedit(c, t, False), _cachedit_off, "threshold"),
+        Peer("cachedit-dbcache-b1", "cache-dit", lambda c, t: _cachedit(c, t, False, 1), _cachedit_off, "threshold"),
         Peer(
             "cachedit-dbcache-taylorseer", "cache-dit", lambda c, t: _cachedit(c, t, True), _cachedit_off, "threshold"
+        ),
+        Peer(
+            "cachedit-dbcache-b1-taylorseer", "cache-dit", lambda c, t: _cachedit(c, t, True, 1), _cachedit_off,
+            "threshold",
         ),
     )
 }  # fmt: skip

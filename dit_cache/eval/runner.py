@@ -47,18 +47,29 @@ class EvalPlan:
     targets: list[float] = field(default_factory=lambda: [1.5, 2.0, 3.0])
     runs: int = 3
     timing_samples: int = 1
+    calibration: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) the peers calibrate on
+    profile_provenance: dict | None = None  # provenance.check_out_of_sample of the profile the methods read
 
     def header(self) -> dict:
         digest = hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()[:16]
-        return {
+        header = {
             "model": self.model,
             "prompts_sha": digest,
             "steps": self.steps,
             "call_kwargs": {k: v for k, v in sorted(self.call_kwargs.items()) if _jsonable(v)},
         }
+        if self.profile_provenance is not None:
+            header["profile"] = self.profile_provenance
+        if self.calibration:
+            header["peer_calibration"] = [list(job) for job in self.calibration]
+        return header
 
     def sample(self, index: int) -> tuple[str, int]:
         return self.prompts[index % len(self.prompts)], index
+
+    def scored(self) -> list[tuple[str, int]]:
+        """Every (prompt, seed) this plan scores."""
+        return [self.sample(i) for i in range(self.samples)]
 
 
 def _jsonable(value: Any) -> bool:
@@ -302,7 +313,14 @@ def evaluate(
                 _tick(bar, len(mine))
                 continue
             if method.family == "peer":
-                _prepare_peer(method, pipe, plan, profile, full_calls, tuning, out)
+                try:
+                    _prepare_peer(method, pipe, plan, profile, full_calls, tuning, out)
+                except Exception as e:  # a peer that crashes on this model is a row that says how, not a dead sweep
+                    logger.warning("%s failed: %s", method.key, _error_text(e))
+                    if (method.key, -1) not in results.done:
+                        results.append(_crash_row(method, -1, e))
+                    _tick(bar, len(mine))
+                    continue
             for i in mine:
                 if (method.key, i) not in results.done:
                     results.append(
@@ -357,12 +375,19 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         with WorkCounter(pipe) as counter:
             output = generate(pipe, plan, prompt, seed)
         fraction = compute_fraction(method, pipe, counter, full_calls)
+    except Exception as e:
+        if method.family != "peer":
+            raise
+        return _crash_row(method, index, e)
     finally:
         method.off(pipe)
     timing, uncached = interleaved_timing(method, pipe, plan, prompt, seed, runs) if runs else (Timing(), Timing())
     quality = compare(reference, output, with_lpips=lpips_ok)
     if index == 0:
         save_preview(output, out / "samples" / f"{_file_key(method.key)}.png")
+    # diffusers' MagCache reads the profile's ratios only when there is no calibration set to record its own on
+    reads_profile = "profile" in method.options or (method.name == "diffusers-magcache" and not plan.calibration)
+    in_sample = (plan.profile_provenance or {}).get("in_sample")
     row = {
         "method": method.key, "sample": index, "family": method.family, "name": method.name,
         "target": method.target, "options": _describe(method.options), "prompt": prompt, "seed": seed,
@@ -371,6 +396,8 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         "uncached_seconds_runs": uncached.seconds_runs,
         "uncached_transformer_seconds_runs": uncached.transformer_seconds_runs,
     }  # fmt: skip
+    if reads_profile and in_sample:
+        row["profile_in_sample"] = True  # allowed with --allow-in-sample: scored on the samples it was fitted to
     if not lpips_ok:
         row["lpips_unavailable"] = lpips_reason
     flag = off_target(fraction, method.target)
@@ -388,6 +415,17 @@ def off_target(fraction: float, target: float | None) -> bool | None:
     return not within(fraction, target)
 
 
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _crash_row(method: Method, sample: int, error: BaseException) -> dict:
+    """The row of a peer that crashed: its error, and `skipped` (what readers of skipped rows show) saying so."""
+    text = _error_text(error)
+    return {"method": method.key, "sample": sample, "family": method.family, "name": method.name,
+            "target": method.target, "error": text, "skipped": f"crashed: {text}"}  # fmt: skip
+
+
 def _describe(options: dict) -> dict:
     return {k: (v if _jsonable(v) else getattr(v, "source", None) or type(v).__name__) for k, v in options.items()}
 
@@ -403,7 +441,8 @@ def _load_tuning(out: Path) -> dict:
 
 def _prepare_peer(method: Method, pipe, plan: EvalPlan, profile, full_calls: int, tuning: dict, out: Path) -> None:
     p = peer(method.name)
-    ctx = PeerContext(pipe, plan.steps, profile, method.target)
+    ctx = PeerContext(pipe, plan.steps, profile, method.target, plan.calibration,
+                      lambda prompt, seed: generate(pipe, plan, prompt, seed))  # fmt: skip
     if method.key not in tuning:
 
         def measure(knob) -> float:
@@ -452,6 +491,17 @@ def merge_rank_files(out: str | os.PathLike, world_size: int) -> Path:
         for key in sorted(rows, key=lambda k: (k[0], k[1])):
             f.write(dumps(rows[key]) + "\n")
     return target
+
+
+def write_equal_compute(out: str | os.PathLike) -> dict:
+    """OUT/equal_compute.json: every method's Pareto frontier of PSNR against measured compute fraction,
+    interpolated at fractions 0.5 and 0.33 (`frontier.equal_compute`), with the results header (profile provenance)."""
+    from .frontier import equal_compute
+
+    header, rows = read_rows(Path(out) / RESULTS)
+    table = {"header": header, **equal_compute(rows)}
+    (Path(out) / "equal_compute.json").write_text(dumps(table))
+    return table
 
 
 def remove_if_applied(pipe) -> None:

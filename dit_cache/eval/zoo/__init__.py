@@ -48,6 +48,8 @@ __all__ = [
     "motion_direction",
     "names",
     "parse_prompt",
+    "calibration_prompts",
+    "calibration_seeds",
     "path",
     "prompts",
     "settings",
@@ -88,6 +90,35 @@ _PROMPTS: dict[str, list[str]] = {
         "a purple circle moving down on dots",
     ],
 }
+
+#: prompts the shipped profiles are calibrated on: none of them is a scored prompt of `prompts(name)` (an
+#: evaluation on the prompts a profile was fitted to flatters the policies that read it); same grammar, every colour,
+#: shape and background, other combinations
+_CALIBRATION_PROMPTS: dict[str, list[str]] = {
+    "shapes-image": [
+        "a red triangle on dots",
+        "a green circle on checker",
+        "a blue square on stripes",
+        "a yellow square on dots",
+        "a cyan triangle on plain",
+        "a purple circle on stripes",
+        "a red circle on plain",
+        "a green square on checker",
+    ],
+    "shapes-video": [
+        "a red triangle moving right on checker",
+        "a green circle moving up on plain",
+        "a blue circle moving down on dots",
+        "a yellow square moving left on stripes",
+        "a cyan triangle moving down on dots",
+        "a purple square moving up on checker",
+        "a red circle moving left on plain",
+        "a green triangle moving right on stripes",
+    ],
+}
+
+#: seeds of the calibration runs: the evaluation scores sample i with seed i, so these are far above any sample count
+_CALIBRATION_SEEDS: tuple[int, ...] = (1000,)
 
 _SETTINGS: dict[str, dict] = {
     # FluxPipeline: no guidance embedder (guidance_scale is ignored); classifier-free guidance is "true CFG"
@@ -132,6 +163,19 @@ def path(name: str) -> str:
 def prompts(name: str) -> list[str]:
     """The model's own evaluation prompts."""
     return list(_PROMPTS[_check(name)])
+
+
+def calibration_prompts(name: str) -> list[str]:
+    """Prompts to calibrate ``name``'s profile on, disjoint from :func:`prompts` (the scored ones)."""
+    if _check(name) not in _CALIBRATION_PROMPTS:
+        raise ValueError(f"zoo model {name!r} has no calibration prompts; add them to _CALIBRATION_PROMPTS")
+    return list(_CALIBRATION_PROMPTS[name])
+
+
+def calibration_seeds(name: str) -> list[int]:
+    """Seeds to calibrate ``name``'s profile with, disjoint from the evaluation's (sample i uses seed i)."""
+    _check(name)
+    return list(_CALIBRATION_SEEDS)
 
 
 def settings(name: str) -> dict:

@@ -206,3 +206,13 @@ def test_peers_at_full_strength_and_a_crashing_peer_is_a_row_with_its_error(tmp_
     interval, warmup, _ = knob
     schedule = [s for s in range(6) if s < warmup or (s - warmup - 1) % interval == 0]
     assert by_key["peer:diffusers-taylorseer@2"]["compute_fraction"] == len(schedule) / 6 < 1
+
+
+def test_a_method_with_options_beyond_its_knob_is_a_frontier_of_its_own():
+    rows = [{"method": "uncached", "sample": 0, "family": "reference", "name": "uncached"}]
+    rows += _rows("lemica", "dit_cache", [("lemica@2", 0.5, [30.0]), ("lemica:speedup=3", 0.33, [20.0])])
+    rows += _rows("lemica", "dit_cache", [("lemica:forecast=1,speedup=2", 0.5, [40.0]),
+                                          ("lemica:speedup=3,forecast=1", 0.33, [35.0])])  # fmt: skip
+    by_name = {m["method"]: m for m in equal_compute(rows)["methods"]}
+    assert sorted(by_name) == ["lemica", "lemica:forecast=1"]
+    assert by_name["lemica"]["at"]["0.33"]["psnr"] == 20.0 and by_name["lemica:forecast=1"]["at"]["0.5"]["psnr"] == 40.0

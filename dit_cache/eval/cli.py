@@ -53,9 +53,12 @@ def add_commands(sub) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, calibration: list[tuple[str, int]]):
+def _profile_for(
+    pipe, explicit: str | None, out: Path, steps: int, call: dict, calibration: list[tuple[str, int]],
+    candidates: bool = False,
+):  # fmt: skip
     """--profile, else the profile saved with the model (zoo models ship one), else one calibrated into OUT on the
-    calibration jobs (at most 4 prompts; never the scored ones)."""
+    calibration jobs (at most 4 prompts; never the scored ones; with `auto`'s default candidates when `candidates`)."""
     from ..calibration import Profile, ProfileError
     from ..calibration.resolve import saved_profile
     from ..calibration.runner import CalibrationSettings, calibrate
@@ -79,7 +82,8 @@ def _profile_for(pipe, explicit: str | None, out: Path, steps: int, call: dict, 
             return Profile.load(path, model=pipe.transformer)
         except ProfileError:
             pass
-    return calibrate(pipe, prompts, settings, path, resume=False, progress=False)
+    extra = dict(candidates="default", candidate_prompts=2) if candidates else {}
+    return calibrate(pipe, prompts, settings, path, resume=False, progress=False, **extra)
 
 
 def calibration_jobs(model: str, prompts: list[str], samples: int, path: str | None) -> list[tuple[str, int]]:
@@ -150,12 +154,13 @@ def run_eval(args: argparse.Namespace) -> int:
         or any(p.split(":")[0] in SPEEDUP_POLICIES + ("magcache",) for p in policies)
         or ("diffusers-magcache" in peers)
     )
+    auto = any(p.split(":")[0] == "auto" for p in policies)  # a profile calibrated here gets candidate runs
     if needs_profile and rank == 0:  # a profile calibrated here is written once, then read by the others
-        profile = _profile_for(pipe, args.profile, out, steps, call, jobs)
+        profile = _profile_for(pipe, args.profile, out, steps, call, jobs, auto)
     if state is not None:
         state.wait_for_everyone()
     if needs_profile and rank != 0:
-        profile = _profile_for(pipe, args.profile, out, steps, call, jobs)
+        profile = _profile_for(pipe, args.profile, out, steps, call, jobs, auto)
     if profile is not None:
         from .provenance import check_out_of_sample
 

@@ -21,7 +21,7 @@ from ..config import parse_policy_spec as parse_spec
 from .counting import WorkCounter
 
 # speedup= (or the policy itself) needs a profile
-SPEEDUP_POLICIES = ("teacache", "magcache", "fbcache", "lemica", "bwcache", "mix", "ertacache", "hyca")
+SPEEDUP_POLICIES = ("auto", "teacache", "magcache", "fbcache", "lemica", "bwcache", "mix", "ertacache", "hyca")
 INTERVAL_POLICIES = ("fora",)
 BASELINES = ("uniform",)
 INTERNAL_POLICIES = ("recorder",)  # calibration's own policy: it caches nothing, so it is never offered

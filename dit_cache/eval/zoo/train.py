@@ -145,7 +145,8 @@ CONFIGS: dict[str, dict] = {
             "attention_head_dim": 32,
             "patch_size": 2,
         },
-        "objective": "epsilon",
+        "objective": "epsilon",  # or "flow" (--objective)
+        "shift": 2.0,  # flow only
         "dataset": 12000,
         "steps": 2000,
         "batch": 32,
@@ -338,13 +339,17 @@ def build_pixart_pipeline(cfg: dict):
         patch_size=t["patch_size"],
         norm_num_groups=8,
     )
-    # PixArt's training noise schedule (linear betas, 1000 steps, epsilon), sampled by DPM-Solver++ (order 2)
+    # DPM-Solver++ (order 2) on PixArt's training noise schedule (linear betas, 1000 steps, epsilon prediction), or
+    # on flow-matching sigmas with the model predicting the velocity (SANA's configuration of the same scheduler)
+    flow = cfg["objective"] == "flow"
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_start=0.0001,
         beta_end=0.02,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type="flow_prediction" if flow else "epsilon",
+        use_flow_sigmas=flow,
+        flow_shift=cfg["shift"] if flow else 1.0,
     )
     return PixArtSigmaPipeline(
         tokenizer=tokenizer, text_encoder=t5, vae=vae, transformer=transformer, scheduler=scheduler
@@ -974,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for previews and VAE reconstructions (optional)")
     ap.add_argument("--preview-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--objective", choices=["epsilon", "flow"], default=None, help="PixArt: the training objective")
     ap.add_argument(
         "--max-minutes", type=float, default=None, help="stop transformer training after this much wall time"
     )
@@ -996,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = {"name": args.name, **copy.deepcopy(CONFIGS[args.name])}
     out = args.out or zoo_path(args.name)
-    for key in ("steps", "vae_steps", "decoder_steps", "decoder_frame_steps", "dataset"):
+    for key in ("steps", "vae_steps", "decoder_steps", "decoder_frame_steps", "dataset", "objective"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if args.work:

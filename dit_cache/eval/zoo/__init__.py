@@ -4,13 +4,13 @@ Each model is a complete diffusers pipeline folder shipped inside this package (
 scheduler, transformer), trained here on procedural data (coloured shapes on grey textures, see :mod:`.shapes`) by
 ``python -m dit_cache.eval.zoo.train --name NAME``.
 
-========================  ===================  ==========================  ===================================
-name                      pipeline             transformer                 output
-========================  ===================  ==========================  ===================================
-``shapes-image``          ``FluxPipeline``     ``FluxTransformer2DModel``  64x64 images
-``shapes-video``          ``WanPipeline``      ``WanTransformer3DModel``   9 frames of 64x64
-``shapes-pixart``         ``PixArtSigmaPipeline`` ``PixArtTransformer2DModel`` 64x64 images (batched CFG)
-========================  ===================  ==========================  ===================================
+=====================  ========================  ============================  ==========================
+name                   pipeline                  transformer                   output
+=====================  ========================  ============================  ==========================
+``shapes-image``       ``FluxPipeline``          ``FluxTransformer2DModel``    64x64 images
+``shapes-video``       ``WanPipeline``           ``WanTransformer3DModel``     9 frames of 64x64
+``shapes-pixart``      ``PixArtSigmaPipeline``   ``PixArtTransformer2DModel``  64x64 images (batched CFG)
+=====================  ========================  ============================  ==========================
 
 Typical use::
 

@@ -264,7 +264,7 @@ def test_shapes_pixart_magcache_at_2x_with_its_shipped_profile(pixart):
         cached = _pixart_call(pipe)
         fraction = dit_cache.stats(pipe).compute_fraction
     assert 0.4 <= fraction <= 0.6
-    assert psnr(reference, cached) >= 20.0
+    assert psnr(reference, cached) >= 25.0
     # calibrated out of sample: none of the scored prompts is in the shipped profile
     assert not {r["prompt"] for r in profile.records} & set(zoo.prompts("shapes-pixart"))
 

@@ -42,7 +42,9 @@ def test_wheel_holds_the_builtin_profiles_and_the_zoo(wheel):
     assert len(shipped) > 20  # every pipeline folder: configs, tokenizers, weights, the saved profiles
     missing = [name for name in shipped if name not in names]
     assert not missing, missing
-    assert "dit_cache/eval/zoo/shapes-video/dit_cache_profile.safetensors" in names
+    for name in ("shapes-image", "shapes-video", "shapes-pixart"):  # every model with its shipped profile
+        assert f"dit_cache/eval/zoo/{name}/transformer/diffusion_pytorch_model.safetensors" in names
+        assert f"dit_cache/eval/zoo/{name}/dit_cache_profile.safetensors" in names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
 
 

@@ -1,4 +1,4 @@
-"""The zoo: procedural data, the prompt-following checks, and the two shipped trained pipelines."""
+"""The zoo: procedural data, the prompt-following checks, and the three shipped trained pipelines."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MB = 1_000_000
 
 
 def test_names_paths_prompts_settings():
-    assert zoo.names() == ["shapes-image", "shapes-video"]
+    assert zoo.names() == ["shapes-image", "shapes-video", "shapes-pixart"]
     for name in zoo.names():
         assert os.path.isfile(os.path.join(zoo.path(name), "model_index.json"))
         ps = zoo.prompts(name)
@@ -41,7 +41,7 @@ def test_unknown_name_lists_valid_ones():
             fn("no-such-model")
 
 
-@pytest.mark.parametrize("name", ["shapes-image", "shapes-video"])
+@pytest.mark.parametrize("name", ["shapes-image", "shapes-video", "shapes-pixart"])
 def test_folder_size_and_classes(name):
     folder = zoo.path(name)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
@@ -51,6 +51,7 @@ def test_folder_size_and_classes(name):
     expected = {
         "shapes-image": ("FluxPipeline", "FluxTransformer2DModel", "AutoencoderKL"),
         "shapes-video": ("WanPipeline", "WanTransformer3DModel", "AutoencoderKLWan"),
+        "shapes-pixart": ("PixArtSigmaPipeline", "PixArtTransformer2DModel", "AutoencoderKL"),
     }[name]
     assert (index["_class_name"], index["transformer"][1], index["vae"][1]) == expected
     with open(os.path.join(folder, "transformer", "config.json")) as f:
@@ -179,6 +180,93 @@ def test_shapes_video_pipeline_follows_prompts(monkeypatch, one_thread):
     hits = [c == S.parse_prompt(p)["colour"] for p, c in zip(prompts, colours)]
     assert sum(hits) >= 6, list(zip(prompts, colours))
     # not asserted: the shipped model did not learn the motion direction (docs/zoo.md, "Known limits")
+
+
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_shapes_pixart_pipeline_follows_prompts(monkeypatch, one_thread):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe, prompts, out = _run("shapes-pixart")
+    assert type(pipe).__name__ == "PixArtSigmaPipeline"
+    assert type(pipe.transformer).__name__ == "PixArtTransformer2DModel"
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    images = out.images
+    assert all(im.size == (64, 64) for im in images)
+    colours = [zoo.dominant_colour(im) for im in images]
+    hits = [c == S.parse_prompt(p)["colour"] for p, c in zip(prompts, colours)]
+    assert sum(hits) >= 6, list(zip(prompts, colours))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shapes-pixart: classifier-free guidance batched into one call, no cache_context
+
+PIXART_PROMPTS = 1
+
+
+@pytest.fixture(scope="module")
+def pixart():
+    """The pixart pipeline, what its transformer was called with, and its uncached output on 2 prompts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pipe = zoo.load("shapes-pixart")
+    pipe.set_progress_bar_config(disable=True)
+    batches = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+        with_kwargs=True,
+    )
+    reference = _pixart_call(pipe)
+    yield pipe, batches, reference
+    torch.set_num_threads(before)
+
+
+def _pixart_call(pipe) -> np.ndarray:
+    gens = [torch.Generator().manual_seed(200 + i) for i in range(PIXART_PROMPTS)]
+    kw = zoo.settings("shapes-pixart")
+    return pipe(zoo.prompts("shapes-pixart")[:PIXART_PROMPTS], generator=gens, output_type="np", **kw).images
+
+
+@pytest.mark.pipeline
+def test_shapes_pixart_runs_cfg_as_one_batch_without_cache_context(pixart):
+    """Every step is one call on the doubled batch and no branch is named: dit-cache's CFG reuse finds the halves
+    itself, computes the conditional one and rebuilds the unconditional one, close to the uncached output."""
+    import dit_cache
+    from dit_cache.eval.metrics import psnr
+
+    pipe, batches, reference = pixart
+    steps = zoo.settings("shapes-pixart")["num_inference_steps"]
+    assert batches[:steps] == [2 * PIXART_PROMPTS] * steps
+    assert not hasattr(pipe.transformer, "cache_context")  # not a diffusers CacheMixin: no branch can be named
+    with dit_cache.cached(pipe, "cfg", interval=2, warmup=0.2):
+        cached = _pixart_call(pipe)
+        stats = dit_cache.stats(pipe)
+    call = stats.records[0].total_units  # the attention and MLP calls of one uncached transformer call
+    branches = {r.step: [] for r in stats.records}
+    for r in stats.records:  # per step: (branch, decision, share of a whole call computed)
+        branches[r.step].append((r.branch, r.decision, r.computed_units / call))
+    full = [s for s, rows in branches.items() if rows == [("batch", "computed", 1.0)]]
+    halves = [s for s, rows in branches.items() if rows == [("cond", "computed", 0.5), ("uncond", "reused", 0.0)]]
+    assert sorted(full + halves) == list(range(steps)) and len(halves) >= steps // 3, branches
+    assert all(s >= 0.2 * steps for s in halves)  # the warm-up runs both halves
+    assert stats.compute_fraction == pytest.approx(1 - len(halves) / (2 * steps))
+    assert psnr(reference, cached) >= 25.0
+
+
+@pytest.mark.pipeline
+def test_shapes_pixart_magcache_at_2x_with_its_shipped_profile(pixart):
+    import dit_cache
+    from dit_cache.eval.metrics import psnr
+
+    pipe, _, reference = pixart
+    with dit_cache.cached(pipe, "magcache", speedup=2.0):
+        profile = pipe.transformer._dit_cache.engine.policy.profile
+        assert profile.source == os.path.join(zoo.path("shapes-pixart"), "dit_cache_profile.json")
+        cached = _pixart_call(pipe)
+        fraction = dit_cache.stats(pipe).compute_fraction
+    assert 0.4 <= fraction <= 0.6
+    assert psnr(reference, cached) >= 25.0
+    # calibrated out of sample: none of the scored prompts is in the shipped profile
+    assert not {r["prompt"] for r in profile.records} & set(zoo.prompts("shapes-pixart"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

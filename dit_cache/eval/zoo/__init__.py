@@ -4,12 +4,13 @@ Each model is a complete diffusers pipeline folder shipped inside this package (
 scheduler, transformer), trained here on procedural data (coloured shapes on grey textures, see :mod:`.shapes`) by
 ``python -m dit_cache.eval.zoo.train --name NAME``.
 
-========================  ===================  ==========================  ===================================
-name                      pipeline             transformer                 output
-========================  ===================  ==========================  ===================================
-``shapes-image``          ``FluxPipeline``     ``FluxTransformer2DModel``  64x64 images
-``shapes-video``          ``WanPipeline``      ``WanTransformer3DModel``   9 frames of 64x64
-========================  ===================  ==========================  ===================================
+=====================  ========================  ============================  ==========================
+name                   pipeline                  transformer                   output
+=====================  ========================  ============================  ==========================
+``shapes-image``       ``FluxPipeline``          ``FluxTransformer2DModel``    64x64 images
+``shapes-video``       ``WanPipeline``           ``WanTransformer3DModel``     9 frames of 64x64
+``shapes-pixart``      ``PixArtSigmaPipeline``   ``PixArtTransformer2DModel``  64x64 images (batched CFG)
+=====================  ========================  ============================  ==========================
 
 Typical use::
 
@@ -89,6 +90,20 @@ _PROMPTS: dict[str, list[str]] = {
         "a cyan circle moving up on stripes",
         "a purple circle moving down on dots",
     ],
+    "shapes-pixart": [
+        "a red triangle on dots",
+        "a green circle on checker",
+        "a blue square on stripes",
+        "a yellow square on dots",
+        "a cyan triangle on plain",
+        "a purple circle on stripes",
+        "a red circle on plain",
+        "a green square on stripes",
+        "a blue triangle on dots",
+        "a yellow circle on checker",
+        "a cyan square on dots",
+        "a purple triangle on checker",
+    ],
 }
 
 #: prompts the shipped profiles are calibrated on: none of them is a scored prompt of `prompts(name)` (an
@@ -139,6 +154,18 @@ _SETTINGS: dict[str, dict] = {
         "height": 64,
         "width": 64,
         "num_frames": 9,
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+    },
+    # PixArtSigmaPipeline: CFG batched into one transformer call of batch 2 ([uncond, cond]) against the empty
+    # negative prompt; no resolution binning (its bins start at 256 px) and no caption cleaning (needs bs4/ftfy).
+    "shapes-pixart": {
+        "num_inference_steps": 20,
+        "guidance_scale": 4.0,
+        "negative_prompt": "",
+        "height": 64,
+        "width": 64,
+        "use_resolution_binning": False,
+        "clean_caption": False,
         "max_sequence_length": MAX_SEQUENCE_LENGTH,
     },
 }

@@ -2,6 +2,7 @@
 
     python -m dit_cache.eval.zoo.train --name shapes-image [--out DIR] [--steps N]
     python -m dit_cache.eval.zoo.train --name shapes-video [--out DIR] [--steps N]
+    python -m dit_cache.eval.zoo.train --name shapes-pixart [--out DIR] [--steps N] [--max-minutes M]
     python -m dit_cache.eval.zoo.train --name shapes-image --render docs/images/zoo-shapes-image.png
 
 Everything is built here (nothing is downloaded):
@@ -9,11 +10,13 @@ Everything is built here (nothing is downloaded):
 1. a word-level tokenizer over the prompt vocabulary of :mod:`.shapes`;
 2. tiny text encoders of the classes the pipeline expects, left at their (seeded) random initialisation:
    the transformer learns to read them;
-3. a tiny VAE of the pipeline's class, trained to reconstruct the procedural shapes, with its latent
-   normalisation (Flux: ``scaling_factor``/``shift_factor``; Wan: ``latents_mean``/``latents_std``) measured on
-   the training set;
-4. the transformer, trained by flow matching on precomputed VAE latents and text embeddings (computed with the
-   pipeline's own ``encode_prompt``, so training sees exactly what inference feeds it).
+3. a tiny VAE of the pipeline's class, trained to reconstruct the procedural shapes (PixArt reuses
+   ``shapes-image``'s), with its latent normalisation (Flux: ``scaling_factor``/``shift_factor``; Wan:
+   ``latents_mean``/``latents_std``; PixArt: ``scaling_factor``) measured on the training set;
+4. the transformer, trained by flow matching (PixArt's shipped scheduler is DPM-Solver++ on flow sigmas; with
+   ``--objective epsilon`` DDPM epsilon prediction on PixArt's linear-beta schedule instead) on precomputed VAE
+   latents and text embeddings (computed with the pipeline's own ``encode_prompt``, so training sees exactly what
+   inference feeds it).
 
 Flow matching follows diffusers' Flux/SD3/Wan training scripts: ``x_t = (1 - s) x_0 + s eps``, target
 ``eps - x_0``, ``s = shift * u / (1 + (shift - 1) u)`` with ``u`` uniform (the scheduler's shift), 10% of the
@@ -125,6 +128,38 @@ CONFIGS: dict[str, dict] = {
         "cond_dropout": 0.1,
         "short_prompt_p": 0.2,
         "transformer_dtype": "float32",
+    },
+    # PixArt-Sigma: a cross-attention DiT whose pipeline batches CFG into one call ([uncond, cond]) and opens no
+    # cache_context. It reuses shapes-image's trained VAE (16 latent channels, 4x down) and is trained on the
+    # objective of the scheduler it ships: flow matching, sampled by DPM-Solver++ on flow sigmas (SANA's setup).
+    # PixArt's own DDPM epsilon objective (--objective epsilon) learnt far slower here: 5/8 colours and several
+    # blobs per image after 1,500 steps, where flow matching had 8/8 and one shape after 500 (docs/zoo.md).
+    "shapes-pixart": {
+        "kind": "image",
+        "pipeline": "pixart",
+        "seed": 0,
+        "size": 64,
+        "vae_from": "shapes-image",
+        "vae_steps": 0,
+        "decoder_steps": 0,
+        "transformer": {
+            "num_layers": 6,
+            "num_attention_heads": 4,
+            "attention_head_dim": 32,
+            "patch_size": 2,
+        },
+        "objective": "flow",  # or "epsilon" (--objective)
+        "shift": 2.0,  # flow only
+        "dataset": 8000,
+        "steps": 1200,
+        "batch": 32,
+        "lr": 1e-3,
+        "continue_lr": 5e-4,
+        "warmup": 200,
+        "ema": 0.999,
+        "cond_dropout": 0.1,
+        "short_prompt_p": 0.2,
+        "transformer_dtype": "float16",
     },
 }
 
@@ -284,6 +319,52 @@ def build_video_pipeline(cfg: dict):
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg["shift"], use_dynamic_shifting=False)
     return WanPipeline(tokenizer=tokenizer, text_encoder=umt5, vae=vae, scheduler=scheduler, transformer=transformer)
+
+
+def build_pixart_pipeline(cfg: dict):
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_tokenizer()
+    t5 = T5EncoderModel(T5Config(**_t5_kwargs(len(tokenizer)))).eval()
+    vae = AutoencoderKL.from_pretrained(zoo_path(cfg["vae_from"]), subfolder="vae")
+    t = cfg["transformer"]
+    inner = t["num_attention_heads"] * t["attention_head_dim"]
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=t["num_attention_heads"],
+        attention_head_dim=t["attention_head_dim"],
+        in_channels=vae.config.latent_channels,
+        out_channels=vae.config.latent_channels,  # no learned variance: the pipeline takes the output as epsilon
+        num_layers=t["num_layers"],
+        cross_attention_dim=inner,
+        caption_channels=TEXT_DIM,
+        sample_size=cfg["size"] // 2 ** (len(vae.config.block_out_channels) - 1),
+        patch_size=t["patch_size"],
+        norm_num_groups=8,
+    )
+    # DPM-Solver++ (order 2) on PixArt's training noise schedule (linear betas, 1000 steps, epsilon prediction), or
+    # on flow-matching sigmas with the model predicting the velocity (SANA's configuration of the same scheduler)
+    flow = cfg["objective"] == "flow"
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="flow_prediction" if flow else "epsilon",
+        use_flow_sigmas=flow,
+        flow_shift=cfg["shift"] if flow else 1.0,
+    )
+    return PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=t5, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+
+BUILDERS = {"flux": build_image_pipeline, "wan": build_video_pipeline, "pixart": build_pixart_pipeline}
+
+
+def pipeline_kind(cfg: dict) -> str:
+    """The pipeline family of a config: ``flux`` (image), ``wan`` (video) or ``pixart``."""
+    return cfg.get("pipeline") or ("flux" if cfg["kind"] == "image" else "wan")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,17 +545,28 @@ def _save_recon_png(x: torch.Tensor, y: torch.Tensor, png: str) -> None:
 
 
 class _Task:
-    """What differs between Flux and Wan: encoding the data set, the conditions, and the transformer call."""
+    """What differs between Flux, Wan and PixArt: encoding the data set, the conditions, the noising objective and
+    the transformer call."""
 
     def __init__(self, pipe, cfg: dict):
         self.pipe, self.cfg = pipe, cfg
         self.kind = cfg["kind"]
+        self.family = pipeline_kind(cfg)
         specs = _specs(self.kind)
         self.n_specs = len(specs)
         self.texts = [sp.prompt(True) for sp in specs] + [sp.prompt(False) for sp in specs] + [""]
         self.null = len(self.texts) - 1
         with torch.no_grad():
-            if self.kind == "image":
+            if self.family == "pixart":
+                emb, mask, _, _ = pipe.encode_prompt(
+                    prompt=self.texts,
+                    do_classifier_free_guidance=False,
+                    device="cpu",
+                    clean_caption=False,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                )
+                self.emb, self.mask = emb.float(), mask
+            elif self.family == "flux":
                 emb, pooled, text_ids = pipe.encode_prompt(
                     prompt=self.texts, prompt_2=None, device="cpu", max_sequence_length=MAX_SEQUENCE_LENGTH
                 )
@@ -499,6 +591,9 @@ class _Task:
 
     def set_normalisation(self, raw: torch.Tensor) -> dict:
         vae = self.pipe.vae
+        if self.family == "pixart":  # the pipeline decodes latents / scaling_factor: no shift
+            vae.register_to_config(shift_factor=None, scaling_factor=round(1.0 / raw.std().item(), 6))
+            return {"scaling_factor": vae.config.scaling_factor}
         if self.kind == "image":
             shift, std = raw.mean().item(), raw.std().item()
             vae.register_to_config(shift_factor=round(shift, 6), scaling_factor=round(1.0 / std, 6))
@@ -512,6 +607,8 @@ class _Task:
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw latents -> what the transformer sees (the inverse of the pipeline's decode-side un-normalisation)."""
         c = self.pipe.vae.config
+        if self.family == "pixart":
+            return raw * c.scaling_factor
         if self.kind == "image":
             z = (raw - c.shift_factor) * c.scaling_factor
             b, ch, h, w = z.shape
@@ -520,11 +617,38 @@ class _Task:
         std = torch.tensor(c.latents_std).view(1, -1, 1, 1, 1)
         return (raw - mean) / std
 
-    def forward(self, model, xt: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        if self.kind == "image":
+    def noised(self, x0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor):
+        """``(x_t, timestep the pipeline would pass, regression target)`` at noise levels ``u`` in (0, 1].
+
+        Flow matching (Flux, Wan): ``x_t = (1 - s) x_0 + s eps``, target ``eps - x_0``, with the scheduler's
+        shifted ``s``. Epsilon (PixArt): the scheduler's DDPM schedule at the integer timestep ``t = 1000 u``:
+        ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``, target ``eps``.
+        """
+        if self.cfg.get("objective", "flow") == "epsilon":
+            abar = self.pipe.scheduler.alphas_cumprod.float()
+            t = (u * len(abar)).long().clamp(0, len(abar) - 1)
+            a = abar[t].view(-1, *([1] * (x0.ndim - 1)))
+            return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
+        shift = self.cfg["shift"]
+        s = shift * u / (1 + (shift - 1) * u)
+        sv = s.view(-1, *([1] * (x0.ndim - 1)))
+        # the Flux pipeline passes t / 1000 = sigma, the Wan pipeline the scheduler's t = 1000 sigma
+        return (1 - sv) * x0 + sv * eps, s if self.family == "flux" else s * 1000.0, eps - x0
+
+    def forward(self, model, xt: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.family == "pixart":
+            return model(
+                xt,
+                encoder_hidden_states=self.emb[cond],
+                encoder_attention_mask=self.mask[cond],
+                timestep=timestep,
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                return_dict=False,
+            )[0]
+        if self.family == "flux":
             return model(
                 hidden_states=xt,
-                timestep=s,  # the Flux pipeline passes t / 1000 = sigma
+                timestep=timestep,
                 guidance=None,
                 pooled_projections=self.pooled[cond],
                 encoder_hidden_states=self.emb[cond],
@@ -534,7 +658,7 @@ class _Task:
             )[0]
         return model(
             hidden_states=xt,
-            timestep=s * 1000.0,  # the Wan pipeline passes the scheduler's t = 1000 sigma
+            timestep=timestep,
             encoder_hidden_states=self.emb[cond],
             return_dict=False,
         )[0]
@@ -561,15 +685,32 @@ def build_dataset(
     return lat, torch.cat(idxs), norm
 
 
-def train_transformer(task: _Task, model, ema, cfg: dict, data, steps: int, rng, work, preview_every: int) -> dict:
+def train_transformer(
+    task: _Task,
+    model,
+    ema,
+    cfg: dict,
+    data,
+    steps: int,
+    rng,
+    work,
+    preview_every: int,
+    max_minutes: float | None = None,
+) -> dict:
+    """Train ``steps`` steps (warm-up, cosine decay), or stop early once ``max_minutes`` of wall time are spent (the
+    schedule stays planned for ``steps``; the record says how many were run)."""
     lat, spec_idx, *_ = data
-    batch, shift = cfg["batch"], cfg["shift"]
+    batch = cfg["batch"]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg["warmup"], steps))
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     model.train()
-    t0, losses = time.time(), []
+    t0, losses, planned = time.time(), [], steps
     for step in range(steps):
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            log(f"time limit of {max_minutes} min reached after {step} of {steps} steps")
+            steps = step
+            break
         i = torch.from_numpy(rng.integers(len(lat), size=batch))
         x0 = lat[i]
         cond = spec_idx[i].clone()
@@ -577,12 +718,10 @@ def train_transformer(task: _Task, model, ema, cfg: dict, data, steps: int, rng,
         cond[short] += task.n_specs
         cond[torch.from_numpy(rng.random(batch) < cfg["cond_dropout"])] = task.null
         u = ((torch.randperm(batch, generator=gen) + torch.rand(batch, generator=gen)) / batch).clamp(1e-4, 1.0)
-        s = shift * u / (1 + (shift - 1) * u)
         eps = torch.randn(x0.shape, generator=gen)
-        sv = s.view(-1, *([1] * (x0.ndim - 1)))
-        xt = (1 - sv) * x0 + sv * eps
-        pred = task.forward(model, xt, s, cond)
-        loss = (pred.float() - (eps - x0)).pow(2).mean()
+        xt, timestep, target = task.noised(x0, u, eps)
+        pred = task.forward(model, xt, timestep, cond)
+        loss = (pred.float() - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -605,6 +744,7 @@ def train_transformer(task: _Task, model, ema, cfg: dict, data, steps: int, rng,
     model.eval()
     return {
         "steps": steps,
+        "planned_steps": planned,
         "batch": batch,
         "final_loss": round(float(np.mean(losses[-100:])), 4),
         "transformer_wall_s": round(time.time() - t0, 1),
@@ -613,21 +753,19 @@ def train_transformer(task: _Task, model, ema, cfg: dict, data, steps: int, rng,
 
 @torch.no_grad()
 def eval_loss(task: _Task, model, data, cfg: dict, n: int = 256) -> float:
-    """Flow-matching loss of ``model`` on ``n`` fixed (sample, timestep, noise) triples with the full prompts."""
+    """Training loss of ``model`` on ``n`` fixed (sample, timestep, noise) triples with the full prompts."""
     lat, spec_idx, *_ = data
     n = min(n, len(lat))
     g = torch.Generator().manual_seed(999)
     i = torch.randperm(len(lat), generator=g)[:n]
     x0, cond = lat[i], spec_idx[i]
     u = (torch.arange(n) + 0.5) / n
-    s = cfg["shift"] * u / (1 + (cfg["shift"] - 1) * u)
     eps = torch.randn(x0.shape, generator=g)
     total = 0.0
     for a in range(0, n, 32):
-        sv = s[a : a + 32].view(-1, *([1] * (x0.ndim - 1)))
-        xt = (1 - sv) * x0[a : a + 32] + sv * eps[a : a + 32]
-        pred = task.forward(model, xt, s[a : a + 32], cond[a : a + 32])
-        total += (pred.float() - (eps[a : a + 32] - x0[a : a + 32])).pow(2).sum().item()
+        xt, timestep, target = task.noised(x0[a : a + 32], u[a : a + 32], eps[a : a + 32])
+        pred = task.forward(model, xt, timestep, cond[a : a + 32])
+        total += (pred.float() - target).pow(2).sum().item()
     return total / (n * x0[0].numel())
 
 
@@ -637,8 +775,8 @@ def eval_loss(task: _Task, model, data, cfg: dict, n: int = 256) -> float:
 
 def generate(pipe, name_or_cfg, prompts: list[str], steps: int | None = None, seed: int = 0):
     """Images (list of HxWx3 uint8) or clips (list of FxHxWx3 uint8) for ``prompts`` with the default settings."""
-    kind = name_or_cfg["kind"] if isinstance(name_or_cfg, dict) else CONFIGS[name_or_cfg]["kind"]
-    name = "shapes-image" if kind == "image" else "shapes-video"
+    name = name_or_cfg["name"] if isinstance(name_or_cfg, dict) else name_or_cfg
+    kind = CONFIGS[name]["kind"]
     kw = zoo_settings(name)
     if steps is not None:
         kw["num_inference_steps"] = steps
@@ -661,8 +799,7 @@ def follow_rate(kind: str, prompts: list[str], outputs) -> dict:
 
 
 def preview(pipe, cfg: dict, png: str, steps: int | None = None) -> dict:
-    name = "shapes-image" if cfg["kind"] == "image" else "shapes-video"
-    prompts = zoo_prompts(name)[:8]
+    prompts = zoo_prompts(cfg["name"])[:8]
     outs = generate(pipe, cfg, prompts, steps=steps)
     save_grid(prompts, outs, png)
     return follow_rate(cfg["kind"], prompts, outs)
@@ -811,7 +948,16 @@ def continue_training(args, cfg: dict, out: str) -> int:
     pipe.transformer = ema
     ccfg = {**cfg, "lr": cfg["continue_lr"], "warmup": 100, "seed": seed}
     tr = train_transformer(
-        task, model, ema, ccfg, (lat, spec_idx), args.continue_steps, rng, args.work, args.preview_every
+        task,
+        model,
+        ema,
+        ccfg,
+        (lat, spec_idx),
+        args.continue_steps,
+        rng,
+        args.work,
+        args.preview_every,
+        args.max_minutes,
     )
     tr["eval_loss_ema"] = round(eval_loss(task, ema, (lat, spec_idx), cfg), 4)
     tr["lr"] = ccfg["lr"]
@@ -836,6 +982,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for previews and VAE reconstructions (optional)")
     ap.add_argument("--preview-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--objective", choices=["epsilon", "flow"], default=None, help="PixArt: the training objective")
+    ap.add_argument(
+        "--max-minutes", type=float, default=None, help="stop transformer training after this much wall time"
+    )
     ap.add_argument("--render", default=None, metavar="PNG", help="only render the saved model's prompts to PNG")
     ap.add_argument(
         "--continue-steps",
@@ -853,9 +1003,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    cfg = copy.deepcopy(CONFIGS[args.name])
+    cfg = {"name": args.name, **copy.deepcopy(CONFIGS[args.name])}
     out = args.out or zoo_path(args.name)
-    for key in ("steps", "vae_steps", "decoder_steps", "decoder_frame_steps", "dataset"):
+    for key in ("steps", "vae_steps", "decoder_steps", "decoder_frame_steps", "dataset", "objective"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if args.work:
@@ -894,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
-    pipe = (build_image_pipeline if cfg["kind"] == "image" else build_video_pipeline)(cfg)
+    pipe = BUILDERS[pipeline_kind(cfg)](cfg)
     pipe.set_progress_bar_config(disable=True)
     counts = {
         "transformer": n_params(pipe.transformer),
@@ -903,8 +1053,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"{args.name}: parameters {counts}")
 
-    # 1. VAE
-    vae_rec = train_vae(pipe.vae, cfg, cfg["vae_steps"], rng, args.work)
+    # 1. VAE (or another zoo model's trained one)
+    if cfg.get("vae_from"):
+        psnr, psnr_shape, *_ = vae_psnr(pipe.vae, cfg)
+        vae_rec = {
+            "vae_from": cfg["vae_from"],
+            "vae_test_psnr_db": round(psnr, 2),
+            "vae_test_psnr_shapes_db": round(psnr_shape, 2),
+        }
+        log(f"VAE of {cfg['vae_from']}: test PSNR {psnr:.2f} dB (shapes {psnr_shape:.2f} dB)")
+    else:
+        vae_rec = train_vae(pipe.vae, cfg, cfg["vae_steps"], rng, args.work)
 
     # 2. data set: latents and text embeddings
     task = _Task(pipe, cfg)
@@ -916,7 +1075,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in ema.parameters():
         p.requires_grad_(False)
     pipe.transformer = ema  # the pipeline samples with (and saves) the EMA weights
-    tr = train_transformer(task, model, ema, cfg, (lat, spec_idx), cfg["steps"], rng, args.work, args.preview_every)
+    tr = train_transformer(
+        task, model, ema, cfg, (lat, spec_idx), cfg["steps"], rng, args.work, args.preview_every, args.max_minutes
+    )
     tr["eval_loss_ema"] = round(eval_loss(task, ema, (lat, spec_idx), cfg), 4)
     log(f"final training loss {tr['final_loss']}, EMA eval loss {tr['eval_loss_ema']}")
 

@@ -49,15 +49,38 @@ class Peer:
 
 
 def _transformer_disable(pipe) -> None:
+    from diffusers.models.cache_utils import CacheMixin
+
     for name, module in pipe.components.items():
-        if name.startswith("transformer") and module is not None and getattr(module, "is_cache_enabled", False):
+        if not name.startswith("transformer") or module is None:
+            continue
+        if getattr(module, "is_cache_enabled", False):
             module.disable_cache()
+        elif getattr(module, "_cache_config", None) is not None:  # hooks placed on a model without CacheMixin
+            CacheMixin.disable_cache(module)  # it reads only `_cache_config` and the hook registry
 
 
 def _transformer_enable(ctx: PeerContext, config) -> None:
+    """diffusers' cache `config` on every transformer: through `enable_cache`, or on a model without diffusers'
+    CacheMixin (PixArt) through the same `apply_*` hook function that `enable_cache` dispatches to."""
     for name, module in ctx.pipe.components.items():
-        if name.startswith("transformer") and module is not None:
+        if not name.startswith("transformer") or module is None:
+            continue
+        if hasattr(module, "enable_cache"):
             module.enable_cache(config)
+            continue
+        from diffusers import hooks
+
+        appliers = {
+            "FasterCacheConfig": hooks.apply_faster_cache, "FirstBlockCacheConfig": hooks.apply_first_block_cache,
+            "MagCacheConfig": hooks.apply_mag_cache, "TaylorSeerCacheConfig": hooks.apply_taylorseer_cache,
+            "PyramidAttentionBroadcastConfig": hooks.apply_pyramid_attention_broadcast,
+        }  # fmt: skip
+        apply = appliers.get(type(config).__name__)
+        if apply is None:
+            raise TypeError(f"{type(module).__name__} has no enable_cache and {type(config).__name__} no hook function")
+        apply(module, config)
+        module._cache_config = config  # what CacheMixin.disable_cache reads to take the hooks off
 
 
 def _fbcache(ctx: PeerContext, threshold: float) -> None:

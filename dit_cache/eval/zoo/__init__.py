@@ -130,6 +130,16 @@ _CALIBRATION_PROMPTS: dict[str, list[str]] = {
         "a red circle moving left on plain",
         "a green triangle moving right on stripes",
     ],
+    "shapes-pixart": [  # the prompts its shipped profile was recorded on (seed 1000)
+        "a red square on stripes",
+        "a green triangle on dots",
+        "a blue circle on plain",
+        "a yellow triangle on stripes",
+        "a cyan circle on checker",
+        "a purple square on dots",
+        "a red triangle on checker",
+        "a green circle on plain",
+    ],
 }
 
 #: seeds of the calibration runs: the evaluation scores sample i with seed i, so these are far above any sample count

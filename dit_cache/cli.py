@@ -171,6 +171,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         lemica_prompts=args.lemica_prompts,
         lemica_forecast=tuple(args.lemica_forecast),
         block_traces=args.block_traces,
+        unit_feature_prompts=args.unit_feature_prompts,
     )
     out = check_writable(args.out)  # before loading any model
     if args.candidates:
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--block-traces", action="store_true", help="also record per-block traces and unit features (bwcache, hyca)"
     )
+    cal.add_argument("--unit-feature-prompts", type=int, help="keep HyCa's unit features of the first N jobs only")
     auto = cal.add_argument_group("auto (apply(pipe, 'auto', speedup=X) picks among these runs)")
     auto.add_argument(
         "--candidates",

@@ -353,3 +353,14 @@ def test_merging_shards_of_different_prompt_lists_is_refused(pipe, tmp_path):
     with pytest.raises(ProfileError, match="different prompt lists"):
         merge_shards([tmp_path / "s0.json", tmp_path / "s1.json"], tmp_path / "merged.json")
     assert not (tmp_path / "merged.json").exists()
+
+
+def test_unit_features_can_be_kept_for_the_first_jobs_only(pipe):
+    """HyCa's unit features cost a few MB a job on big models: `unit_feature_prompts` keeps those of the first N."""
+    settings = CalibrationSettings(steps=4, call_kwargs=TINY_TEXT_CALL, block_traces=True, unit_feature_prompts=1)
+    profile = calibrate(pipe, PROMPTS[:2], settings, progress=False)
+    kept = sorted({key.split("/")[1] for key in profile.arrays if key.endswith("/unit_features")})
+    assert kept == ["0"] and any(key.startswith("records/1/") for key in profile.arrays)
+    assert settings.to_dict()["unit_feature_prompts"] == 1 and "unit_feature_prompts" not in SETTINGS.to_dict()
+    with pytest.raises(ValueError, match="unit_feature_prompts must be 0 or more"):
+        CalibrationSettings(unit_feature_prompts=-1)

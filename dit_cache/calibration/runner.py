@@ -45,6 +45,7 @@ class CalibrationSettings:
     lemica_prompts: int | None = None  # global edges from the first N jobs only (None: all); the rest cost nothing
     lemica_forecast: tuple[int, ...] = (0,)  # global edges measured with each of these forecast orders (LeMiCa's)
     block_traces: bool = False  # per-block traces for block-level policies (a few extra passes per block)
+    unit_feature_prompts: int | None = None  # HyCa's unit features kept for the first N jobs only (None: all, 0: none)
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
@@ -61,10 +62,15 @@ class CalibrationSettings:
         if not orders or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2 for k in orders):
             raise ValueError(f"lemica_forecast must list forecast orders 0, 1 or 2, got {self.lemica_forecast!r}")
         object.__setattr__(self, "lemica_forecast", tuple(sorted(set(orders))))
+        n = self.unit_feature_prompts
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"unit_feature_prompts must be 0 or more (or None for every prompt), got {n!r}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["seeds"] = list(self.seeds)
+        if self.unit_feature_prompts is None:
+            data.pop("unit_feature_prompts")  # the default: older profiles resume and merge as before
         if self.lemica_forecast == (0,):
             data.pop("lemica_forecast")  # the default: profiles recorded before the option resume and merge as before
         else:
@@ -251,6 +257,7 @@ def calibrate(
             record = {"index": index, "prompt": _label(prompt), "seed": seed}
             engine = transformer._dit_cache.engine
             record["branches"] = collect(engine.states or engine.policy.finished, engine.sync)
+            drop_unit_features(record, settings)
             if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)
                 try:
@@ -281,6 +288,13 @@ def calibrate(
             candidates, candidate_targets, path if writes else None, progress, transformer,
         )  # fmt: skip
     return profile
+
+
+def drop_unit_features(record: dict, settings: CalibrationSettings) -> None:
+    """HyCa's unit features (a few MB a job on big models) kept only for the first `unit_feature_prompts` jobs."""
+    if settings.unit_feature_prompts is not None and record["index"] >= settings.unit_feature_prompts:
+        for data in record["branches"].values():
+            data.pop("unit_features", None)
 
 
 def _label(prompt: str | dict) -> str:

@@ -106,7 +106,8 @@ def markdown() -> str:
         f"policies: {', '.join(f'`{p}`' for p in user_policies())}. "
         f"{' and '.join(f'`{p}`' for p in NEEDS_PROFILE)} need a profile: a built-in one that matches the model, "
         "or one recorded with `dit-cache calibrate`; `ertacache` and `hyca` need a recorded one (`hyca`: with "
-        "`--block-traces`); `teacache` without one uses the identity rescaling. "
+        "`--block-traces`), `auto` one with candidate runs (`--candidates`, the zoo's have them); `teacache` without "
+        "one uses the identity rescaling. "
         f"{len(BUILTINS)} built-in profiles come from the published calibrations of their checkpoints.",
         "",
         "| transformer class | adapter | pipelines tested | policies | built-in profiles |",
@@ -158,7 +159,8 @@ def text() -> str:
     lines += [
         "",
         f"{' and '.join(NEEDS_PROFILE)} need a profile: a matching built-in one above, or `dit-cache calibrate`; "
-        "ertacache and hyca need a recorded one (hyca: with --block-traces); "
+        "ertacache and hyca need a recorded one (hyca: with --block-traces), auto one with candidate runs "
+        "(--candidates); "
         "teacache without one uses the identity rescaling.",
     ]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import PolicyConfig, _check_speedup, config_class, make_config, parse_policy_spec, register_config
 
@@ -117,10 +118,17 @@ def has_speedup_knob(spec: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- measuring
 def relative_error(cached: Any, reference: Any) -> float:
-    """Mean squared error of the final latents relative to the reference's mean square (PSNR-like, scale-free)."""
-    reference = reference.double()
+    """Mean squared error of the final latents relative to the reference's mean square (PSNR-like, scale-free); a
+    list of latents (one per sample, Z-Image) counts as their concatenation."""
+    cached, reference = _flat(cached), _flat(reference)
     power = float(reference.pow(2).mean()) or 1.0
-    return float((cached.double() - reference).pow(2).mean()) / power
+    return float((cached - reference).pow(2).mean()) / power
+
+
+def _flat(latents: Any) -> torch.Tensor:
+    if isinstance(latents, (list, tuple)):
+        return torch.cat([torch.as_tensor(x).double().flatten() for x in latents])
+    return torch.as_tensor(latents).double()
 
 
 def summarize(section: dict) -> dict[str, list[tuple[float, float, float]]]:

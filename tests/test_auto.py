@@ -64,7 +64,7 @@ def test_interval_candidates_take_their_calibrated_interval_within_the_budget():
 def test_a_run_that_diverged_on_one_prompt_rules_the_candidate_out_at_that_target():
     runs = _runs({"magcache@2": (0.5, 0.02), "teacache@2": (0.5, 0.001)})
     runs["1"]["teacache@2"] = [0.5, None]
-    assert set(summarize(runs and {"runs": runs})) == {"magcache"}
+    assert set(summarize({"runs": runs})) == {"magcache"}
     assert choose(_section(runs), 2.0).candidate == "magcache"
 
 
@@ -86,6 +86,14 @@ def test_candidate_lists():
         candidate_list("schedule")
     with pytest.raises(TypeError, match="unknown option"):
         candidate_list("magcache:forcast=1")
+
+
+def test_relative_error_of_tensors_and_of_per_sample_lists():
+    from dit_cache.auto import relative_error
+
+    reference = torch.tensor([[1.0, -1.0], [2.0, 0.0]])  # mean square 1.5
+    assert relative_error(reference + 0.5, reference) == pytest.approx(0.25 / 1.5)
+    assert relative_error(list(reference + 0.5), list(reference)) == pytest.approx(0.25 / 1.5)
 
 
 def test_auto_config_needs_a_speedup():

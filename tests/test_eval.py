@@ -12,7 +12,7 @@ import pytest
 from dit_cache.cli import main
 from dit_cache.eval import metrics
 from dit_cache.eval.runner import RESULTS, EvalPlan, evaluate, read_rows
-from dit_cache.testing import TINY_TEXT_CALL, tiny_text_flux
+from dit_cache.testing import TINY_TEXT_CALL
 
 PROMPTS = ["a red circle", "a blue square on dots"]
 
@@ -45,13 +45,6 @@ def test_lpips_is_reported_unavailable_rather_than_faked():
     assert reason
     assert metrics.lpips_distance(np.zeros((8, 8, 3)), np.ones((8, 8, 3))) is None
     assert metrics.compare(np.zeros((8, 8, 3)), np.ones((8, 8, 3)))["lpips"] is None
-
-
-@pytest.fixture(scope="module")
-def saved_pipeline(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pipe") / "tiny-flux"
-    tiny_text_flux(vae=True).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

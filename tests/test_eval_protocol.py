@@ -80,13 +80,6 @@ def test_equal_compute_table_compares_the_best_of_each_side_at_exact_fractions()
 
 # ---------------------------------------------------------------------------------------------------- in sample
 @pytest.fixture(scope="module")
-def saved_pipeline(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pipe") / "tiny-flux"
-    tiny_text_flux(vae=True).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def profiles(saved_pipeline, tmp_path_factory):
     """A profile calibrated on a scored prompt with seed 0, and one on another prompt and seed."""
     from diffusers import DiffusionPipeline

@@ -186,7 +186,9 @@ _BARE = textwrap.dedent(
 
 
 def test_import_and_ops_without_triton_or_gpu():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    # ROOT first, then the caller's path (a device image may hold diffusers in an extra site folder)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
     env.pop("DIT_CACHE_KERNELS", None)
     proc = subprocess.run([sys.executable, "-c", _BARE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "bare-ok" in proc.stdout, proc.stdout + proc.stderr

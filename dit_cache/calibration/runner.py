@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import apply, remove
+from ..api import apply, recorded_traces, remove
 from ..auto import DEFAULT_TARGETS, candidate_list
 from ..config import Schedule
 from ..distributed import context_parallel_rank, parallel_layout
 from .candidates import measure_candidates
 from .fit import build_profile, merge_profiles, split_record
 from .profile import Profile, ProfileError, model_fingerprint
-from .recorder import Recorder, collect
+from .recorder import Recorder
 from .replay import Replay
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,7 @@ def calibrate(
         for index, prompt, seed in todo:
             pipe(**settings.pipeline_kwargs(prompt, seed, transformer.device))
             record = {"index": index, "prompt": _label(prompt), "seed": seed}
-            engine = transformer._dit_cache.engine
-            record["branches"] = collect(engine.states or engine.policy.finished, engine.sync)
+            record["branches"] = recorded_traces(transformer)
             drop_unit_features(record, settings)
             if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)

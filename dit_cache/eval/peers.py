@@ -49,7 +49,7 @@ class Peer:
 
 
 def _transformer_disable(pipe) -> None:
-    from diffusers.models.cache_utils import CacheMixin
+    from ..compat import cache_mixin
 
     for name, module in pipe.components.items():
         if not name.startswith("transformer") or module is None:
@@ -57,7 +57,7 @@ def _transformer_disable(pipe) -> None:
         if getattr(module, "is_cache_enabled", False):
             module.disable_cache()
         elif getattr(module, "_cache_config", None) is not None:  # hooks placed on a model without CacheMixin
-            CacheMixin.disable_cache(module)  # it reads only `_cache_config` and the hook registry
+            cache_mixin().disable_cache(module)  # it reads only `_cache_config` and the hook registry
 
 
 def _transformer_enable(ctx: PeerContext, config) -> None:
@@ -180,9 +180,9 @@ def _taylorseer_identifiers(transformer) -> list[str] | None:
     """diffusers' default patterns ('^blocks.*attn', ...) are `re.fullmatch`ed, so they match no module of a model
     whose attentions are numbered (Wan's `blocks.0.attn1`); then the same patterns with the number allowed, which
     keeps their intent (the attention modules of the blocks). None (the defaults) where they match something."""
-    from diffusers.hooks import taylorseer_cache
+    from ..compat import taylorseer_default_identifiers
 
-    defaults = taylorseer_cache._TRANSFORMER_BLOCK_IDENTIFIERS
+    defaults = taylorseer_default_identifiers()
     names = [name for name, _ in transformer.named_modules()]
     if any(re.fullmatch(p, n) for p in defaults for n in names):
         return None

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..calibration import keys
 from ..schedulers.budget import search_threshold
 
 
@@ -96,9 +97,9 @@ def _magcache_ratios(ctx: PeerContext) -> list[float]:
     """MagCache's ratios: recorded by its own calibration mode on the calibration jobs (the mean over jobs and
     branches of the lists it prints at the end of every run), else the dit_cache profile's (cond branch)."""
     if not ctx.calibration or ctx.generate is None:
-        if ctx.profile is None or not ctx.profile.has("mag_ratio"):
+        if ctx.profile is None or not ctx.profile.has(keys.MAG_RATIO):
             raise ValueError("diffusers' MagCache needs this model's magnitude ratios: pass a dit_cache profile")
-        return ctx.profile.per_step("cond", "mag_ratio", ctx.num_steps).tolist()
+        return ctx.profile.per_step("cond", keys.MAG_RATIO, ctx.num_steps).tolist()
     key = (id(ctx.pipe), ctx.num_steps, tuple(map(tuple, ctx.calibration)))
     if key not in _MAG_RATIOS:
         _MAG_RATIOS[key] = _calibrate_magcache(ctx)

@@ -198,3 +198,27 @@ def test_a_profile_edited_in_memory_fails_when_its_section_is_read(small):
     profile.records[0] = dict(profile.records[0], index="zero")
     with pytest.raises(ProfileError, match=r"records\[0\].index must be an integer, got 'zero'"):
         profile.job_records()
+
+
+def test_a_new_section_is_one_class_checked_on_load(small, monkeypatch):
+    from dataclasses import dataclass
+
+    from dit_cache.calibration import sections
+
+    monkeypatch.setattr(sections, "SECTIONS", dict(sections.SECTIONS))  # its registration ends with this test
+
+    @dataclass(frozen=True)
+    class GainFit(sections.Section):
+        NAME = "gain"
+        gain: float | None = sections.checked(lambda v: isinstance(v, float) and v > 0, "a number above 0")
+
+    def add(value):
+        return lambda data: data["policies"].update(gain={"gain": value})
+
+    assert "policies.gain.gain must be a number above 0, got -1.0" in _load_damaged(small, "gain", add(-1.0))
+    data, _, folder = small
+    good = copy.deepcopy(data)
+    add(2.5)(good)
+    (folder / "good.json").write_text(json.dumps(good))
+    shutil.copy(Path(zoo.path("shapes-pixart")) / "dit_cache_profile.safetensors", folder / "good.safetensors")
+    assert Profile.load(folder / "good.json").section(GainFit) == GainFit(gain=2.5)

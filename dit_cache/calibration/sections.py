@@ -3,8 +3,9 @@ numbers of each policy (TeaCache, MagCache, LeMiCa, auto), the per-job records, 
 
 A `Profile` keeps its sections as the JSON has them (so a file round-trips bitwise, and a profile edited in memory
 stays a plain dict); `Profile.section(TeaCacheFit)`, `Profile.job_records()` and `Profile.validate()` read them
-through these classes. Writers build a section with its class and store `to_dict()`. A new section is one class here
-(its `NAME`, fields with their checks) and, if its arrays are new, their names in `keys.py`.
+through these classes. Writers build a section with its class and store `to_dict()`. A new section is one `Section`
+subclass (its `NAME`, its fields with `checked(...)`; defining it registers it for the load check, so it may live
+beside the policy that reads it) and, if it brings arrays, their names in `keys.py` and shapes in `check_arrays`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .schema import (
 )
 
 S = TypeVar("S", bound="Section")
+SECTIONS: dict[str, type[Section]] = {}  # policies.<name> -> its class, filled as the classes below are defined
 
 Check = tuple[Callable[[Any], bool], str]
 
@@ -65,6 +67,11 @@ class Section:
     REQUIRED: ClassVar[dict[str, str]] = {}  # field -> what it is, for the message when it is missing
 
     extra: dict = field(default_factory=dict, repr=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.NAME:  # a section class is all it takes: checked on load under policies.<NAME>
+            SECTIONS[cls.NAME] = cls
 
     @classmethod
     def read(cls: type[S], data: Any, where: str | None = None) -> S:
@@ -179,10 +186,6 @@ class PromptList(Section):
     labels: list | None = checked(
         _optional(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of prompt labels"
     )
-
-
-SECTIONS: dict[str, type[Section]] = {s.NAME: s for s in (TeaCacheFit, MagCacheDefaults, LeMiCaSection, AutoSection,
-                                                           PromptList)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- per step

@@ -8,7 +8,7 @@ dit_cache.remove(pipe)
 """
 
 from .adapters import ModelSpec, register_adapter, supported_classes
-from .api import apply, cached, is_applied, remove, stats
+from .api import apply, cache_engine, cached, is_applied, recorded_traces, remove, stats
 from .auto import Auto
 from .calibration import Profile, ProfileError
 from .config import (
@@ -57,9 +57,11 @@ __all__ = [
     "TeaCache",
     "ToCa",
     "apply",
+    "cache_engine",
     "cached",
     "is_applied",
     "policy_names",
+    "recorded_traces",
     "register_adapter",
     "remove",
     "stats",

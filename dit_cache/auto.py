@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibration.sections import AutoSection
 from .config import PolicyConfig, _check_speedup, config_class, make_config, parse_policy_spec, register_config
 
 logger = logging.getLogger(__name__)
@@ -209,13 +210,13 @@ def _predict(points: list[tuple[float, float, float]], speedup: float, knob: boo
 
 def choose(profile: Any, speedup: float, only: Sequence[str] | None = None) -> Choice:
     """The least-error candidate of `profile`'s `auto` section at compute fraction 1 / `speedup`."""
-    section = profile.policies.get("auto")
-    if not section or not section.get("runs"):
+    section = profile.section(AutoSection)
+    if not section or not section.runs:
         raise ValueError(
             f"auto: the profile ({profile.name}) has no candidate runs; record them with "
             "`dit-cache calibrate ... --candidates default` (or calibrate(..., candidates='default'))"
         )
-    summary = summarize(section)
+    summary = summarize({"runs": section.runs})
     if only is not None:
         missing = sorted(set(only) - set(summary))
         if missing:

@@ -151,6 +151,7 @@ def _calibration_set(model: str | None) -> tuple[list[str], list[int]]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibration.runner import CalibrationSettings, calibrate, check_writable, merge_shards, read_prompts
+    from .calibration.sections import AutoSection, TeaCacheFit
 
     steps, call_kwargs, _ = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
     prompts, seeds = _calibration_set(args.model)
@@ -200,13 +201,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         profile = merge_shards([out.with_suffix(f".shard{r}.json") for r in range(shards)], out)
     if rank == 0:
         print(f"profile: {out} ({profile.prompts} generations, {len(profile.branches)} branches)")
-        if "auto" in profile.policies:
-            section = profile.policies["auto"]
-            print(f"auto: {len(section['candidates'])} candidates x {len(section['targets'])} targets on "
-                  f"{len(section['runs'])} jobs ({section.get('seconds', 0):.0f} s)")  # fmt: skip
-        fit = profile.policies.get("teacache", {})
+        section = profile.section(AutoSection)
+        if section is not None:
+            print(f"auto: {len(section.candidates)} candidates x {len(section.targets)} targets on "
+                  f"{len(section.runs)} jobs ({section.seconds or 0:.0f} s)")  # fmt: skip
+        fit = profile.section(TeaCacheFit)
         if fit:
-            print(f"TeaCache polynomial {fit['coefficients']} (R^2 {fit['r2']:.3f}, {fit['points']} points)")
+            print(f"TeaCache polynomial {fit.coefficients} (R^2 {fit.r2:.3f}, {fit.points} points)")
     return 0
 
 

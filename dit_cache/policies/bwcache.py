@@ -30,7 +30,7 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..calibration import ProfileError, resolve_profile
+from ..calibration import ProfileError, keys, resolve_profile
 from ..calibration.resample import resample_increments
 from ..config import BWCache
 from ..engine import BlockSlot
@@ -90,7 +90,7 @@ class BWCachePolicy(Policy):
         self.check_ceiling_at_apply()
         if config.speedup is not None:
             self.profile = resolve_profile(config.profile, model.transformer, "bwcache")
-            if self.profile is None or not any(k.endswith("/block_input_change") for k in self.profile.arrays):
+            if self.profile is None or not self.profile.has_array(keys.BLOCK_INPUT_CHANGE):
                 raise ProfileError(
                     "bwcache: speedup= needs a profile with per-block traces; record one with "
                     "`dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
@@ -197,12 +197,12 @@ class BWCachePolicy(Policy):
         profile = self.profile
         dst = profile.call_grid(num_steps, sigmas)
         traces = []
-        for record in profile.records:
-            for branch in record["branches"]:
-                table = profile.arrays.get(f"records/{record['index']}/{branch}/block_input_change")
+        for record in profile.job_records():
+            for branch in record.branches:
+                table = profile.record_table(record.index, branch, keys.BLOCK_INPUT_CHANGE)
                 if table is None or table.shape[1] != self.count:
                     continue
-                grid = profile.branches[branch]["grid"]
+                grid = profile.grid(branch)
                 columns = [resample_increments(table[:, b].tolist(), grid, dst) for b in range(self.count)]
                 traces.append(np.stack(columns, axis=1))
         if not traces:

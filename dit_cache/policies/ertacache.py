@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..calibration import ProfileError, resolve_profile
+from ..calibration import ProfileError, keys, resolve_profile
 from ..calibration.resample import resample_matrix
 from ..config import ERTACache
 from ..schedulers.budget import search_threshold
@@ -48,12 +48,12 @@ class ERTACachePolicy(SegmentPolicy):
         super().__init__(config, model)
         self.speedup = None  # the schedule, not a runtime threshold, carries the target
         self.profile = resolve_profile(config.profile, model.transformer, "ertacache", required=True)
-        if not any(key.endswith("/res_pairs") and not key.startswith("records/") for key in self.profile.arrays):
+        if not self.profile.has_array(keys.RES_PAIRS, records=False):
             raise ProfileError(
                 f"ertacache: profile {self.profile.name!r} has no residual-error table (res_pairs); record one with "
                 "`dit-cache calibrate` (any calibration records it) and pass profile=PATH"
             )
-        if config.rectify and not self.profile.has("mag_ratio"):
+        if config.rectify and not self.profile.has(keys.MAG_RATIO):
             raise ProfileError(
                 f"ertacache: profile {self.profile.name!r} has no residual-norm ratios to rectify with; recalibrate "
                 "it, or pass rectify=False"
@@ -64,8 +64,8 @@ class ERTACachePolicy(SegmentPolicy):
         """The mean over the recorded branches of their res_pairs, symmetric, on the call's grid."""
         tables = []
         for branch, data in self.profile.branches.items():
-            table = self.profile.arrays.get(f"{branch}/res_pairs")
-            grid = data.get("grid")
+            table = self.profile.arrays.get(keys.branch_array(branch, keys.RES_PAIRS))
+            grid = data.get(keys.GRID)
             if table is not None and grid is not None and len(grid) == table.shape[0]:
                 lower = np.tril(table.double().numpy(), -1)
                 tables.append(resample_matrix(lower + lower.T, grid, self.profile.call_grid(num_steps, sigmas)))
@@ -111,6 +111,6 @@ class ERTACachePolicy(SegmentPolicy):
             return None
         key = ("ertacache-ratios", call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
         if key not in self._tuned:
-            self._tuned[key] = self.profile.per_step(call.branch, "mag_ratio", call.num_steps, call.sigmas)
+            self._tuned[key] = self.profile.per_step(call.branch, keys.MAG_RATIO, call.num_steps, call.sigmas)
         ratios = self._tuned[key]
         return float(np.prod(ratios[state.last_computed + 1 : call.step + 1]))

@@ -77,7 +77,7 @@ class HyCaPolicy(TaylorSeerPolicy):
         super().__init__(config, model)
         self.units = unit_keys(model.slots)
         self.profile = resolve_profile(config.profile, model.transformer, "hyca", required=True)
-        if not any(key.endswith(f"/{UNIT_FEATURES}") for key in self.profile.arrays):
+        if not self.profile.has_array(UNIT_FEATURES):
             raise ProfileError(
                 f"hyca: profile {self.profile.name!r} has no per-unit trajectories to choose solvers on; record one "
                 "with `dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
@@ -114,10 +114,10 @@ class HyCaPolicy(TaylorSeerPolicy):
     def trajectories(self, branch: str) -> list[tuple[torch.Tensor, list[float]]]:
         """(steps, units, samples) recorded unit features and their grid, of `branch` if recorded, else of all."""
         found: dict[str, list] = {}
-        for record in self.profile.records:
-            for name in record["branches"]:
-                table = self.profile.arrays.get(f"records/{record['index']}/{name}/{UNIT_FEATURES}")
-                grid = self.profile.branches.get(name, {}).get("grid")
+        for record in self.profile.job_records():
+            for name in record.branches:
+                table = self.profile.record_table(record.index, name, UNIT_FEATURES)
+                grid = self.profile.grid(name)
                 if table is not None and grid is not None and table.shape[:2] == (len(grid), len(self.units)):
                     found.setdefault(name, []).append((table, grid))
         chosen = found.get(branch) or [t for tables in found.values() for t in tables]

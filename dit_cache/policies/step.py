@@ -20,8 +20,9 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..calibration import ProfileError, resolve_profile
+from ..calibration import ProfileError, keys, resolve_profile
 from ..calibration.resample import position_grid, resample_edges, resample_increments, resample_matrix
+from ..calibration.sections import LeMiCaSection, MagCacheDefaults, TeaCacheFit
 from ..config import FBCache, LeMiCa, MagCache, PolicyConfig, Schedule, TeaCache
 from ..engine import BlockSlot
 from ..schedulers.budget import ValuesFor, replay_fraction, search_threshold
@@ -286,12 +287,12 @@ class TeaCachePolicy(SegmentPolicy):
     def __init__(self, config: TeaCache, model: ModelContext) -> None:
         super().__init__(config, model)
         profile = resolve_profile(config.profile, model.transformer, "teacache")
-        data = profile.policies.get("teacache") if profile is not None else None
+        data = profile.section(TeaCacheFit) if profile is not None else None
         self.profile = profile
         if data:
-            self.coefficients = tuple(data["coefficients"])
-            default = data.get("threshold") or POLYNOMIAL_DEFAULT_THRESHOLD
-            self.warmup = float(data.get("warmup") or 0.0)
+            self.coefficients = tuple(data.coefficients)
+            default = data.threshold or POLYNOMIAL_DEFAULT_THRESHOLD
+            self.warmup = float(data.warmup or 0.0)
         else:
             self.coefficients = IDENTITY_COEFFICIENTS
             default = IDENTITY_DEFAULT_THRESHOLD
@@ -306,8 +307,8 @@ class TeaCachePolicy(SegmentPolicy):
                 "Ask for less" + (" or raise max_skip" if self.max_skip is not None else ""),
             )  # fmt: skip
 
-    def _check_speedup_source(self, data: dict | None) -> None:
-        table = (data or {}).get("threshold_speedups")
+    def _check_speedup_source(self, data: TeaCacheFit | None) -> None:
+        table = data.threshold_speedups if data else None
         if self.profile is not None and self.profile.records:
             return
         if table:  # published threshold -> speedup pairs: interpolate instead of replaying
@@ -327,10 +328,10 @@ class TeaCachePolicy(SegmentPolicy):
         profile = self.profile
         dst = profile.call_grid(num_steps, sigmas)
         traces = []
-        for record in profile.records:
-            for branch, data in record["branches"].items():
-                grid = profile.branches[branch]["grid"]
-                x = resample_increments(data["x"], grid, dst)
+        for record in profile.job_records():
+            for branch, data in record.branches.items():
+                grid = profile.grid(branch)
+                x = resample_increments(data.x, grid, dst)
                 traces.append((branch, lambda step, state, x=x: [x[step], 1.0] if step > 0 else []))
         return traces
 
@@ -385,17 +386,17 @@ class MagCachePolicy(SegmentPolicy):
     def __init__(self, config: MagCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.profile = resolve_profile(config.profile, model.transformer, "magcache", required=True)
-        if not self.profile.has("mag_ratio"):
+        if not self.profile.has(keys.MAG_RATIO):
             raise ValueError(
                 f"profile {self.profile.name!r} has no MagCache ratios; recalibrate it with dit-cache calibrate"
             )
-        defaults = self.profile.policies.get("magcache", {})
-        self.threshold = config.threshold if config.threshold is not None else defaults.get("threshold", 0.12)
-        self.max_steps = config.max_skip if config.max_skip is not None else defaults.get("max_skip", 2)
+        defaults = self.profile.section(MagCacheDefaults) or MagCacheDefaults()
+        self.threshold = config.threshold if config.threshold is not None else defaults.threshold
+        self.max_steps = config.max_skip if config.max_skip is not None else defaults.max_skip
         if self.speedup is not None and config.max_skip is None:
             # long enough runs of reuse for the target (K is the paper's cap on consecutive skips)
             self.max_steps = max(self.max_steps, math.ceil(2 * self.speedup))
-        self.retention = config.retention if config.retention is not None else defaults.get("retention", 0.2)
+        self.retention = config.retention if config.retention is not None else defaults.retention
         self.max_skip = None  # the rule's k <= K is the cap
         self._ratios: dict[tuple, np.ndarray] = {}
         self.check_ceiling_at_apply(
@@ -405,13 +406,13 @@ class MagCachePolicy(SegmentPolicy):
         )
 
     def replay_traces(self, num_steps: int, sigmas: list[float] | None) -> list[tuple[str, ValuesFor]]:
-        branches = [b for b, data in self.profile.branches.items() if "mag_ratio" in data]
+        branches = [b for b, data in self.profile.branches.items() if keys.MAG_RATIO in data]
         return [(b, lambda step, state: []) for b in branches]
 
     def ratios(self, call: CallInfo) -> np.ndarray:
         key = (call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
         if key not in self._ratios:
-            self._ratios[key] = self.profile.per_step(call.branch, "mag_ratio", call.num_steps, call.sigmas)
+            self._ratios[key] = self.profile.per_step(call.branch, keys.MAG_RATIO, call.num_steps, call.sigmas)
         return self._ratios[key]
 
     def forced(self, call: CallInfo, state: MagCacheState) -> bool:
@@ -460,11 +461,11 @@ class FBCachePolicy(SegmentPolicy):
         profile = self.profile
         dst = profile.call_grid(num_steps, sigmas)
         traces = []
-        for record in profile.records:
-            for branch in record["branches"]:
-                pairs = profile.arrays[f"records/{record['index']}/{branch}/fb_pairs"].numpy()
+        for record in profile.job_records():
+            for branch in record.branches:
+                pairs = profile.arrays[keys.record_array(record.index, branch, keys.FB_PAIRS)].numpy()
                 full = np.tril(pairs, -1) + np.tril(pairs, -1).T  # symmetric, so interpolation sees both sides
-                matrix = resample_matrix(full, profile.branches[branch]["grid"], dst)
+                matrix = resample_matrix(full, profile.grid(branch), dst)
 
                 def values_for(step, state, matrix=matrix):
                     last = state.last_computed
@@ -542,20 +543,20 @@ class LeMiCaPolicy(SchedulePolicy):
         self.speedup = None  # the budget, not a threshold, carries the target here
         self._mapped = {}
         self.profile = resolve_profile(config.profile, model.transformer, "lemica", required=True)
-        data = self.profile.policies.get("lemica", {})
-        self.written_for = int(data.get("num_steps", 0)) or None
-        self.edges = self.profile.arrays.get("lemica/edges")
-        measured = self.profile.arrays.get(f"lemica/edges_forecast{config.forecast}") if config.forecast else None
+        data = self.profile.section(LeMiCaSection) or LeMiCaSection()
+        self.written_for = int(data.num_steps or 0) or None
+        self.edges = self.profile.arrays.get(keys.LEMICA_EDGES)
+        measured = self.profile.arrays.get(keys.lemica_edges(config.forecast)) if config.forecast else None
         if measured is not None:  # edges measured with the forecast this run uses: its schedule minimizes that error
             self.edges = measured
-        elif config.forecast and self.edges is not None and data.get("mode") == "global":
+        elif config.forecast and self.edges is not None and data.mode == "global":
             logger.info(
                 "lemica: forecast=%d runs on edges measured without forecasting; calibrate with --lemica-forecast "
                 "0 %d for a schedule solved on the error it makes", config.forecast, config.forecast,
             )  # fmt: skip
         self.steps = ()
         if self.edges is None:
-            schedules = {int(b): s for b, s in data.get("schedules", {}).items()}
+            schedules = {int(b): s for b, s in (data.schedules or {}).items()}
             if not schedules or self.written_for is None:
                 raise ProfileError(f"profile {self.profile.name!r} has no LeMiCa edge weights; calibrate with --lemica")
             budget = config.budget or (
@@ -618,7 +619,7 @@ class LeMiCaPolicy(SchedulePolicy):
     def _edge_grid(self, size: int) -> np.ndarray:
         """The calibration grid the edge weights are indexed by (the recorded branches' grid)."""
         for data in self.profile.branches.values():
-            grid = data.get("grid")
+            grid = data.get(keys.GRID)
             if grid is not None and len(grid) == size:
                 return np.asarray(grid, dtype=np.float64)
         return position_grid(size)

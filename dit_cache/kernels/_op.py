@@ -16,11 +16,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,18 +31,20 @@ from . import _backend
 _NS = "dit_cache"
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """What decides one call's backend: the tensors it reads and writes, those written in place, and an op-specific
     reason the kernel can't run (None when it can)."""
 
-    tensors: list[Tensor]
-    mutated: list[Tensor] = field(default_factory=list)
+    tensors: Sequence[Tensor]
+    mutated: Sequence[Tensor] = ()
     unsupported: str | None = None
 
 
+_TWINS = "dit_cache.kernels.twins"
+
+
 def _twins() -> ModuleType:
-    return importlib.import_module("dit_cache.kernels.twins")
+    return sys.modules.get(_TWINS) or importlib.import_module(_TWINS)
 
 
 def _contiguous(t: Tensor) -> Tensor:
@@ -57,16 +60,17 @@ def _holds_tensors(annotation: object) -> bool:
 
 @dataclass(frozen=True)
 class RegisteredOp:
-    """A registered op. Calling it runs the op: directly (`impl`) when nothing could take the Triton path, else
-    through the custom-op dispatcher (`op`)."""
+    """A registered op. Calling it runs the op: through the custom-op dispatcher (`op`), or, when nothing could take
+    the Triton path, directly on the twin (`run_twin`, what the op would do, without the dispatcher's cost)."""
 
     name: str
     op: Any  # torch._library.custom_ops.CustomOpDef: torch.ops.dit_cache.<name>
-    impl: Callable[..., Any]
-    tensor_args: tuple[int, ...]  # positions of the Tensor, Tensor | None and list[Tensor] parameters
+    run_twin: Callable[..., Any]
+    tensor_args: tuple[int, ...]  # positions of the Tensor and Tensor | None parameters
+    list_args: tuple[int, ...]  # positions of the list[Tensor] parameters
 
     def __call__(self, *args: Any) -> Any:
-        return (self.impl if self._eager(args) else self.op)(*args)
+        return (self.run_twin if self._eager(args) else self.op)(*args)
 
     def _eager(self, args: Sequence[Any]) -> bool:
         """Skip the custom-op dispatcher (about 40 us a call on CPU, as much as the arithmetic of a small model's
@@ -74,12 +78,9 @@ class RegisteredOp:
         forced. Same checks, same twin, same result."""
         if torch.compiler.is_compiling() or _backend.requested_backend() == "triton":
             return False
-        for i in self.tensor_args:
-            values = args[i] if isinstance(args[i], (list, tuple)) else [args[i]]
-            # anything but tensors goes through the op, whose schema check gives the error
-            if not all(t is None or (isinstance(t, Tensor) and not t.is_cuda) for t in values):
-                return False
-        return True
+        # anything but tensors goes through the op, whose schema check gives the error
+        cpu = [args[i] for i in self.tensor_args] + [t for i in self.list_args for t in args[i]]
+        return all(t is None or (isinstance(t, Tensor) and not t.is_cuda) for t in cpu)
 
 
 def register_op(
@@ -105,32 +106,40 @@ def register_op(
     """
     signature = inspect.signature(fake, eval_str=True)
     params = list(signature.parameters.values())
-    tensor_args = tuple(i for i, p in enumerate(params) if _holds_tensors(p.annotation))
+    list_args = tuple(i for i, p in enumerate(params) if typing.get_origin(p.annotation) is list)
+    tensor_args = tuple(i for i, p in enumerate(params) if _holds_tensors(p.annotation) and i not in list_args)
+    mutated_args = {i for i, p in enumerate(params) if p.name in mutates_args}
     returns_none = signature.return_annotation is None
     call = call or (lambda backend, *args: getattr(backend, name)(*args))
 
     def default_route(*args: Any) -> Route:
-        tensors, mutated = [], []
-        for i in tensor_args:
-            values = args[i] if isinstance(args[i], (list, tuple)) else [args[i]]
-            values = [t for t in values if t is not None]
-            tensors += values
-            if params[i].name in mutates_args:
-                mutated += values
+        tensors = [args[i] for i in tensor_args if args[i] is not None]
+        tensors += [t for i in list_args for t in args[i]]
+        mutated = [args[i] for i in tensor_args if i in mutated_args and args[i] is not None]
+        mutated += [t for i in list_args if i in mutated_args for t in args[i]]
         return Route(tensors, mutated)
 
     route = route or default_route
 
-    def impl(*args: Any) -> Any:
+    def checked(args: tuple[Any, ...]) -> None:
         check(*args)
         if check_values is not None:
             check_values(*args)
+
+    def finish(result: Any) -> Any:
+        return None if returns_none else _contiguous(result)
+
+    def impl(*args: Any) -> Any:
+        checked(args)
         r = route(*args)
         if _backend.use_triton(name, r.tensors, mutated=r.mutated, supported=r.unsupported):
-            result = call(_backend.triton_module(), *args)
-        else:
-            result = call(_twins(), *args)
-        return None if returns_none else _contiguous(result)
+            return finish(call(_backend.triton_module(), *args))
+        return finish(call(_twins(), *args))
+
+    def run_twin(*args: Any) -> Any:
+        """impl where use_triton is known to say no (and to warn nothing): CPU tensors, backend not forced."""
+        checked(args)
+        return finish(call(_twins(), *args))
 
     def fake_impl(*args: Any) -> Any:
         check(*args)
@@ -140,7 +149,7 @@ def register_op(
     impl.__name__ = f"{name}_impl"
     op = torch.library.custom_op(f"{_NS}::{op_name or name}", mutates_args=mutates_args)(impl)
     op.register_fake(fake_impl)
-    return RegisteredOp(name, op, impl, tensor_args)
+    return RegisteredOp(name, op, run_twin, tensor_args, list_args)
 
 
 # ------------------------------------------------------------------------------------- helpers of several ops

@@ -65,14 +65,18 @@ def triton_available() -> bool:
     return True
 
 
-def import_triton() -> ModuleType:
-    """`triton`, imported on first use. Raises ImportError naming the fix when Triton is not installed."""
+def _require_triton() -> None:
     if not triton_available():
         raise ImportError(
             f"{ENV_VAR}=triton (or a direct launcher call) needs the `triton` package, which is not importable here; "
             "install it (`pip install triton`, or the `dit-cache[triton]` extra) or set "
             f"{ENV_VAR}=auto/torch to use the PyTorch twins"
         )
+
+
+def import_triton() -> ModuleType:
+    """`triton`, imported on first use. Raises ImportError naming the fix when Triton is not installed."""
+    _require_triton()
     return importlib.import_module("triton")
 
 
@@ -81,7 +85,7 @@ def triton_module() -> ModuleType:
 
     Raises ImportError naming the fix when Triton is not installed.
     """
-    import_triton()
+    _require_triton()
     return importlib.import_module("dit_cache.kernels._triton")
 
 

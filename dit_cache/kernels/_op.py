@@ -113,33 +113,38 @@ def register_op(
     call = call or (lambda backend, *args: getattr(backend, name)(*args))
 
     def default_route(*args: Any) -> Route:
-        tensors = [args[i] for i in tensor_args if args[i] is not None]
-        tensors += [t for i in list_args for t in args[i]]
-        mutated = [args[i] for i in tensor_args if i in mutated_args and args[i] is not None]
-        mutated += [t for i in list_args if i in mutated_args for t in args[i]]
+        tensors, mutated = [], []
+        for i in tensor_args:
+            if args[i] is not None:
+                tensors.append(args[i])
+                if i in mutated_args:
+                    mutated.append(args[i])
+        for i in list_args:
+            tensors += args[i]
+            if i in mutated_args:
+                mutated += args[i]
         return Route(tensors, mutated)
 
     route = route or default_route
 
-    def checked(args: tuple[Any, ...]) -> None:
+    def impl(*args: Any) -> Any:
         check(*args)
         if check_values is not None:
             check_values(*args)
-
-    def finish(result: Any) -> Any:
+        tensors, mutated, unsupported = route(*args)
+        if _backend.use_triton(name, tensors, mutated=mutated, supported=unsupported):
+            result = call(_backend.triton_module(), *args)
+        else:
+            result = call(_twins(), *args)
         return None if returns_none else _contiguous(result)
-
-    def impl(*args: Any) -> Any:
-        checked(args)
-        r = route(*args)
-        if _backend.use_triton(name, r.tensors, mutated=r.mutated, supported=r.unsupported):
-            return finish(call(_backend.triton_module(), *args))
-        return finish(call(_twins(), *args))
 
     def run_twin(*args: Any) -> Any:
         """impl where use_triton is known to say no (and to warn nothing): CPU tensors, backend not forced."""
-        checked(args)
-        return finish(call(_twins(), *args))
+        check(*args)
+        if check_values is not None:
+            check_values(*args)
+        result = call(_twins(), *args)
+        return None if returns_none else _contiguous(result)
 
     def fake_impl(*args: Any) -> Any:
         check(*args)

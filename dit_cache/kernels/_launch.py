@@ -190,6 +190,18 @@ def tile(n_rows: int, n_cols: int, block_r: int | None, block_c: int | None, ele
     return br, bc
 
 
+def flat_grid(op: str, numel: int, block: int | None) -> tuple[int, tuple[int]]:
+    """Block and grid of a flat 1-D launch over `numel` elements (`block` None: FLAT_BLOCK)."""
+    block = pow2_arg(op, "block", block, FLAT_BLOCK)
+    return block, check_grid(op, (cdiv(numel, block),))
+
+
+def tile_grid(op: str, n_rows: int, n_cols: int, block_r: int | None, block_c: int | None):
+    """Tile shape and grid of a 2-D (rows, channels) launch: `(block_r, block_c, grid)`."""
+    br, bc = tile(n_rows, n_cols, block_r, block_c, TILE_ELEMS, TILE_MAX_C, op)
+    return br, bc, check_grid(op, (cdiv(n_rows, br), cdiv(n_cols, bc)))
+
+
 def sum_partials(partials: torch.Tensor, n_parts: int, width: int, divisor: float, device: torch.device):
     out = torch.empty((width,) if width > 1 else (), dtype=torch.float32, device=device)
     _sum_partials_kernel[(1,)](partials, out, n_parts, float(divisor), WIDTH=width, BLOCK_P=next_pow2(n_parts))

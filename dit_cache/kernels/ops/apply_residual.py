@@ -116,8 +116,7 @@ def launch(
         mode, scale_ptr = 2, _launch.readable(scale_t)
     else:
         mode, scale_ptr = 3, _launch.readable(scale_t)
-    br, bc = _launch.tile(n_rows, n_cols, block_r, block_c, _launch.TILE_ELEMS, _launch.TILE_MAX_C, NAME)
-    grid = _launch.check_grid(NAME, (_launch.cdiv(n_rows, br), _launch.cdiv(n_cols, bc)))
+    br, bc, grid = _launch.tile_grid(NAME, n_rows, n_cols, block_r, block_c)
     with _launch.on_device(device):
         _apply_residual_kernel[grid](
             inp,

@@ -66,8 +66,7 @@ def launch(
     if numel == 0:
         return buffer
     out, inp = _launch.readable(out), _launch.readable(inp)
-    block = _launch.pow2_arg(NAME, "block", block, _launch.FLAT_BLOCK)
-    grid = _launch.check_grid(NAME, (_launch.cdiv(numel, block),))
+    block, grid = _launch.flat_grid(NAME, numel, block)
     with _launch.on_device(device):
         _store_residual_kernel[grid](out, inp, buffer, numel, BLOCK=block, num_warps=num_warps or _launch.FLAT_WARPS)
     return buffer

@@ -96,8 +96,7 @@ def launch(
         return out
     used = [_launch.readable(d) for d in used]
     coeffs = [float(distance) ** i / math.factorial(i) for i in range(1, MAX_TAYLOR_TENSORS)]
-    block = _launch.pow2_arg(NAME, "block", block, _launch.FLAT_BLOCK)
-    grid = _launch.check_grid(NAME, (_launch.cdiv(numel, block),))
+    block, grid = _launch.flat_grid(NAME, numel, block)
     with _launch.on_device(device):
         _taylor_forecast_kernel[grid](
             out,

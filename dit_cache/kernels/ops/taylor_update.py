@@ -123,8 +123,7 @@ def launch(
     if numel == 0:
         return new_filled
     feature = _launch.readable(feature)
-    block = _launch.pow2_arg(NAME, "block", block, _launch.FLAT_BLOCK)
-    grid = _launch.check_grid(NAME, (_launch.cdiv(numel, block),))
+    block, grid = _launch.flat_grid(NAME, numel, block)
     with _launch.on_device(device):
         _taylor_update_kernel[grid](
             feature,

@@ -191,8 +191,7 @@ def launch(
         gate_ptr = torch.broadcast_to(gate_t, x.shape)
         g_sb, g_sn, g_sc = gate_ptr.stride()
     n_rows = B * N
-    br, bc = _launch.tile(n_rows, C, block_r, block_c, _launch.TILE_ELEMS, _launch.TILE_MAX_C, NAME)
-    grid = _launch.check_grid(NAME, (_launch.cdiv(n_rows, br), _launch.cdiv(C, bc)))
+    br, bc, grid = _launch.tile_grid(NAME, n_rows, C, block_r, block_c)
     with _launch.on_device(device):
         _token_scatter_gate_kernel[grid](
             x,

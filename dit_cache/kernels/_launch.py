@@ -87,8 +87,11 @@ def _sum_partials_kernel(part_ptr, out_ptr, n_parts, divisor, WIDTH: tl.constexp
         tl.store(out_ptr + j, tl.div_rn(tl.sum(v, axis=0), divisor))
 
 
+@functools.lru_cache(maxsize=1)
 def interpreted() -> bool:
-    """True when the kernels are run by Triton's interpreter (TRITON_INTERPRET=1) and so can take CPU tensors."""
+    """True when the kernels are run by Triton's interpreter (TRITON_INTERPRET=1) and so can take CPU tensors.
+
+    Fixed for the process: Triton reads the variable when triton.language is imported."""
     triton = _backend.import_triton()
     return not isinstance(_sum_partials_kernel.jitted, triton.runtime.jit.JITFunction)
 

@@ -111,14 +111,14 @@ class RecorderPolicy(Policy):
         self._reported_steps = set()
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> None:
-        call.payload = self.model.spec.indicator(slot.module, block).detach()
+        call.record.payload = self.model.spec.indicator(slot.module, block).detach()
         return None
 
     def decide(self, call: CallInfo, state: _Trace, values: list[float]) -> str:
         record = state.steps[call.step] = {
             "sigma": call.sigma, "block_input_change": [], "block_residual_change": [], "units": {},
         }  # fmt: skip
-        self._change(state, record, "x", "indicator", call.payload)
+        self._change(state, record, "x", "indicator", call.record.payload)
         if self.config.progress is not None and call.step not in self._reported_steps:
             self._reported_steps.add(call.step)
             self.config.progress()
@@ -139,7 +139,7 @@ class RecorderPolicy(Policy):
         record = state.steps[call.step]
         i = slot.index
         if i == 0:
-            call.stack_input = (hidden_in, block.encoder)
+            call.record.stack_input = (hidden_in, block.encoder)
         if self.config.block_traces or i == 0:
             sub_in = token_subset(hidden_in)
             sub_res = token_subset(hidden_out) - sub_in
@@ -149,7 +149,7 @@ class RecorderPolicy(Policy):
         if i == 0:
             record["fb_pairs"], state.front_history = _pairs(sub_res, state.front_history)
         if i == self.last_block:
-            residual = (hidden_out - call.stack_input[0]).detach()
+            residual = (hidden_out - call.record.stack_input[0]).detach()
             record["res_pairs"], state.residual_history = _pairs(token_subset(residual), state.residual_history)
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:

@@ -14,12 +14,9 @@ from torch import nn
 
 from ..adapters import BlockCall, ModelSpec
 from ..config import PolicyConfig
-from ..engine import BlockSlot
+from ..engine import BlockSlot, Locate
 from ..state import COMPUTE, CallInfo
 from ..stats import StepRecord
-
-# locate(call, extra) -> the values of `extra` read with the step (see CacheEngine.locate)
-Locate = Callable[[CallInfo, "torch.Tensor | None"], list[float]]
 
 _POLICIES: dict[type[PolicyConfig], type[Policy]] = {}
 
@@ -128,8 +125,8 @@ class Policy:
 
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         """Runs the whole transformer call (only when `intercepts_calls`): it may call `locate` to learn the step
-        before the transformer runs, skip `forward` (then set `call.prepared`, `call.decision`,
-        `call.skipped_units` itself) or run it on other arguments."""
+        before the transformer runs, skip `forward` (then set `call.record.prepared`, `.decision`, `.skipped_units`
+        itself) or run it on other arguments (`locate.on_branch`: on another branch's state)."""
         return forward(*args, **kwargs)
 
     def split_record(self, call: CallInfo, record: StepRecord) -> list[StepRecord]:

@@ -47,10 +47,10 @@ class FORAPolicy(Policy):
     ) -> Any:
         key = (slot.index, name)
         consumer = slot.feeds.get(name)  # the one unit that reads this one's output (Flux single blocks: proj_out)
-        if call.decision != COMPUTE and key in state.empty and _kept(state, (slot.index, consumer)):
-            call.skipped_units += 1  # the consumer's output is reused: this value is never read
+        if call.record.decision != COMPUTE and key in state.empty and _kept(state, (slot.index, consumer)):
+            call.record.skipped_units += 1  # the consumer's output is reused: this value is never read
             return state.empty[key]
-        if call.decision == COMPUTE or not _kept(state, key):
+        if call.record.decision == COMPUTE or not _kept(state, key):
             output = forward(*args, **kwargs)
             stand_in = _token_less(output) if consumer is not None else None
             if stand_in is not None:  # neither kept nor forecast: the consumer's output is
@@ -60,7 +60,7 @@ class FORAPolicy(Policy):
             else:
                 state.outputs[key] = output
             return output
-        call.skipped_units += 1
+        call.record.skipped_units += 1
         if key in state.histories:
             histories, layout = state.histories[key]
             return unflatten([h.forecast(call.step) for h in histories], layout)

@@ -84,9 +84,8 @@ class BWCachePolicy(Policy):
     def __init__(self, config: BWCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.count = len(model.slots)
-        self.threshold = config.threshold
         self.profile = None
-        self._tuned: dict[tuple, float] = shared_tuning(self)
+        self._tuned: dict[tuple, float] = shared_tuning(self)  # the threshold planned per step grid (speedup=)
         self.check_ceiling_at_apply()
         if config.speedup is not None:
             self.profile = resolve_profile(config.profile, model.transformer, "bwcache")
@@ -114,15 +113,25 @@ class BWCachePolicy(Policy):
     def probe(self, call: CallInfo, state: BWState | None, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         return state.pending if state is not None else None
 
+    @property
+    def threshold(self) -> float:
+        """The configured threshold, or with a speedup target the one planned for the step grid planned last (each
+        call reads the plan of its own grid)."""
+        if self.config.speedup is not None and self._tuned:
+            return next(reversed(self._tuned.values()))
+        return self.config.threshold
+
     def decide(self, call: CallInfo, state: BWState, values: list[float]) -> str:
+        """Pure in the policy: reads the plan of the call's step grid, changes only `state`."""
+        threshold = self.config.threshold
         if self.config.speedup is not None:
-            self.threshold = self.threshold_for(call.num_steps, call.sigmas)
+            threshold = self.threshold_for(call.num_steps, call.sigmas)
         measured: list[float | None] = [None] * self.count
         per_block = len(values) // self.count if self.count else 0
         if per_block >= 2 and per_block % 2 == 0 and per_block * self.count == len(values):
             for i in range(self.count):
                 measured[i] = rel_l1_value(values[i * per_block : (i + 1) * per_block])
-        flags, call.indicator = choose(state.blocks, call.step, self.threshold, self.config.max_skip, measured)
+        flags, call.record.indicator = choose(state.blocks, call.step, threshold, self.config.max_skip, measured)
         flags = [f and state.residuals[i] is not None for i, f in enumerate(flags)]
         state.reuse = flags
         if all(flags):
@@ -147,7 +156,7 @@ class BWCachePolicy(Policy):
             memory.measured_gap = 0
         if state.reuse[i] and reference is not None and reference.shape == hidden.shape:
             memory.skips += 1
-            call.skipped_units += slot.units
+            call.record.skipped_units += slot.units
             hidden_res, encoder_res = state.residuals[i]
             hidden_out = kernels.apply_residual(hidden, hidden_res)
             if not state.encoder_out[i]:

@@ -217,18 +217,19 @@ class CFGPolicy(Policy):
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         inner = self.inner
 
-        def run(*a, **k):
+        def run(call: CallInfo, *a, **k):
             if inner.intercepts_calls:
                 return inner.intercept_call(call, a, k, forward, locate)
             return forward(*a, **k)
 
-        call.extra["grid"] = grid_of_call(self.model, args, kwargs)
+        record = call.record
+        record.grid, record.grid_read = grid_of_call(self.model, args, kwargs), True
         if not self.cfg_enabled:
-            return run(*args, **kwargs)
+            return run(call, *args, **kwargs)
         if call.branch == "cond":
-            call.extra["cfg"] = "cond"
-            call.extra["cfg_batch"] = batch_of(_hidden(args, kwargs))
-            return run(*args, **kwargs)
+            record.cfg = "cond"
+            record.cfg_batch = batch_of(_hidden(args, kwargs))
+            return run(call, *args, **kwargs)
         if call.branch == "uncond":
             return self._uncond(call, args, kwargs, run, locate)
         return self._batched(call, args, kwargs, run, locate)
@@ -241,18 +242,18 @@ class CFGPolicy(Policy):
         cond = t.cond
         fresh = cond is not None and cond[0] == call.step
         if fresh and self.fits(cond[1]) and self.reuses(call):
-            call.prepared, call.decision = True, REUSE
-            call.skipped_units = self.total_units
-            call.extra["cfg"] = "rebuilt"
+            call.record.prepared, call.record.decision = True, REUSE
+            call.record.skipped_units = self.total_units
+            call.record.cfg = "rebuilt"
             uncond = iter(self.rebuild(call, cond[1]))
             return map_batched(cond[3], cond[2], lambda part: like(part, next(uncond)))
-        call.extra["cfg"] = "uncond" if fresh else "uncond-alone"
+        call.record.cfg = "uncond" if fresh else "uncond-alone"
         if not fresh:
             self._say_once(
                 "order", "dit_cache cfg: the unconditional call of step %s came before its conditional call; "
                 "it is computed (CFG reuse rebuilds it from the conditional output of the same step)", call.step
             )  # fmt: skip
-        return run(*args, **kwargs)
+        return run(call, *args, **kwargs)
 
     def _batched(self, call: CallInfo, args: tuple, kwargs: dict, run: Callable, locate: Locate) -> Any:
         batch = batch_of(_hidden(args, kwargs))
@@ -267,21 +268,21 @@ class CFGPolicy(Policy):
                 "off-batched", "dit_cache cfg: guidance is off for this pipeline call (the batch is not a doubled latent): "
                 "CFG reuse has nothing to do; %s runs alone", self.inner_name
             )  # fmt: skip
-            call.extra["cfg"] = "off"
-            return run(*args, **kwargs)
+            call.record.cfg = "off"
+            return run(call, *args, **kwargs)
         half = batch.size // 2
         t = self.trajectory
         self.resolve_target(call.num_steps)
-        call.extra["cfg_batch"] = batch
+        call.record.cfg_batch = batch
         if t.delta is not None and all(d.shape[0] == half for d in t.delta) and self.reuses(call):
             cond_half = slice(self.cond_index * half, (self.cond_index + 1) * half)
             cut = lambda part: part[cond_half]  # noqa: E731
             half_args = map_batched(args, batch, cut)
             half_kwargs = {name: map_batched(value, batch, cut, name) for name, value in kwargs.items()}
-            call.extra["cfg"] = "half"
-            call.extra["cfg_branch"] = call.branch
-            call.branch = "cond"  # the inner policy's state for the conditional-half calls
-            output = run(*half_args, **half_kwargs)
+            call.record.cfg = "half"
+            call.record.cfg_branch = call.branch
+            call = locate.on_branch(call, "cond")  # the inner policy's state for the conditional-half calls
+            output = run(call, *half_args, **half_kwargs)
             half_batch = Batch(half, batch.as_list)
             cond = batched_parts(output, half_batch)
             uncond = iter(self.rebuild(call, [stacked(part) for part in cond]))
@@ -291,19 +292,19 @@ class CFGPolicy(Policy):
                 return joined(other, part) if self.cond_index == 1 else joined(part, other)
 
             return map_batched(output, half_batch, both)
-        call.extra["cfg"] = "full"
-        return run(*args, **kwargs)
+        call.record.cfg = "full"
+        return run(call, *args, **kwargs)
 
     def finish(self, call: CallInfo, state: Any, output: Any) -> Any:
         output = self.inner.finish(call, state, output)
-        kind = call.extra.get("cfg")
+        kind = call.record.cfg
         t = self.trajectory
-        t.last_decision = call.decision
+        t.last_decision = call.record.decision
         if kind == "cond":
-            batch = call.extra.get("cfg_batch") or Batch(1)
+            batch = call.record.cfg_batch or Batch(1)
             parts = [stacked(part).detach().clone() for part in batched_parts(output, batch)]
             t.cond = (call.step, parts, batch, output)
-            t.cond_decision = call.decision
+            t.cond_decision = call.record.decision
             if not t.seen_uncond and call.step > 0:
                 self._say_once(
                     "off", "dit_cache cfg: only the conditional branch runs (guidance off): CFG reuse has nothing to "
@@ -312,17 +313,17 @@ class CFGPolicy(Policy):
         elif kind == "uncond":
             uncond = [stacked(part) for part in batched_parts(output, t.cond[2])]
             if [u.shape for u in uncond] == [c.shape for c in t.cond[1]]:
-                self.store_delta(uncond, t.cond[1], call.step, call.extra.get("grid"))
+                self.store_delta(uncond, t.cond[1], call.step, call.record.grid)
         elif kind == "full":
-            parts = [stacked(part) for part in batched_parts(output, call.extra["cfg_batch"])]
-            half = call.extra["cfg_batch"].size // 2
+            parts = [stacked(part) for part in batched_parts(output, call.record.cfg_batch)]
+            half = call.record.cfg_batch.size // 2
             uncond_at, cond_at = (slice(0, half), slice(half, None))[:: 1 if self.cond_index == 1 else -1]
             self.store_delta([p[uncond_at] for p in parts], [p[cond_at] for p in parts], call.step,
-                             call.extra.get("grid"))  # fmt: skip
+                             call.record.grid)  # fmt: skip
         return output
 
     def split_record(self, call: CallInfo, record: StepRecord) -> list[StepRecord]:
-        if call.extra.get("cfg") != "half":
+        if call.record.cfg != "half":
             return [record]
         from dataclasses import replace
 

@@ -71,7 +71,7 @@ class EasyCachePolicy(SegmentPolicy):
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         x = block.hidden.detach()
-        call.payload = x
+        call.record.payload = x
         previous = state.previous_input if state is not None else None
         if previous is None or previous.shape != x.shape:
             return None
@@ -82,21 +82,21 @@ class EasyCachePolicy(SegmentPolicy):
         return torch.cat([change[:, None], rate.to(change.device)], dim=1)  # (rows, 4)
 
     def observe(self, call: CallInfo, state: EasyCacheState, values: list[float]) -> None:
-        state.previous_input = call.payload
-        call.indicator = predicted_change(values)
+        state.previous_input = call.record.payload
+        call.record.indicator = predicted_change(values)
 
     def forced(self, call: CallInfo, state: EasyCacheState) -> bool:
         warmup_steps = math.ceil(self.config.warmup * call.num_steps - 1e-9)
         return (
             super().forced(call, state)
-            or call.indicator is None
+            or call.record.indicator is None
             or call.step < warmup_steps
             or call.step == call.last_step
         )
 
     def rule(self, call: CallInfo, state: EasyCacheState) -> str:
-        state.accumulated += call.indicator
-        return REUSE if state.accumulated < self.threshold else COMPUTE
+        state.accumulated += call.record.indicator
+        return REUSE if state.accumulated < self.threshold_at(call) else COMPUTE
 
     def on_compute(self, call: CallInfo, state: EasyCacheState) -> None:
         state.accumulated = 0.0
@@ -104,7 +104,7 @@ class EasyCachePolicy(SegmentPolicy):
     def store(self, call: CallInfo, state: EasyCacheState, slot: BlockSlot, output: Any) -> None:
         super().store(call, state, slot, output)
         y, _ = slot.group.split_output(output)
-        x = call.segment_input[0]
+        x = call.record.segment_input[0]
         y, x = y.detach(), x.detach()
         if state.computed_output is not None and state.computed_output.shape == y.shape:
             state.rate_sums = torch.stack(

@@ -29,6 +29,7 @@ replayed on the traces computes 1 / speedup of the work (token steps counted by 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +42,8 @@ from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_r
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
 from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
 from .cfg import CFGPolicy
-from .grid import text_tokens
 from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
-from .token import TokenMechanism, TokenState, grid_of_call, positions_of_call
+from .token import TokenMechanism, TokenState, read_token_layout
 
 
 @dataclass
@@ -89,9 +89,14 @@ class MixChooser(TeaCachePolicy):
         return "mix"
 
     # ------------------------------------------------------------------------------------------ rule
-    def thresholds(self) -> tuple[float, float]:
-        """(step reuse below, token reuse below) after dropping the modes left out."""
-        step, token = self.reuse_threshold, self.token_threshold
+    def thresholds(self, call: CallInfo) -> tuple[float, float]:
+        """(step reuse below, token reuse below) of `call`'s decision after dropping the modes left out: planned once
+        per step grid for a speedup target, else the configured ones."""
+        if self.mix_speedup is None:
+            step, token = self.reuse_threshold, self.token_threshold
+        else:
+            token = self.plan(call.num_steps, call.sigmas)
+            step = token * self.ratio
         if "token" not in self.modes:
             step = token
         if "step" not in self.modes:
@@ -99,8 +104,8 @@ class MixChooser(TeaCachePolicy):
         return step, token
 
     def rule(self, call: CallInfo, state: MixState) -> str:
-        state.accumulated += self.rescale(call.indicator)
-        step, token = self.thresholds()
+        state.accumulated += self.rescale(call.record.indicator)
+        step, token = self.thresholds(call)
         if state.accumulated < step:
             return REUSE
         if state.accumulated < token:
@@ -109,44 +114,50 @@ class MixChooser(TeaCachePolicy):
 
     def forced(self, call: CallInfo, state: MixState) -> bool:
         # with CFG reuse, an unconditional call that runs does so to refresh the stored difference: in full
-        return super().forced(call, state) or (self.cfg_follow and call.extra.get("cfg") == "uncond")
+        return super().forced(call, state) or (self.cfg_follow and call.record.cfg == "uncond")
 
     def decide(self, call: CallInfo, state: MixState, values: list[float]) -> str:
-        if self.mix_speedup is not None:
-            self._tune(call.num_steps, call.sigmas)
+        if self.mix_speedup is not None:  # plan first: an unreachable target fails on the first call
+            self.plan(call.num_steps, call.sigmas)
         return super().decide(call, state, values)
+
+    def fixed_mix(self, token: float) -> MixChooser:
+        """A copy of this chooser that decides at token threshold `token` (and the step threshold in the configured
+        ratio), with no speedup target: what the speedup search replays."""
+        trial = copy.copy(self)
+        trial.mix_speedup, trial.token_threshold, trial.reuse_threshold = None, token, token * self.ratio
+        return trial
 
     # ------------------------------------------------------------------------------------------ mechanism
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
-        call.extra.setdefault("grid", grid_of_call(self.model, args, kwargs))
-        call.extra.setdefault("positions", positions_of_call(self.model, kwargs))
-        call.extra.setdefault("text_tokens", text_tokens(kwargs))
+        read_token_layout(call, self.model, args, kwargs, keep_grid=True)
         return forward(*args, **kwargs)
 
     def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:
-        if state is not None and call.decision == PARTIAL:  # every block runs; its submodules go partial
+        if state is not None and call.record.decision == PARTIAL:  # every block runs; its submodules go partial
             return forward(*block.args, **block.kwargs)
         return super().run_block(call, state, slot, forward, block)
 
     def run_submodule(
         self, call: CallInfo, state: MixState, slot: BlockSlot, name: str, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
-        fraction = self.config.fraction if call.decision == PARTIAL else None
+        fraction = self.config.fraction if call.record.decision == PARTIAL else None
         return self.mechanism.run(call, state.tokens, slot, name, forward, args, kwargs, fraction)
 
     # ------------------------------------------------------------------------------------------ speedup
-    def _tune(self, num_steps: int, sigmas: list[float] | None) -> None:
+    def plan(self, num_steps: int, sigmas: list[float] | None) -> float:
+        """The token threshold of a speedup target at this step grid, searched once on the profile's traces."""
         key = (num_steps, tuple(sigmas) if sigmas else None)
         if key not in self._scales:
             traces = self.replay_traces(num_steps, sigmas)
             total = sum(slot.units for slot in self.model.slots)
-            speedup, self.mix_speedup = self.mix_speedup, None
+            speedup = self.mix_speedup
 
             def fraction_at(token: float) -> float:
-                self.token_threshold, self.reuse_threshold = token, token * self.ratio
+                trial = self.fixed_mix(token)
                 work = []
                 for branch, values_for in traces:
-                    decisions = replay(self, branch, num_steps, sigmas, values_for)
+                    decisions = replay(trial, branch, num_steps, sigmas, values_for)
                     units = [
                         total if d == COMPUTE else self.mechanism.units(self.config.fraction, s, num_steps)
                         if d == PARTIAL else 0.0
@@ -155,24 +166,20 @@ class MixChooser(TeaCachePolicy):
                     work.append(sum(units) / (total * num_steps))
                 return sum(work) / len(work)
 
-            try:
-                best = search_threshold(fraction_at, 1.0 / speedup)
-                floor = fraction_at(1e12)
-                if floor > 1.0 / speedup + TOLERANCE:
-                    raise SpeedupError(
-                        f"mix: speedup={speedup:g} is above what the mixture reaches on this profile at {num_steps} "
-                        "steps (forced full steps); ask for less or loosen max_skip"
-                    )
-                check_reached(
-                    "mix", speedup, fraction_at(best), num_steps,
-                    f"compute fractions {floor:.3f}-1, in jumps (thresholds move whole steps on these traces)",
-                    "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
-                )  # fmt: skip
-                self._scales[key] = best
-            finally:
-                self.mix_speedup = speedup
-        token = self._scales[key]
-        self.token_threshold, self.reuse_threshold = token, token * self.ratio
+            best = search_threshold(fraction_at, 1.0 / speedup)
+            floor = fraction_at(1e12)
+            if floor > 1.0 / speedup + TOLERANCE:
+                raise SpeedupError(
+                    f"mix: speedup={speedup:g} is above what the mixture reaches on this profile at {num_steps} "
+                    "steps (forced full steps); ask for less or loosen max_skip"
+                )
+            check_reached(
+                "mix", speedup, fraction_at(best), num_steps,
+                f"compute fractions {floor:.3f}-1, in jumps (thresholds move whole steps on these traces)",
+                "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
+            )  # fmt: skip
+            self._scales[key] = best
+        return self._scales[key]
 
 
 @policy_for(MixCache)

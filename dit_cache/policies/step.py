@@ -8,10 +8,10 @@ instead of the last residual as is (decision "forecast"); the decision rules are
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +95,35 @@ class SegmentPolicy(Policy):
         self.max_skip = getattr(config, "max_skip", None)
         self.speedup = getattr(config, "speedup", None)
         self.forecast_order = getattr(config, "forecast", 0)
-        self._tuned: dict[tuple, float] = shared_tuning(self)
+        self._tuned: dict = shared_tuning(self)
+        # the threshold planned for each (step count, sigmas, expert steps) of a speedup target, in planning order
+        self._plans: dict[tuple, float] = self._tuned.setdefault("thresholds", {})
+        self._threshold: float | None = None
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold the rule compares with: the configured one, or with a speedup target the one planned for the
+        step grid planned last (each call reads the plan of its own grid: `threshold_at`)."""
+        if self.speedup is not None and self._plans:
+            return next(reversed(self._plans.values()))
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self._threshold = value
+
+    def threshold_at(self, call: CallInfo) -> float:
+        """The threshold of `call`'s decision: planned once per step grid for a speedup target, else the configured."""
+        if self.speedup is None:
+            return self._threshold
+        return self.threshold_for(call.num_steps, call.sigmas, call.expert_steps)
+
+    def fixed(self, threshold: float) -> SegmentPolicy:
+        """A copy of this policy that decides at `threshold`, with no speedup target: what the speedup search and
+        the budget replay run (the live policy is never changed)."""
+        trial = copy.copy(self)
+        trial.speedup, trial._threshold = None, threshold
+        return trial
 
     def new_state(self) -> Any:
         return self.state_class()
@@ -105,7 +133,8 @@ class SegmentPolicy(Policy):
         pass
 
     def forced(self, call: CallInfo, state: Any) -> bool:
-        return state.residual is None or (self.max_skip is not None and state.skips >= self.max_skip)
+        # nothing computed yet on this branch: no residual to reuse (it is stored by the call that computed)
+        return state.last_computed is None or (self.max_skip is not None and state.skips >= self.max_skip)
 
     def rule(self, call: CallInfo, state: Any) -> str:
         return COMPUTE
@@ -114,8 +143,9 @@ class SegmentPolicy(Policy):
         pass
 
     def decide(self, call: CallInfo, state: Any, values: list[float]) -> str:
-        if self.speedup is not None:
-            self.threshold = self.threshold_for(call.num_steps, call.sigmas, call.expert_steps)
+        """Pure in the policy: reads the plan of the call's step grid, changes only `state` (and the call's record)."""
+        if self.speedup is not None:  # plan before anything is cached: an unreachable target fails on the first call
+            self.threshold_for(call.num_steps, call.sigmas, call.expert_steps)
         self.observe(call, state, values)
         return self.settle(call, state, COMPUTE if self.forced(call, state) else self.rule(call, state))
 
@@ -143,40 +173,30 @@ class SegmentPolicy(Policy):
         the replay starts there afresh, as the expert does, and counts its steps only (each expert reaching the
         target on its own steps, both together reach it on all of them)."""
         key = (num_steps, tuple(sigmas) if sigmas else None, None if steps is None else (steps.start, steps.stop))
-        if key not in self._tuned:
+        if key not in self._plans:
             traces = self.replay_traces(num_steps, sigmas)
-            with self._untuned() as speedup:
+            speedup = self.speedup
 
-                def fraction_at(threshold: float) -> float:
-                    self.threshold = threshold
-                    return replay_fraction(self, traces, num_steps, sigmas, steps)
+            def fraction_at(threshold: float) -> float:
+                return replay_fraction(self.fixed(threshold), traces, num_steps, sigmas, steps)
 
-                target = 1.0 / speedup
-                best = search_threshold(fraction_at, target)
-                floor = fraction_at(1e12)
-                if floor > target + TOLERANCE:
-                    where = f"{num_steps} steps" if steps is None else f"the {len(steps)} steps of this expert"
-                    raise SpeedupError(
-                        f"{self.name}: speedup={speedup:g} is above what this policy can reach on this profile at "
-                        f"{where} (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
-                        "ask for less, or loosen max_skip / retention / front_blocks"
-                    )
-                check_reached(
-                    self.name, speedup, fraction_at(best), num_steps if steps is None else len(steps),
-                    f"compute fractions {floor:.3f}-1, in jumps (a threshold moves whole steps on these traces)",
-                    "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
-                )  # fmt: skip
-                self._tuned[key] = best
-        return self._tuned[key]
-
-    @contextmanager
-    def _untuned(self) -> Iterator[float]:
-        """The speedup, switched off meanwhile: a replay runs `decide` without tuning again."""
-        speedup, self.speedup = self.speedup, None
-        try:
-            yield speedup
-        finally:
-            self.speedup = speedup
+            target = 1.0 / speedup
+            best = search_threshold(fraction_at, target)
+            floor = fraction_at(1e12)
+            if floor > target + TOLERANCE:
+                where = f"{num_steps} steps" if steps is None else f"the {len(steps)} steps of this expert"
+                raise SpeedupError(
+                    f"{self.name}: speedup={speedup:g} is above what this policy can reach on this profile at "
+                    f"{where} (at most {1 / floor:.2f}x: forced steps and always-computed blocks); "
+                    "ask for less, or loosen max_skip / retention / front_blocks"
+                )
+            check_reached(
+                self.name, speedup, fraction_at(best), num_steps if steps is None else len(steps),
+                f"compute fractions {floor:.3f}-1, in jumps (a threshold moves whole steps on these traces)",
+                "Ask for a target near the closest, or calibrate on more prompts (smoother traces)",
+            )  # fmt: skip
+            self._plans[key] = best
+        return self._plans[key]
 
     def structural_floor(self, num_steps: int) -> float:
         """The compute fraction at `num_steps` when every step the rule may reuse is reused (no threshold limit)."""
@@ -184,12 +204,7 @@ class SegmentPolicy(Policy):
         def neutral(step: int, state: Any) -> list[float]:
             return [0.0, 1.0] if step > 0 else []
 
-        with self._untuned():
-            threshold, self.threshold = self.threshold, 1e12
-            try:
-                return replay_fraction(self, [("cond", neutral)], num_steps, None)
-            finally:
-                self.threshold = threshold
+        return replay_fraction(self.fixed(1e12), [("cond", neutral)], num_steps, None)
 
     def check_ceiling_at_apply(self, why: str, fix: str) -> None:
         """At apply: refuse a speedup no step count reaches (structural floor over common step counts)."""
@@ -208,25 +223,25 @@ class SegmentPolicy(Policy):
     def run_block(self, call: CallInfo, state: Any, slot: BlockSlot, forward: Callable, block: BlockCall) -> Any:
         i = slot.index
         if i == 0:
-            call.stack_input = (block.hidden, block.encoder)
+            call.record.stack_input = (block.hidden, block.encoder)
         if i < self.start or i >= self.end or state is None:
             return forward(*block.args, **block.kwargs)
         if i == self.start:
-            call.segment_input = (block.hidden, block.encoder)
-        if call.decision == COMPUTE:
+            call.record.segment_input = (block.hidden, block.encoder)
+        if call.record.decision == COMPUTE:
             output = forward(*block.args, **block.kwargs)
             if i == self.end - 1:
                 self.store(call, state, slot, output)
             return output
         if i == self.start:
-            call.skipped_units += self.segment_units
+            call.record.skipped_units += self.segment_units
         if i < self.end - 1:  # a skipped block hands its input on unchanged
             return slot.group.make_output(block.hidden, block.encoder)
         return slot.group.make_output(*self.replay(call, state))
 
     def store(self, call: CallInfo, state: Any, slot: BlockSlot, output: Any) -> None:
         hidden_out, encoder_out = slot.group.split_output(output)
-        hidden_in, encoder_in = call.segment_input
+        hidden_in, encoder_in = call.record.segment_input
         if hidden_out.shape != hidden_in.shape:
             raise RuntimeError(
                 f"{self.name}: the cached blocks change the hidden-state shape ({tuple(hidden_in.shape)} -> "
@@ -254,9 +269,9 @@ class SegmentPolicy(Policy):
         return None
 
     def replay(self, call: CallInfo, state: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden_in, encoder_in = call.segment_input
+        hidden_in, encoder_in = call.record.segment_input
         hidden_res, encoder_res = state.residual
-        if call.decision == FORECAST and state.history is not None:
+        if call.record.decision == FORECAST and state.history is not None:
             hidden_res = state.history[0].forecast(call.step)
             if encoder_res is not None and state.history[1].ready:
                 encoder_res = state.history[1].forecast(call.step)
@@ -340,29 +355,29 @@ class TeaCachePolicy(SegmentPolicy):
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         indicator = self.model.spec.indicator(slot.module, block).detach()
-        call.payload = indicator
+        call.record.payload = indicator
         previous = state.previous_indicator if state is not None else None
         if previous is None or previous.shape != indicator.shape:
             return None
         return rel_l1_rows(indicator, previous)
 
     def observe(self, call: CallInfo, state: TeaCacheState, values: list[float]) -> None:
-        state.previous_indicator = call.payload
-        call.indicator = rel_l1_value(values)
+        state.previous_indicator = call.record.payload
+        call.record.indicator = rel_l1_value(values)
 
     def forced(self, call: CallInfo, state: TeaCacheState) -> bool:
         warmup_steps = math.ceil(self.warmup * call.num_steps - 1e-9)
         return (
             super().forced(call, state)
-            or call.indicator is None
+            or call.record.indicator is None
             or call.step == 0
             or call.step == call.last_step
             or call.step < warmup_steps
         )
 
     def rule(self, call: CallInfo, state: TeaCacheState) -> str:
-        state.accumulated += self.rescale(call.indicator)
-        return REUSE if state.accumulated < self.threshold else COMPUTE
+        state.accumulated += self.rescale(call.record.indicator)
+        return REUSE if state.accumulated < self.threshold_at(call) else COMPUTE
 
     def on_compute(self, call: CallInfo, state: TeaCacheState) -> None:
         state.accumulated = 0.0
@@ -421,8 +436,8 @@ class MagCachePolicy(SegmentPolicy):
         state.ratio *= float(self.ratios(call)[call.step])
         state.steps += 1
         state.error += abs(1.0 - state.ratio)
-        call.indicator = state.error
-        return REUSE if state.error < self.threshold and state.steps <= self.max_steps else COMPUTE
+        call.record.indicator = state.error
+        return REUSE if state.error < self.threshold_at(call) and state.steps <= self.max_steps else COMPUTE
 
     def on_compute(self, call: CallInfo, state: MagCacheState) -> None:
         state.ratio, state.error, state.steps = 1.0, 0.0, 0
@@ -474,24 +489,24 @@ class FBCachePolicy(SegmentPolicy):
         return traces
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
-        front = block.hidden - call.stack_input[0]
-        call.payload = front
+        front = block.hidden - call.record.stack_input[0]
+        call.record.payload = front
         previous = state.front_residual if state is not None else None
         if previous is None or previous.shape != front.shape:
             return None
         return rel_l1_rows(front, previous)
 
     def observe(self, call: CallInfo, state: FBCacheState, values: list[float]) -> None:
-        call.indicator = rel_l1_value(values)
+        call.record.indicator = rel_l1_value(values)
 
     def forced(self, call: CallInfo, state: FBCacheState) -> bool:
-        return super().forced(call, state) or call.indicator is None
+        return super().forced(call, state) or call.record.indicator is None
 
     def rule(self, call: CallInfo, state: FBCacheState) -> str:
-        return REUSE if call.indicator < self.threshold else COMPUTE
+        return REUSE if call.record.indicator < self.threshold_at(call) else COMPUTE
 
     def on_compute(self, call: CallInfo, state: FBCacheState) -> None:
-        state.front_residual = call.payload
+        state.front_residual = call.record.payload
 
 
 # ---------------------------------------------------------------------------------------------------- schedule

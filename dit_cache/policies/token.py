@@ -136,7 +136,7 @@ class TokenMechanism:
                 if fraction is None and self.self_attention == "reuse":
                     state.attention[key] = output
                 return output
-            call.skipped_units += 1
+            call.record.skipped_units += 1
             return state.attention[key]
         x, with_input = _token_input(args, kwargs)
         place = state.places.get(key)
@@ -154,7 +154,7 @@ class TokenMechanism:
         output = kernels.token_scatter_gate(zeros, place.output, index, rows)
         place.reference.index_copy_(1, index, x.index_select(1, index).to(place.reference.dtype))
         place.age.add_(1).index_fill_(0, index, 0)
-        call.skipped_units += 1 - count / n
+        call.record.skipped_units += 1 - count / n
         return output
 
     def _store(self, call: CallInfo, state: TokenState, key: tuple[int, str], x: torch.Tensor | None, output) -> None:
@@ -170,10 +170,8 @@ class TokenMechanism:
             old.reference.copy_(x)
             old.age.zero_()
             return
-        extra = call.extra
-        cells, cell_count = cell_ids(
-            n, extra.get("grid"), self.spread, x.device, extra.get("positions"), extra.get("text_tokens", 0)
-        )
+        layout = call.record
+        cells, cell_count = cell_ids(n, layout.grid, self.spread, x.device, layout.positions, layout.text_tokens)
         state.places[key] = TokenPlace(
             output=output.detach().clone(),
             reference=x.detach().clone(),
@@ -210,6 +208,16 @@ def grid_of_call(model: ModelContext, args: tuple, kwargs: dict) -> Grid | None:
 def positions_of_call(model: ModelContext, kwargs: dict) -> torch.Tensor | None:
     """Per-token positions of a transformer call, where the family's calls carry them (`ModelSpec.tokens`)."""
     return model.spec.tokens.positions(kwargs)
+
+
+def read_token_layout(call: CallInfo, model: ModelContext, args: tuple, kwargs: dict, *, keep_grid: bool) -> None:
+    """Write the call's token layout (grid, positions, text tokens) into its record; `keep_grid`: a grid already read
+    (by CFG reuse, on the whole batch) stays."""
+    record = call.record
+    if not (keep_grid and record.grid_read):
+        record.grid, record.grid_read = grid_of_call(model, args, kwargs), True
+    record.positions = positions_of_call(model, kwargs)
+    record.text_tokens = text_tokens(kwargs)
 
 
 @policy_for(ToCa)
@@ -292,9 +300,7 @@ class ToCaPolicy(Policy):
         return TokenState()
 
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
-        call.extra["grid"] = grid_of_call(self.model, args, kwargs)
-        call.extra["positions"] = positions_of_call(self.model, kwargs)
-        call.extra["text_tokens"] = text_tokens(kwargs)
+        read_token_layout(call, self.model, args, kwargs, keep_grid=False)
         return forward(*args, **kwargs)
 
     def decide(self, call: CallInfo, state: TokenState, values: list[float]) -> str:
@@ -302,7 +308,7 @@ class ToCaPolicy(Policy):
         if fraction >= 1.0 or state.last_full is None or call.step - state.last_full >= self.config.interval:
             state.last_full = call.step
             return COMPUTE
-        call.indicator = fraction
+        call.record.indicator = fraction
         return PARTIAL
 
     def run_submodule(
@@ -315,5 +321,5 @@ class ToCaPolicy(Policy):
         args: tuple,
         kwargs: dict,
     ) -> Any:
-        fraction = None if call.decision == COMPUTE else self.fraction(call.num_steps)
+        fraction = None if call.record.decision == COMPUTE else self.fraction(call.num_steps)
         return self.mechanism.run(call, state, slot, name, forward, args, kwargs, fraction)

@@ -25,10 +25,10 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..config import PolicyConfig, register_config
+from ..config import PolicyConfig
 from ..distributed import GroupSync
 from ..engine import BlockSlot
-from ..policies.base import ModelContext, Policy, policy_for
+from ..policies.base import ModelContext, Policy, register_policy
 from ..state import COMPUTE, CallInfo
 
 MAX_TRACE_TOKENS = 1024
@@ -75,7 +75,6 @@ def model_output_tensor(output: Any) -> torch.Tensor | None:
     return getattr(output, "sample", None)
 
 
-@register_config("recorder")
 @dataclass(frozen=True)
 class Recorder(PolicyConfig):
     """Computes every step and records trajectory statistics (used by `dit-cache calibrate`)."""
@@ -92,8 +91,11 @@ class _Trace:
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-@policy_for(Recorder)
+@register_policy("recorder", Recorder)
 class RecorderPolicy(Policy):
+    internal = True  # calibration's own policy: it caches nothing, so it is never offered
+    level = "none"
+
     def __init__(self, config: Recorder, model: ModelContext) -> None:
         super().__init__(config, model)
         self.last_block = len(model.slots) - 1

@@ -32,13 +32,39 @@ from .. import kernels
 from ..adapters import BlockCall
 from ..calibration import ProfileError, resolve_profile
 from ..calibration.resample import resample_increments
-from ..config import BWCache
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_number,
+    _check_speedup,
+)
 from ..engine import BlockSlot
 from ..schedulers.budget import search_threshold
 from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
-from .base import ModelContext, Policy, policy_for, shared_tuning
+from .base import ModelContext, Policy, register_policy, shared_tuning
 from .step import rel_l1_rows, rel_l1_value
+
+
+@dataclass(frozen=True)
+class BWCache(PolicyConfig):
+    """Per-block similarity reuse (BWCache-style): each block is reused (its input plus the residual it produced
+    when it last ran) while its own input has changed by less than `threshold` (rel-L1) since it last ran,
+    independently of the other blocks; at most `max_skip` reuses in a row per block.
+
+    The change at step t is known only once the earlier blocks ran at step t, so to keep one host read per call the
+    decision uses each block's change measured at the previous call, extrapolated one step (linear drift).
+    """
+
+    threshold: float = 0.1
+    max_skip: int | None = None
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_number("bwcache", "threshold", self.threshold, allow_none=False)
+        _check_int("bwcache", "max_skip", self.max_skip, low=0)
+        _check_speedup("bwcache", self.speedup)
 
 
 @dataclass
@@ -79,8 +105,13 @@ def choose(
     return flags, (sum(predictions) / len(predictions) if predictions else None)
 
 
-@policy_for(BWCache)
+@register_policy("bwcache", BWCache)
 class BWCachePolicy(Policy):
+    level = "block"
+    needs_profile = "optional"
+    speedup_by = "profile"
+    in_default_eval = True
+
     def __init__(self, config: BWCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.count = len(model.slots)

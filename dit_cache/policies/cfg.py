@@ -36,11 +36,18 @@ from typing import Any
 import torch
 
 from .. import kernels
-from ..config import CFGCache
+from ..config import (
+    PolicyConfig,
+    _check_fraction,
+    _check_int,
+    _check_number,
+    _check_speedup_below,
+    make_config,
+)
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, span
 from ..state import REUSE, CallInfo
 from ..stats import StepRecord
-from .base import Locate, ModelContext, Policy, policy_class, policy_for
+from .base import Locate, ModelContext, Policy, policies_where, policy_class, register_policy
 from .batched import Batch, batch_of, batched_parts, joined, like, map_batched, stacked
 from .grid import low_pass
 from .token import grid_of_call
@@ -48,6 +55,71 @@ from .token import grid_of_call
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 2
+
+
+@dataclass(frozen=True)
+class CFGCache(PolicyConfig):
+    """CFG reuse in the style of FasterCache (Lv et al. 2024): every `interval`-th step computes both guidance
+    branches and stores their difference (unconditional minus conditional output); the steps in between compute
+    only the conditional branch and rebuild the unconditional one from it and the stored difference.
+
+    warmup: share of the first steps that always compute both branches. alpha_low / alpha_high: weights of the low /
+        high spatial-frequency part of the stored difference on rebuilt steps whose trajectory position (1 at the
+        first step, 0 at the last) lies in low_range / high_range (FasterCache's timestep windows); 1 outside.
+    step: an inner policy for everything else (a name, a config such as TeaCache(), or None): it runs on every
+        computed branch, so CFG reuse combines with any step, block or token policy.
+    speedup: picks the interval (at most 2x: only the unconditional half of the work can be saved).
+    """
+
+    interval: int | None = None
+    warmup: float = 0.2
+    alpha_low: float = 1.1
+    alpha_high: float = 1.1
+    low_range: tuple[float, float] = (0.1, 0.9)
+    high_range: tuple[float, float] = (0.0, 0.3)
+    step: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_int("cfg", "interval", self.interval, low=1)
+        _check_fraction("cfg", "warmup", self.warmup)
+        for name in ("alpha_low", "alpha_high"):
+            _check_number("cfg", name, getattr(self, name), allow_none=False)
+        for name in ("low_range", "high_range"):
+            value = tuple(getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not value[0] < value[1]:
+                raise ValueError(
+                    f"cfg: {name} must be (start, end) with start < end, positions of the trajectory from 1 (first "
+                    f"step) to 0 (last step), got {value!r}"
+                )
+        _check_speedup_below("cfg", self.speedup, 2.0, "CFG reuse saves at most the unconditional half of the work")
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("cfg: give interval or speedup, not both (speedup picks the interval)")
+        object.__setattr__(self, "step", _inner_config("cfg", self.step))
+
+
+def _inner_config(policy: str, value: Any) -> PolicyConfig | None:
+    """An inner policy given as a name, a config dict or a config; composites cannot nest."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        config = make_config(value)
+    elif isinstance(value, dict):
+        config = PolicyConfig.from_dict(value)
+    elif isinstance(value, PolicyConfig):
+        config = value
+    else:
+        raise TypeError(
+            f"{policy}: step must be a policy name or config (e.g. dit_cache.TeaCache()), got {type(value).__name__}"
+        )
+    inner = policy_class(config)
+    if not inner.cfg_inner or inner.internal:
+        raise ValueError(
+            f"{policy}: step={config.policy_name!r} cannot be an inner policy; give a step, block or token policy "
+            f"({', '.join(policies_where(cfg_inner=True))})"
+        )
+    return config
 
 
 def full_steps(num_steps: int, interval: int, warmup: float) -> list[int]:
@@ -90,8 +162,13 @@ class CFGTrajectory:
     last_decision: str | None = None  # the inner decision of the last call
 
 
-@policy_for(CFGCache)
+@register_policy("cfg", CFGCache)
 class CFGPolicy(Policy):
+    level = "cfg"
+    speedup_by = "schedule"
+    cfg_inner = False
+    in_default_eval = True
+
     intercepts_calls = True
     cfg_enabled = True  # a subclass may run without CFG reuse (the mixture without the "cfg" mode)
 

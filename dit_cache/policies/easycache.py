@@ -21,11 +21,42 @@ from typing import Any
 import torch
 
 from ..adapters import BlockCall
-from ..config import EasyCache
+from ..config import (
+    PolicyConfig,
+    _check_fraction,
+    _check_int,
+    _check_number,
+    _check_order,
+)
 from ..engine import BlockSlot
 from ..state import COMPUTE, REUSE, CallInfo
-from .base import ModelContext, policy_for
+from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState
+
+
+@dataclass(frozen=True)
+class EasyCache(PolicyConfig):
+    """EasyCache (Zhou et al. 2025), runtime-adaptive, no calibration: after the warm-up, reuse the block stack's
+    last computed transformation (output minus input) while the accumulated estimate of the output's relative change
+    stays under `tolerance`. The estimate at step t is k x |x_t - x_(t-1)| / |y_c|: x the stack input, y_c the stack
+    output of the last computed step, k = |y_c - y_c'| / |x_c - x_c'| the transformation rate measured between the last
+    two computed steps (mean absolute values).
+
+    tolerance: accumulated estimate before a recompute (the paper's tau; 0 never reuses). warmup: share of the first
+        steps always computed (the paper's retention steps). max_skip: cap on consecutive reuses (None: no cap).
+    forecast: as on the step policies (0: plain reuse of the transformation).
+    """
+
+    tolerance: float = 0.05
+    warmup: float = 0.1
+    max_skip: int | None = None
+    forecast: int = 0
+
+    def __post_init__(self):
+        _check_number("easycache", "tolerance", self.tolerance, allow_none=False)
+        _check_fraction("easycache", "warmup", self.warmup)
+        _check_int("easycache", "max_skip", self.max_skip, low=0)
+        _check_order("easycache", "forecast", self.forecast)
 
 
 def row_abs_sums(x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +75,10 @@ class EasyCacheState(SegmentState):
     accumulated: float = 0.0
 
 
-@policy_for(EasyCache)
+@register_policy("easycache", EasyCache)
 class EasyCachePolicy(SegmentPolicy):
+    level = "step"
+
     state_class = EasyCacheState
 
     def __init__(self, config: EasyCache, model: ModelContext) -> None:

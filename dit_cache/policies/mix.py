@@ -35,15 +35,73 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters import BlockCall
-from ..config import MixCache, TeaCache
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_number,
+    _check_open_fraction,
+    _check_speedup,
+)
 from ..engine import BlockSlot
 from ..schedulers.budget import replay, search_threshold
 from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
-from .base import Locate, ModelContext, Policy, policy_for, shared_tuning
+from .base import Locate, ModelContext, Policy, register_policy, shared_tuning
 from .cfg import CFGPolicy
-from .step import IDENTITY_DEFAULT_THRESHOLD, TeaCachePolicy, TeaCacheState
+from .teacache import IDENTITY_DEFAULT_THRESHOLD, TeaCache, TeaCachePolicy, TeaCacheState
 from .token import TokenMechanism, TokenState, read_token_layout
+
+MIX_MODES = {"step": "step", "teacache": "step", "cfg": "cfg", "token": "token", "toca": "token"}
+
+
+@dataclass(frozen=True)
+class MixCache(PolicyConfig):
+    """A per-step mixture in the style of MixCache: every call chooses step reuse, token reuse or full compute from
+    the step's signal (TeaCache's accumulated, profile-rescaled indicator change since the last full compute), and
+    the unconditional CFG branch is rebuilt from the conditional one whenever its step was not fully computed.
+
+    Rule: acc < reuse_threshold -> reuse the whole step; acc < token_threshold -> token reuse (self-attention reused,
+    `fraction` of the tokens recomputed through MLP and cross-attention); else full compute (acc = 0). First and
+    last steps, and max_skip non-full steps in a row, compute in full.
+    modes: the granularities to choose from, among "step" (alias "teacache"), "token" ("toca") and "cfg".
+    Thresholds default to the profile's TeaCache threshold (token) and half of it (step), else 0.1 and 0.05;
+    speedup= scales both on a profile's traces.
+    """
+
+    reuse_threshold: float | None = None
+    token_threshold: float | None = None
+    fraction: float = 0.3
+    modes: tuple[str, ...] = ("step", "token", "cfg")
+    max_skip: int | None = None
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        modes = (self.modes,) if isinstance(self.modes, str) else tuple(self.modes)
+        for mode in modes:
+            if mode not in MIX_MODES:
+                raise ValueError(
+                    f"mix: unknown policy {mode!r} in modes; the mixture chooses among step (alias teacache), token "
+                    "(alias toca) and cfg; for other policies apply them directly or as CFGCache(step=...)"
+                )
+        canonical = tuple(dict.fromkeys(MIX_MODES[m] for m in modes))
+        if not canonical:
+            raise ValueError("mix: modes is empty; name at least one of step, token, cfg")
+        object.__setattr__(self, "modes", canonical)
+        _check_number("mix", "reuse_threshold", self.reuse_threshold)
+        _check_number("mix", "token_threshold", self.token_threshold)
+        if (
+            self.reuse_threshold is not None
+            and self.token_threshold is not None
+            and self.reuse_threshold > self.token_threshold
+        ):
+            raise ValueError(
+                f"mix: reuse_threshold ({self.reuse_threshold}) must not exceed token_threshold ({self.token_threshold}):"
+                " whole-step reuse is for the calmer steps"
+            )
+        _check_open_fraction("mix", "fraction", self.fraction)
+        _check_int("mix", "max_skip", self.max_skip, low=0)
+        _check_speedup("mix", self.speedup)
 
 
 @dataclass
@@ -182,9 +240,15 @@ class MixChooser(TeaCachePolicy):
         return self._scales[key]
 
 
-@policy_for(MixCache)
+@register_policy("mix", MixCache)
 class MixPolicy(CFGPolicy):
     """The chooser on every branch, wrapped by CFG reuse when "cfg" is among the modes."""
+
+    level = "mixed"
+    needs_profile = "optional"
+    speedup_by = "profile"
+    cfg_inner = False
+    in_default_eval = True
 
     def __init__(self, config: MixCache, model: ModelContext) -> None:
         Policy.__init__(self, config, model)

@@ -24,16 +24,69 @@ from typing import Any
 import torch
 
 from .. import kernels
-from ..config import ToCa
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_number,
+    _check_open_fraction,
+    _check_speedup,
+    _check_weight,
+)
 from ..engine import BlockSlot
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest
 from ..state import COMPUTE, PARTIAL, CallInfo
-from .base import Locate, ModelContext, Policy, policy_for
+from .base import Locate, ModelContext, Policy, register_policy
 from .grid import Grid, cell_ids, text_tokens
 
 logger = logging.getLogger(__name__)
 DEFAULT_FRACTION = 0.3
 _EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class ToCa(PolicyConfig):
+    """ToCa-style token caching (Zou et al. 2024): every `interval`-th step computes everything; on the partial steps
+    in between, MLP and cross-attention recompute only a share of the tokens and scatter them into their cached
+    output, while self-attention is reused (`self_attention="reuse"`) or computed in full (`"compute"`).
+
+    fraction: share of tokens recomputed on partial steps, in (0, 1] (None: 0.3, or the share that gives `speedup`).
+        The share of one place is `fraction * (1 + depth_weight * (depth - 1/2)) * (1 + step_weight * (1/2 -
+        progress)) * (cross_attention_scale for cross-attention)`, depth and progress in [0, 1], clipped to (0, 1].
+    Tokens are picked by score: the change of the token's input since it was last recomputed (relative to the mean
+    change), plus `age_weight` x steps since that refresh / interval; the best token of each `spread` x `spread`
+    cell of the token grid gets a bonus so the recomputed tokens cover the image (spread=1: no spreading).
+    """
+
+    fraction: float | None = None
+    interval: int = 3
+    self_attention: str = "reuse"
+    depth_weight: float = 0.5
+    step_weight: float = 0.0
+    cross_attention_scale: float = 0.5
+    age_weight: float = 0.5
+    spread: int = 2
+    speedup: float | None = None
+
+    def __post_init__(self):
+        if self.fraction is not None:
+            _check_open_fraction("toca", "fraction", self.fraction)
+        _check_int("toca", "interval", self.interval, low=1, allow_none=False)
+        if self.self_attention not in ("reuse", "compute"):
+            raise ValueError(f"toca: self_attention must be 'reuse' or 'compute', got {self.self_attention!r}")
+        _check_weight("toca", "depth_weight", self.depth_weight)
+        _check_weight("toca", "step_weight", self.step_weight)
+        if isinstance(self.cross_attention_scale, bool) or not isinstance(self.cross_attention_scale, (int, float)):
+            raise ValueError(
+                f"toca: cross_attention_scale must be a positive number, got {self.cross_attention_scale!r}"
+            )
+        _check_number("toca", "cross_attention_scale", self.cross_attention_scale, allow_none=False)
+        if self.cross_attention_scale == 0:
+            raise ValueError("toca: cross_attention_scale must be > 0 (it scales the share of tokens recomputed)")
+        _check_number("toca", "age_weight", self.age_weight, allow_none=False)
+        _check_int("toca", "spread", self.spread, low=1, allow_none=False)
+        _check_speedup("toca", self.speedup)
+        if self.speedup is not None and self.fraction is not None:
+            raise ValueError("toca: give fraction or speedup, not both (speedup picks the fraction)")
 
 
 @dataclass
@@ -220,9 +273,13 @@ def read_token_layout(call: CallInfo, model: ModelContext, args: tuple, kwargs: 
     record.text_tokens = text_tokens(kwargs)
 
 
-@policy_for(ToCa)
+@register_policy("toca", ToCa)
 class ToCaPolicy(Policy):
     """Full steps every `interval` steps; partial token steps in between."""
+
+    level = "token"
+    speedup_by = "schedule"
+    in_default_eval = True
 
     uses_submodules = True
     intercepts_calls = True  # only to read the token grid from the call's arguments

@@ -8,11 +8,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import FORA
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_order,
+)
 from ..engine import BlockSlot
 from ..state import COMPUTE, FORECAST, REUSE, CallInfo
-from .base import Policy, policy_for
+from .base import Policy, register_policy
 from .taylor import TaylorHistory, flatten, unflatten
+
+
+@dataclass(frozen=True)
+class FORA(PolicyConfig):
+    """FORA (Selvaraju et al. 2024): compute every `interval`-th step; in between, every block reuses its attention
+    and MLP outputs (taken before the gate multiplication, so the current step's gates scale them)."""
+
+    interval: int = 2
+    forecast: int = 0
+
+    def __post_init__(self):
+        _check_order("fora", "forecast", self.forecast)
+        _check_int("fora", "interval", self.interval, low=1, allow_none=False)
 
 
 @dataclass
@@ -23,8 +40,12 @@ class FORAState:
     empty: dict[tuple[int, str], Any] = field(default_factory=dict)  # token-less stand-ins of units that feed another
 
 
-@policy_for(FORA)
+@register_policy("fora", FORA)
 class FORAPolicy(Policy):
+    level = "block"
+    speedup_by = "interval"
+    in_default_eval = True
+
     uses_submodules = True
 
     @property

@@ -126,7 +126,12 @@ def _block_profile(model, steps: int, change: float) -> Profile:
 
 @pytest.mark.parametrize(
     ("policy", "options"),
-    [("teacache", dict(threshold=0.3)), ("fbcache", dict(threshold=0.3)), ("bwcache", dict(speedup=2.0))],
+    [
+        ("teacache", dict(threshold=0.3)),
+        ("fbcache", dict(threshold=0.3)),
+        ("easycache", dict(tolerance=0.3)),
+        ("bwcache", dict(speedup=2.0)),
+    ],
 )
 def test_decide_changes_nothing_but_the_state(policy, options):
     """After the first call (plans made once per step grid), further calls leave every attribute of the policy as it

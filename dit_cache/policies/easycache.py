@@ -15,7 +15,7 @@ most (`rel_l1_rows`' convention); of separate CFG calls, the first of each step 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -73,6 +73,8 @@ class EasyCacheState(SegmentState):
     computed_output: torch.Tensor | None = None  # the stack output of the last computed step
     rate_sums: torch.Tensor | None = None  # (rows, 3): |y_c - y_c'|, |x_c - x_c'|, |y_c| summed per row
     accumulated: float = 0.0
+    # step -> (branch, decision) of the step's first call, shared by the branch states of one trajectory
+    leading: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 @register_policy("easycache", EasyCache)
@@ -84,22 +86,27 @@ class EasyCachePolicy(SegmentPolicy):
     def __init__(self, config: EasyCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.threshold = config.tolerance
-        self.leading: dict[int, tuple[str, str]] = {}  # step -> (branch, decision) of the step's first call
+        # step -> (branch, decision) of the step's first call: state of the running trajectory, shared by the states
+        # of its branches (each new branch state gets it), emptied in place on every reset
+        self._leading: dict[int, tuple[str, str]] = {}
+
+    def new_state(self) -> EasyCacheState:
+        return EasyCacheState(leading=self._leading)
 
     def reset(self, states: dict[str, Any]) -> None:
-        self.leading = {}
+        self._leading.clear()
 
     def decide(self, call: CallInfo, state: EasyCacheState, values: list[float]) -> str:
         """The first branch to reach a step decides it; the other CFG branches follow (computed on different steps,
         their errors would be amplified by guidance instead of cancelling; the paper decides on the conditional
         call for both)."""
-        lead = self.leading.get(call.step)
+        lead = state.leading.get(call.step)
         if lead is not None and lead[0] != call.branch:
             self.observe(call, state, values)
             follow = COMPUTE if lead[1] == COMPUTE or SegmentPolicy.forced(self, call, state) else REUSE
             return self.settle(call, state, follow)
         decision = super().decide(call, state, values)
-        self.leading[call.step] = (call.branch, decision)
+        state.leading[call.step] = (call.branch, decision)
         return decision
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:

@@ -63,15 +63,10 @@ class Auto(PolicyConfig):
             raise ValueError(f"auto: candidates must be a tuple of candidate names, got {self.candidates!r}")
 
 
-@register_policy("auto", Auto)
+@register_policy("auto", Auto, level="auto", needs_profile="candidates", speedup_by="profile", cfg_inner=False)
 class AutoPolicy(Policy):
     """`auto` runs no rule of its own: `apply` resolves an `Auto` config to the candidate it picks
     (`resolve`) and runs that candidate's policy. This class carries its capabilities."""
-
-    level = "auto"
-    needs_profile = "candidates"
-    speedup_by = "profile"
-    cfg_inner = False
 
     def __init__(self, config: Auto, model) -> None:
         raise TypeError("auto is resolved to the policy it picks by dit_cache.apply; it does not run itself")

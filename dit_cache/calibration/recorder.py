@@ -91,11 +91,9 @@ class _Trace:
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-@register_policy("recorder", Recorder)
+# calibration's own policy: it caches nothing, so it is never offered to users
+@register_policy("recorder", Recorder, level="none", internal=True)
 class RecorderPolicy(Policy):
-    internal = True  # calibration's own policy: it caches nothing, so it is never offered
-    level = "none"
-
     def __init__(self, config: Recorder, model: ModelContext) -> None:
         super().__init__(config, model)
         self.last_block = len(model.slots) - 1

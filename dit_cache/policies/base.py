@@ -28,29 +28,32 @@ PROFILE_NEEDS = ("none", "optional", "required", "recorded", "candidates")
 TARGETS = (None, "profile", "schedule", "interval")
 
 
-def register_policy(name: str, config_cls: type[PolicyConfig]):
-    """Class decorator: `name` selects `config_cls` (`apply(pipe, name)`, `make_config(name)`), and the decorated
-    policy class runs configs of that class. Its capabilities are checked here, once."""
+def register_policy(
+    name: str,
+    config_cls: type[PolicyConfig],
+    *,
+    level: str = "step",
+    needs_profile: str = "none",
+    speedup_by: str | None = None,
+    cfg_inner: bool = True,
+    in_default_eval: bool = False,
+    internal: bool = False,
+):
+    """Class decorator: `name` selects `config_cls` (`apply(pipe, name)`, `make_config(name)`), the decorated policy
+    class runs configs of that class, and the capabilities become its class attributes (see `Policy`; all of them
+    are set here, so a subclass never inherits another policy's by accident)."""
+    capabilities = dict(level=level, needs_profile=needs_profile, speedup_by=speedup_by, cfg_inner=cfg_inner,
+                        in_default_eval=in_default_eval, internal=internal)  # fmt: skip
+    for attr, valid in (("level", LEVELS), ("needs_profile", PROFILE_NEEDS), ("speedup_by", TARGETS)):
+        if capabilities[attr] not in valid:
+            raise ValueError(f"policy {name!r}: {attr}={capabilities[attr]!r} is not one of {valid}")
 
     def wrap(cls: type[Policy]) -> type[Policy]:
-        for attr, valid in (("level", LEVELS), ("needs_profile", PROFILE_NEEDS), ("speedup_by", TARGETS)):
-            if getattr(cls, attr) not in valid:
-                raise ValueError(f"policy {name!r}: {attr}={getattr(cls, attr)!r} is not one of {valid}")
         register_config(name)(config_cls)
         _POLICIES[config_cls] = cls
         cls.config_class = config_cls
-        return cls
-
-    return wrap
-
-
-def policy_for(config_cls: type[PolicyConfig]):
-    """Class decorator: the policy that runs configs of `config_cls`, a config registered on its own
-    (`config.register_config`); `register_policy` does both in one."""
-
-    def wrap(cls: type[Policy]) -> type[Policy]:
-        _POLICIES[config_cls] = cls
-        cls.config_class = config_cls
+        for attr, value in capabilities.items():
+            setattr(cls, attr, value)
         return cls
 
     return wrap
@@ -130,8 +133,9 @@ class Policy:
     uses_submodules: bool = False
     intercepts_calls: bool = False  # sees whole transformer calls through `intercept_call`
 
-    # ---- capabilities (class attributes; read by the evaluation, `dit-cache info` and the generated docs)
-    config_class: ClassVar[type[PolicyConfig]]  # set by register_policy
+    # ---- capabilities: class attributes set by `register_policy` (read by the evaluation, `dit-cache info` and the
+    # generated docs); the values below are its defaults
+    config_class: ClassVar[type[PolicyConfig]]
     level: ClassVar[str] = "step"  # what it caches: step, block, token, cfg, mixed (several), auto (picks a policy)
     # "none", "optional" (better with one), "required" (a built-in or calibrated one), "recorded" (calibrated
     # traces only), "candidates" (calibrated candidate runs)

@@ -105,13 +105,10 @@ def choose(
     return flags, (sum(predictions) / len(predictions) if predictions else None)
 
 
-@register_policy("bwcache", BWCache)
+@register_policy(
+    "bwcache", BWCache, level="block", needs_profile="optional", speedup_by="profile", in_default_eval=True
+)
 class BWCachePolicy(Policy):
-    level = "block"
-    needs_profile = "optional"
-    speedup_by = "profile"
-    in_default_eval = True
-
     def __init__(self, config: BWCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.count = len(model.slots)

@@ -162,13 +162,8 @@ class CFGTrajectory:
     last_decision: str | None = None  # the inner decision of the last call
 
 
-@register_policy("cfg", CFGCache)
+@register_policy("cfg", CFGCache, level="cfg", speedup_by="schedule", cfg_inner=False, in_default_eval=True)
 class CFGPolicy(Policy):
-    level = "cfg"
-    speedup_by = "schedule"
-    cfg_inner = False
-    in_default_eval = True
-
     intercepts_calls = True
     cfg_enabled = True  # a subclass may run without CFG reuse (the mixture without the "cfg" mode)
 

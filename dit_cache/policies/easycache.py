@@ -77,10 +77,8 @@ class EasyCacheState(SegmentState):
     leading: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
-@register_policy("easycache", EasyCache)
+@register_policy("easycache", EasyCache, level="step")
 class EasyCachePolicy(SegmentPolicy):
-    level = "step"
-
     state_class = EasyCacheState
 
     def __init__(self, config: EasyCache, model: ModelContext) -> None:

@@ -78,12 +78,8 @@ def greedy_schedule(errors: np.ndarray, threshold: float, max_skip: int | None) 
     return frozenset(computed)
 
 
-@register_policy("ertacache", ERTACache)
+@register_policy("ertacache", ERTACache, level="step", needs_profile="recorded", speedup_by="profile")
 class ERTACachePolicy(SegmentPolicy):
-    level = "step"
-    needs_profile = "recorded"
-    speedup_by = "profile"
-
     def __init__(self, config: ERTACache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.speedup = None  # the schedule, not a runtime threshold, carries the target

@@ -51,14 +51,9 @@ class FBCacheState(SegmentState):
     front_residual: torch.Tensor | None = None  # of the last computed step
 
 
-@register_policy("fbcache", FBCache)
+@register_policy("fbcache", FBCache, level="step", needs_profile="optional", speedup_by="profile", in_default_eval=True)
 class FBCachePolicy(SegmentPolicy):
     """Run the front blocks; reuse the middle while rel_l1(front residual, its value at the last compute) < threshold."""
-
-    level = "step"
-    needs_profile = "optional"
-    speedup_by = "profile"
-    in_default_eval = True
 
     state_class = FBCacheState
 

@@ -40,12 +40,8 @@ class FORAState:
     empty: dict[tuple[int, str], Any] = field(default_factory=dict)  # token-less stand-ins of units that feed another
 
 
-@register_policy("fora", FORA)
+@register_policy("fora", FORA, level="block", speedup_by="interval", in_default_eval=True)
 class FORAPolicy(Policy):
-    level = "block"
-    speedup_by = "interval"
-    in_default_eval = True
-
     uses_submodules = True
 
     @property

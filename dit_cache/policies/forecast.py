@@ -92,15 +92,11 @@ def spread_steps(num_steps: int, warmup: int, count: int) -> frozenset[int]:
     return frozenset(steps)
 
 
-@register_policy("taylorseer", TaylorSeer)
+@register_policy("taylorseer", TaylorSeer, level="block", speedup_by="schedule", in_default_eval=True)
 class TaylorSeerPolicy(FORAPolicy):
     """speedup= takes the interval that reaches the target (TaylorSeer's fixed interval); where no interval does
     (intervals move the fraction in jumps: 1, then about 1/2, 1/3...), the number of computed steps that does,
     spread evenly after the warm-up."""
-
-    level = "block"
-    speedup_by = "schedule"
-    in_default_eval = True
 
     def __init__(self, config: TaylorSeer, model: ModelContext) -> None:
         super().__init__(config, model)

@@ -117,12 +117,8 @@ def pick_solvers(sums: torch.Tensor, solvers: tuple[int, ...]) -> list[int]:
     return picks
 
 
-@register_policy("hyca", HyCa)
+@register_policy("hyca", HyCa, level="block", needs_profile="recorded", speedup_by="profile")
 class HyCaPolicy(TaylorSeerPolicy):
-    level = "block"
-    needs_profile = "recorded"
-    speedup_by = "profile"
-
     def __init__(self, config: HyCa, model: ModelContext) -> None:
         super().__init__(config, model)
         self.units = unit_keys(model.slots)

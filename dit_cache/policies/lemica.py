@@ -40,15 +40,10 @@ class LeMiCa(PolicyConfig):
             raise ValueError("lemica: give speedup or budget, not both")
 
 
-@register_policy("lemica", LeMiCa)
+@register_policy("lemica", LeMiCa, level="step", needs_profile="required", speedup_by="profile", in_default_eval=True)
 class LeMiCaPolicy(SchedulePolicy):
     """The schedule policy, with its steps solved for each call's own step count on the profile's LeMiCa edge
     weights (resampled over the trajectory: `resample_edges`), or mapped from a published schedule."""
-
-    level = "step"
-    needs_profile = "required"
-    speedup_by = "profile"
-    in_default_eval = True
 
     def __init__(self, config: LeMiCa, model: ModelContext) -> None:
         SegmentPolicy.__init__(self, config, model)

@@ -48,14 +48,11 @@ class MagCacheState(SegmentState):
     steps: int = 0
 
 
-@register_policy("magcache", MagCache)
+@register_policy(
+    "magcache", MagCache, level="step", needs_profile="required", speedup_by="profile", in_default_eval=True
+)
 class MagCachePolicy(SegmentPolicy):
     """After the retention steps: R *= ratio_t, k += 1, E += |1 - R|; reuse while E < threshold and k <= K."""
-
-    level = "step"
-    needs_profile = "required"
-    speedup_by = "profile"
-    in_default_eval = True
 
     state_class = MagCacheState
 

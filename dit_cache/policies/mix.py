@@ -240,15 +240,17 @@ class MixChooser(TeaCachePolicy):
         return self._scales[key]
 
 
-@register_policy("mix", MixCache)
+@register_policy(
+    "mix",
+    MixCache,
+    level="mixed",
+    needs_profile="optional",
+    speedup_by="profile",
+    cfg_inner=False,
+    in_default_eval=True,
+)
 class MixPolicy(CFGPolicy):
     """The chooser on every branch, wrapped by CFG reuse when "cfg" is among the modes."""
-
-    level = "mixed"
-    needs_profile = "optional"
-    speedup_by = "profile"
-    cfg_inner = False
-    in_default_eval = True
 
     def __init__(self, config: MixCache, model: ModelContext) -> None:
         Policy.__init__(self, config, model)

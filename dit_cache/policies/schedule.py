@@ -60,11 +60,9 @@ def map_steps(steps: tuple[int, ...], written_for: int | None, num_steps: int) -
     return frozenset({0, *(min(num_steps - 1, round(s * scale)) for s in steps)})
 
 
-@register_policy("schedule", Schedule)
+@register_policy("schedule", Schedule, level="step")
 class SchedulePolicy(SegmentPolicy):
     """Compute exactly the listed steps, reuse the last residual on the others."""
-
-    level = "step"
 
     def __init__(self, config: Schedule, model: ModelContext) -> None:
         super().__init__(config, model)

@@ -60,14 +60,11 @@ class TeaCacheState(SegmentState):
     accumulated: float = 0.0
 
 
-@register_policy("teacache", TeaCache)
+@register_policy(
+    "teacache", TeaCache, level="step", needs_profile="optional", speedup_by="profile", in_default_eval=True
+)
 class TeaCachePolicy(SegmentPolicy):
     """acc += max(0, poly(rel_l1(I_t, I_prev))); reuse while acc < threshold; first, last and warm-up steps computed."""
-
-    level = "step"
-    needs_profile = "optional"
-    speedup_by = "profile"
-    in_default_eval = True
 
     state_class = TeaCacheState
 

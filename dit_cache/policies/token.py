@@ -273,13 +273,9 @@ def read_token_layout(call: CallInfo, model: ModelContext, args: tuple, kwargs: 
     record.text_tokens = text_tokens(kwargs)
 
 
-@register_policy("toca", ToCa)
+@register_policy("toca", ToCa, level="token", speedup_by="schedule", in_default_eval=True)
 class ToCaPolicy(Policy):
     """Full steps every `interval` steps; partial token steps in between."""
-
-    level = "token"
-    speedup_by = "schedule"
-    in_default_eval = True
 
     uses_submodules = True
     intercepts_calls = True  # only to read the token grid from the call's arguments

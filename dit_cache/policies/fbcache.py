@@ -3,7 +3,6 @@ the front blocks' residual barely changed since the last computed step."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,6 @@ from ..schedulers.budget import ValuesFor
 from ..state import COMPUTE, REUSE, CallInfo
 from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState, rel_l1_rows, rel_l1_value
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

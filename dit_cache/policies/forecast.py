@@ -6,7 +6,6 @@ lives with the segment mechanism in step.py and uses the same history."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from ..config import (
@@ -19,8 +18,6 @@ from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_c
 from ..state import COMPUTE, FORECAST, CallInfo
 from .base import ModelContext, register_policy
 from .fora import FORAPolicy, FORAState
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

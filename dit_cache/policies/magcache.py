@@ -3,7 +3,6 @@ calibrated magnitude ratios of the residual stays under a threshold."""
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,6 @@ from ..schedulers.budget import ValuesFor
 from ..state import COMPUTE, REUSE, CallInfo
 from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

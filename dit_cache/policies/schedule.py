@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from ..config import PolicyConfig, _check_int, _check_order
 from ..state import COMPUTE, REUSE, CallInfo
 from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

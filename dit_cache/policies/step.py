@@ -9,7 +9,6 @@ instead of the last residual as is (decision "forecast"); the decision rules are
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from .base import ModelContext, Policy, shared_tuning
 from .taylor import TaylorHistory
 
 _EPS = 1e-12
-
-logger = logging.getLogger(__name__)
 
 
 def rel_l1_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

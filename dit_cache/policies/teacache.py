@@ -3,7 +3,6 @@ change of a cheap timestep-modulated indicator stays under a threshold."""
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,6 @@ from ..schedulers.budget import ValuesFor
 from ..state import COMPUTE, REUSE, CallInfo
 from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState, rel_l1_rows, rel_l1_value
-
-logger = logging.getLogger(__name__)
 
 # TeaCache without a fitted polynomial: the output change is taken to equal the indicator change.
 IDENTITY_COEFFICIENTS = (0.0, 0.0, 0.0, 1.0, 0.0)

@@ -222,9 +222,18 @@ def _merge(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .eval.methods import user_policies
     from .families import text
+    from .policies import policy_info
 
     print(f"dit-cache {__version__}")
     print("policies:", ", ".join(user_policies()))
+    # each policy's capabilities, as its class declares them (policies/<name>.py)
+    rows = [("policy", "level", "profile", "speedup= by", "in CFGCache(step=)")]
+    for name in user_policies():
+        info = policy_info(name)
+        rows.append((name, info.level, info.needs_profile, info.speedup_by or "-", "yes" if info.cfg_inner else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     print()
     print(text())
     return 0

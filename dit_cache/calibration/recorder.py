@@ -25,10 +25,10 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..config import PolicyConfig, register_config
+from ..config import PolicyConfig
 from ..distributed import GroupSync
 from ..engine import BlockSlot
-from ..policies.base import ModelContext, Policy, policy_for
+from ..policies.base import ModelContext, Policy, register_policy
 from ..state import COMPUTE, CallInfo
 from . import keys
 
@@ -76,7 +76,6 @@ def model_output_tensor(output: Any) -> torch.Tensor | None:
     return getattr(output, "sample", None)
 
 
-@register_config("recorder")
 @dataclass(frozen=True)
 class Recorder(PolicyConfig):
     """Computes every step and records trajectory statistics (used by `dit-cache calibrate`)."""
@@ -93,7 +92,8 @@ class _Trace:
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-@policy_for(Recorder)
+# calibration's own policy: it caches nothing, so it is never offered to users
+@register_policy("recorder", Recorder, level="none", internal=True)
 class RecorderPolicy(Policy):
     def __init__(self, config: Recorder, model: ModelContext) -> None:
         super().__init__(config, model)
@@ -112,14 +112,14 @@ class RecorderPolicy(Policy):
         self._reported_steps = set()
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> None:
-        call.payload = self.model.spec.indicator(slot.module, block).detach()
+        call.record.payload = self.model.spec.indicator(slot.module, block).detach()
         return None
 
     def decide(self, call: CallInfo, state: _Trace, values: list[float]) -> str:
         record = state.steps[call.step] = {
             "sigma": call.sigma, keys.BLOCK_INPUT_CHANGE: [], keys.BLOCK_RESIDUAL_CHANGE: [], "units": {},
         }  # fmt: skip
-        self._change(state, record, "x", "indicator", call.payload)
+        self._change(state, record, "x", "indicator", call.record.payload)
         if self.config.progress is not None and call.step not in self._reported_steps:
             self._reported_steps.add(call.step)
             self.config.progress()
@@ -140,7 +140,7 @@ class RecorderPolicy(Policy):
         record = state.steps[call.step]
         i = slot.index
         if i == 0:
-            call.stack_input = (hidden_in, block.encoder)
+            call.record.stack_input = (hidden_in, block.encoder)
         if self.config.block_traces or i == 0:
             sub_in = token_subset(hidden_in)
             sub_res = token_subset(hidden_out) - sub_in
@@ -150,7 +150,7 @@ class RecorderPolicy(Policy):
         if i == 0:
             record[keys.FB_PAIRS], state.front_history = _pairs(sub_res, state.front_history)
         if i == self.last_block:
-            residual = (hidden_out - call.stack_input[0]).detach()
+            residual = (hidden_out - call.record.stack_input[0]).detach()
             record[keys.RES_PAIRS], state.residual_history = _pairs(token_subset(residual), state.residual_history)
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:

@@ -4,7 +4,7 @@ token scatter.
 Each op is a torch custom op (`torch.ops.dit_cache.*`, usable inside `torch.compile`) that dispatches to a fused
 Triton kernel on CUDA when Triton imports, else to its PyTorch twin (`dit_cache.kernels.twins`). The environment
 variable `DIT_CACHE_KERNELS` (auto | triton | torch) forces either; see docs/kernels.md. Each op lives in one module,
-`dit_cache/kernels/_ops/<name>.py`, listed in `ops.OPS`; the public functions here are built from that list.
+`dit_cache/kernels/_ops/<name>.py`, found by `ops.OPS`; the public functions here are built from that list.
 
 Importing this package needs neither Triton nor a GPU: Triton is imported on the first call that uses it.
 """

@@ -11,29 +11,21 @@ An op module (read `_ops/rel_l1_parts.py` first: the shortest) holds, for its op
 * its custom op(s), made by `register_op`;
 * `<NAME>`, the public function (`dit_cache.kernels.<NAME>`).
 
-Adding an op: write its module after that pattern and list it here.
+Adding an op: write its module after that pattern; `OPS` finds every module of `_ops/`.
 """
 
+import importlib
+import pkgutil
 from types import ModuleType
 
-from ._ops import (
-    apply_residual,
-    magnitude_ratio,
-    rel_l1_parts,
-    store_residual,
-    taylor_forecast,
-    taylor_update,
-    token_scatter_gate,
-)
+from . import _ops
 
-OPS: tuple[ModuleType, ...] = (
-    rel_l1_parts,
-    store_residual,
-    apply_residual,
-    magnitude_ratio,
-    taylor_update,
-    taylor_forecast,
-    token_scatter_gate,
+# Every module of `_ops/` is an op: found here, so adding one touches that module only. Sorted by name: the
+# registration order of the custom ops does not matter, a stable one keeps `OPS` reproducible.
+OPS: tuple[ModuleType, ...] = tuple(
+    importlib.import_module(f"{_ops.__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(_ops.__path__), key=lambda info: info.name)
+    if not info.name.startswith("_")
 )
 
 for _module in OPS:

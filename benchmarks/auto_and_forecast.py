@@ -29,6 +29,7 @@ from common import machine, table, write_json  # noqa: E402
 
 import dit_cache  # noqa: E402
 from dit_cache.auto import candidate_config, candidate_list, choose  # noqa: E402
+from dit_cache.calibration import keys  # noqa: E402
 from dit_cache.calibration.runner import CalibrationSettings, calibrate  # noqa: E402
 from dit_cache.eval import zoo  # noqa: E402
 from dit_cache.eval.metrics import psnr, to_frames  # noqa: E402
@@ -113,7 +114,7 @@ def main() -> None:
                      "within 0.5 dB": auto_psnr >= settings_psnr[best][0] - 0.5,
                      "settings": {k: list(v) for k, v in settings_psnr.items()}})  # fmt: skip
         plain = profile.copy()
-        plain.arrays.pop("lemica/edges_forecast1")
+        plain.arrays.pop(keys.lemica_edges(1))
         measured, _ = score(dit_cache.LeMiCa(speedup=target, forecast=1, profile=profile))
         unmeasured, fraction = score(dit_cache.LeMiCa(speedup=target, forecast=1, profile=plain))
         lemica_rows.append({"target": target, "fraction": fraction, "edges with forecast": measured,

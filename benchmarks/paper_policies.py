@@ -119,7 +119,7 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
                     try:
                         out = generate(pipe, name, prompt, seed)
                         fractions.append(dit_cache.stats(pipe).compute_fraction)
-                        chosen = getattr(pipe.transformer._dit_cache.engine.policy, "_solvers", {})
+                        chosen = getattr(dit_cache.cache_engine(pipe).policy, "_solvers", {})
                         for choice in chosen.values():
                             for order in choice.values():
                                 solvers[order] = solvers.get(order, 0) + 1

@@ -107,7 +107,7 @@ def run_model(name: str, steps: int, runs: int, only: list[str] | None = None) -
         def off(policy=policy, state=state):
             state["fraction"] = dit_cache.stats(pipe).compute_fraction
             if policy == "fbcache":
-                state["threshold"] = pipe.transformer._dit_cache.engine.policy.threshold
+                state["threshold"] = dit_cache.cache_engine(pipe).policy.threshold
             dit_cache.remove(pipe)
 
         timing = interleaved(generate, on, off, runs)

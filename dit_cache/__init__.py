@@ -8,27 +8,24 @@ dit_cache.remove(pipe)
 """
 
 from .adapters import ModelSpec, register_adapter, supported_classes
-from .api import apply, cached, is_applied, remove, stats
+from .api import apply, cache_engine, cached, is_applied, recorded_traces, remove, stats
 from .auto import Auto
 from .calibration import Profile, ProfileError
-from .config import (
-    FORA,
-    BWCache,
-    CFGCache,
-    EasyCache,
-    ERTACache,
-    FBCache,
-    HyCa,
-    LeMiCa,
-    MagCache,
-    MixCache,
-    PolicyConfig,
-    Schedule,
-    TaylorSeer,
-    TeaCache,
-    ToCa,
-    policy_names,
-)
+from .config import PolicyConfig, policy_names
+from .policies.bwcache import BWCache
+from .policies.cfg import CFGCache
+from .policies.easycache import EasyCache
+from .policies.ertacache import ERTACache
+from .policies.fbcache import FBCache
+from .policies.fora import FORA
+from .policies.forecast import TaylorSeer
+from .policies.hyca import HyCa
+from .policies.lemica import LeMiCa
+from .policies.magcache import MagCache
+from .policies.mix import MixCache
+from .policies.schedule import Schedule
+from .policies.teacache import TeaCache
+from .policies.token import ToCa
 from .schedulers import SpeedupError
 from .stats import Stats
 
@@ -57,9 +54,11 @@ __all__ = [
     "TeaCache",
     "ToCa",
     "apply",
+    "cache_engine",
     "cached",
     "is_applied",
     "policy_names",
+    "recorded_traces",
     "register_adapter",
     "remove",
     "stats",

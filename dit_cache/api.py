@@ -287,6 +287,41 @@ def stats(target: Any) -> Stats:
     return Stats(records, policy=patches[0].config.policy_name, auto=None if choice is None else choice.to_dict())
 
 
+def cache_engine(target: Any, component: str | None = None) -> CacheEngine:
+    """The engine `apply` put on a transformer of `target` (a pipeline or a bare transformer): its `policy`, the
+    per-branch policy state of the current pipeline call (`states`, branch name -> state), the `records` of the last
+    call and the group `sync` of context parallelism. For inspection and tools (calibration, benchmarks); a policy's
+    state is read, not changed.
+
+    component: which transformer of a pipeline ("transformer", "transformer_2"); needed only when several are patched.
+    """
+    patched = [(name, t) for name, t in _transformers(target) if getattr(t, _ATTR, None) is not None]
+    if component is not None:
+        patched = [(name, t) for name, t in patched if name == component]
+    if not patched:
+        where = f" on its {component!r}" if component is not None else ""
+        raise ValueError(f"no dit_cache policy is applied to this {type(target).__name__}{where}; apply one first")
+    if len(patched) > 1:
+        names = ", ".join(repr(name) for name, _ in patched)
+        raise ValueError(f"{type(target).__name__} has several patched transformers ({names}); pass component=...")
+    return getattr(patched[0][1], _ATTR).engine
+
+
+def recorded_traces(target: Any, component: str | None = None) -> dict[str, dict[str, Any]]:
+    """What the calibration recorder (`dit_cache.calibration.recorder.Recorder`, applied as the policy) saw in the
+    last pipeline call, per CFG branch: per-step lists ("steps", "sigma", "x", "y", "mag_ratio", pair and per-block
+    traces, see `calibration.recorder.collect`), reduced over the context-parallel group where there is one."""
+    from .calibration.recorder import RecorderPolicy, collect
+
+    engine = cache_engine(target, component)
+    if not isinstance(engine.policy, RecorderPolicy):
+        raise ValueError(
+            f"recorded_traces reads the calibration recorder; {engine.name} runs {engine.policy.name!r}. Apply "
+            "dit_cache.calibration.recorder.Recorder() first (dit-cache calibrate does)"
+        )
+    return collect(engine.states or engine.policy.finished, engine.sync)
+
+
 @contextlib.contextmanager
 def cached(target: Any, policy: str | PolicyConfig, **options: Any) -> Iterator[Any]:
     """`with dit_cache.cached(pipe, "teacache"):` applies the policy for the block and removes it afterwards."""

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import PolicyConfig, _check_speedup, config_class, make_config, parse_policy_spec, register_config
+from .calibration.sections import AutoSection
+from .config import PolicyConfig, _check_speedup, config_class, make_config, parse_policy_spec, policy_names
+from .policies.base import Policy, policy_info, register_policy
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +43,8 @@ DEFAULT_CANDIDATES = (
 )
 DEFAULT_TARGETS = (1.5, 2.0, 2.5, 3.0, 4.0)
 FRACTION_SLACK = 0.02  # an interval policy's calibrated fraction may exceed 1 / X by this much (rounding of steps)
-_NOT_CANDIDATES = ("auto", "recorder", "schedule")  # no speedup knob of their own (schedule: explicit steps)
 
 
-@register_config("auto")
 @dataclass(frozen=True)
 class Auto(PolicyConfig):
     """The least-error candidate of the profile's `auto` section for `speedup` (see `dit-cache calibrate
@@ -64,15 +64,22 @@ class Auto(PolicyConfig):
             raise ValueError(f"auto: candidates must be a tuple of candidate names, got {self.candidates!r}")
 
 
+@register_policy("auto", Auto, level="auto", needs_profile="candidates", speedup_by="profile", cfg_inner=False)
+class AutoPolicy(Policy):
+    """`auto` runs no rule of its own: `apply` resolves an `Auto` config to the candidate it picks
+    (`resolve`) and runs that candidate's policy. This class carries its capabilities."""
+
+    def __init__(self, config: Auto, model) -> None:
+        raise TypeError("auto is resolved to the policy it picks by dit_cache.apply; it does not run itself")
+
+
 def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
     """`default`, `all` or comma-separated candidate specs -> the specs, each checked against its policy."""
-    from .eval.methods import user_policies
-
     if isinstance(value, str):
         if value.strip() == "default":
             specs = list(DEFAULT_CANDIDATES)
         elif value.strip() == "all":
-            extra = [p for p in user_policies() if p not in _NOT_CANDIDATES and _has_target_knob(p)]
+            extra = [p for p in policy_names() if _can_be_candidate(p)]
             specs = list(DEFAULT_CANDIDATES) + [p for p in extra if p not in DEFAULT_CANDIDATES]
         else:
             specs = [s.strip() for s in value.split(",") if s.strip()]
@@ -82,17 +89,21 @@ def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError("--candidates: no candidate given; use default, all or NAME[:key=value],...")
     for spec in specs:
         name, options = parse_policy_spec(spec)
-        if name in _NOT_CANDIDATES:
-            raise ValueError(f"--candidates: {name!r} cannot be a candidate (it has no speedup of its own)")
-        make_config(name, **options)  # unknown policy or option: the error names the valid ones
-        if not _has_target_knob(name):
-            raise ValueError(f"--candidates: {name} has neither a speedup target nor an interval; it cannot be run at")
+        if not _can_be_candidate(name):  # an unknown name: the error names the valid ones
+            raise ValueError(
+                f"--candidates: {name!r} cannot be a candidate (it has no speedup of its own: neither a speedup target "
+                "nor an interval)"
+            )
+        make_config(name, **options)  # an unknown option: the error names the valid ones
     return tuple(dict.fromkeys(specs))
 
 
-def _has_target_knob(name: str) -> bool:
-    """Whether a policy can be run at a target: a speedup or an interval (EasyCache's tolerance is neither)."""
-    return bool({"speedup", "interval"} & {f.name for f in dataclasses.fields(config_class(name))})
+def _can_be_candidate(name: str) -> bool:
+    """Whether a policy can be an `auto` candidate: a user policy that runs a rule of its own (not `auto`) and can be
+    run at a target (`speedup_by`: a speedup or an interval; a schedule's explicit steps and EasyCache's tolerance
+    are neither)."""
+    info = policy_info(name)
+    return not info.internal and info.level != "auto" and info.speedup_by is not None
 
 
 def candidate_config(spec: str, target: float, profile: Any) -> PolicyConfig:
@@ -209,13 +220,13 @@ def _predict(points: list[tuple[float, float, float]], speedup: float, knob: boo
 
 def choose(profile: Any, speedup: float, only: Sequence[str] | None = None) -> Choice:
     """The least-error candidate of `profile`'s `auto` section at compute fraction 1 / `speedup`."""
-    section = profile.policies.get("auto")
-    if not section or not section.get("runs"):
+    section = profile.section(AutoSection)
+    if not section or not section.runs:
         raise ValueError(
             f"auto: the profile ({profile.name}) has no candidate runs; record them with "
             "`dit-cache calibrate ... --candidates default` (or calibrate(..., candidates='default'))"
         )
-    summary = summarize(section)
+    summary = summarize({"runs": section.runs})
     if only is not None:
         missing = sorted(set(only) - set(summary))
         if missing:

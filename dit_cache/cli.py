@@ -151,6 +151,7 @@ def _calibration_set(model: str | None) -> tuple[list[str], list[int]]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibration.runner import CalibrationSettings, calibrate, check_writable, merge_shards, read_prompts
+    from .calibration.sections import AutoSection, TeaCacheFit
 
     steps, call_kwargs, _ = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
     prompts, seeds = _calibration_set(args.model)
@@ -200,13 +201,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         profile = merge_shards([out.with_suffix(f".shard{r}.json") for r in range(shards)], out)
     if rank == 0:
         print(f"profile: {out} ({profile.prompts} generations, {len(profile.branches)} branches)")
-        if "auto" in profile.policies:
-            section = profile.policies["auto"]
-            print(f"auto: {len(section['candidates'])} candidates x {len(section['targets'])} targets on "
-                  f"{len(section['runs'])} jobs ({section.get('seconds', 0):.0f} s)")  # fmt: skip
-        fit = profile.policies.get("teacache", {})
+        section = profile.section(AutoSection)
+        if section is not None:
+            print(f"auto: {len(section.candidates)} candidates x {len(section.targets)} targets on "
+                  f"{len(section.runs)} jobs ({section.seconds or 0:.0f} s)")  # fmt: skip
+        fit = profile.section(TeaCacheFit)
         if fit:
-            print(f"TeaCache polynomial {fit['coefficients']} (R^2 {fit['r2']:.3f}, {fit['points']} points)")
+            print(f"TeaCache polynomial {fit.coefficients} (R^2 {fit.r2:.3f}, {fit.points} points)")
     return 0
 
 
@@ -221,9 +222,18 @@ def _merge(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .eval.methods import user_policies
     from .families import text
+    from .policies import policy_info
 
     print(f"dit-cache {__version__}")
     print("policies:", ", ".join(user_policies()))
+    # each policy's capabilities, as its class declares them (policies/<name>.py)
+    rows = [("policy", "level", "profile", "speedup= by", "in CFGCache(step=)")]
+    for name in user_policies():
+        info = policy_info(name)
+        rows.append((name, info.level, info.needs_profile, info.speedup_by or "-", "yes" if info.cfg_inner else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     print()
     print(text())
     return 0

@@ -41,7 +41,6 @@ class BlockSlot:
     reader: ArgReader
     work: dict[str, nn.Module] = field(default_factory=dict)  # attention / MLP submodules present in this block
     tails: dict[str, nn.Module] = field(default_factory=dict)  # unit name -> the activation applied to its output
-    passed: dict[str, Any] = field(default_factory=dict)  # unit name -> its output, already through the activation
     feeds: dict[str, str] = field(default_factory=dict)  # unit name -> the one unit that reads its output
 
     @property
@@ -61,6 +60,27 @@ def build_slots(transformer: nn.Module, spec: ModelSpec) -> list[BlockSlot]:
         feeds = {unit: consumer for unit, consumer in group.feeds if unit in work and consumer in work}
         slots.append(BlockSlot(len(slots), group, block, ArgReader(block.forward), work, tails=tails, feeds=feeds))
     return slots
+
+
+class Locate:
+    """What a call-intercepting policy may ask of the engine before the transformer runs (see `Policy.intercept_call`).
+
+    `locate(call, extra)` reads the call's step, and `extra` (device values the policy needs, e.g. whether the two CFG
+    halves share one latent) in the same host read, and returns those values; `locate.on_branch(call, branch)` runs
+    the rest of the located call on another branch's state (CFG reuse's conditional half of a batched call) and
+    returns the call as the policy then sees it."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
+
+    def __call__(self, call: CallInfo, extra: torch.Tensor | None = None) -> list[float]:
+        return self.engine.locate(call, extra)
+
+    def on_branch(self, call: CallInfo, branch: str) -> CallInfo:
+        moved = self.engine.call = call.on_branch(branch)
+        return moved
 
 
 def diffusers_cache_conflict(name: str, policy: str, cache: object) -> str:
@@ -102,6 +122,8 @@ class CacheEngine:
         self.num_steps: int | None = None
         self.records: list[StepRecord] = []
         self.call: CallInfo | None = None
+        # (block index, unit) -> the unit's output of this call, already through its tail activation
+        self.passed: dict[tuple[int, str], Any] = {}
         self.last_branch: str | None = None  # the branch the last call was located on
         self.layout_checked: set[str] = set()  # block lists whose real output matched the adapter's layout
         self.calls_since_reset = 0
@@ -152,21 +174,23 @@ class CacheEngine:
         call = self.call
         if call is None or not self.policy.intercepts_calls:
             return forward(*args, **kwargs)
-        return self.policy.intercept_call(call, args, kwargs, forward, self.locate)
+        return self.policy.intercept_call(call, args, kwargs, forward, Locate(self))
 
     def end_call(self, output: Any = None) -> Any:
         call, self.call = self.call, None
-        if call is None or not call.prepared:
+        self.passed.clear()
+        if call is None or not call.record.prepared:
             return output
         output = self.policy.finish(call, self.states[call.branch], output)
+        done = call.record
         record = StepRecord(
             transformer=self.name,
             branch=call.branch,
             step=call.step,
             sigma=call.sigma,
-            decision=call.decision,
-            indicator=call.indicator,
-            computed_units=self.total_units - call.skipped_units,
+            decision=done.decision,
+            indicator=done.indicator,
+            computed_units=self.total_units - done.skipped_units,
             total_units=self.total_units,
         )
         self.records.extend(self.policy.split_record(call, record))
@@ -178,9 +202,9 @@ class CacheEngine:
         if call is None:  # a block called outside the transformer's forward: nothing to decide
             return forward(*args, **kwargs)
         block_call = BlockCall(args, kwargs, slot.reader, slot.group)
-        if not call.prepared and slot.index == self.policy.decision_block:
+        if not call.record.prepared and slot.index == self.policy.decision_block:
             self._prepare(call, slot, block_call)
-        state = self.states.get(call.branch) if call.prepared else None
+        state = self.states.get(call.branch) if call.record.prepared else None
         output = self.policy.run_block(call, state, slot, forward, block_call)
         if slot.group.attr not in self.layout_checked:  # the first call computes every block: check the adapter once
             self._check_layout(slot, block_call, output)
@@ -206,18 +230,18 @@ class CacheEngine:
                 return tail(unit_forward(*args, **kwargs))
 
         call = self.call
-        if call is None or not call.prepared:
+        if call is None or not call.record.prepared:
             output = forward(*args, **kwargs)
         else:
             output = self.policy.run_submodule(call, self.states[call.branch], slot, name, forward, args, kwargs)
         if tail is not None:
-            slot.passed[name] = output
+            self.passed[(slot.index, name)] = output
         return output
 
     def run_tail(self, slot: BlockSlot, unit: str, forward: Callable, args: tuple, kwargs: dict) -> Any:
         """The activation of a unit with a tail: what the unit returned has been through it already (computed or
         reused), so it passes through; any other input is computed."""
-        passed = slot.passed.pop(unit, None)
+        passed = self.passed.pop((slot.index, unit), None)
         if passed is not None and len(args) == 1 and not kwargs and args[0] is passed:
             return passed
         return forward(*args, **kwargs)
@@ -243,7 +267,7 @@ class CacheEngine:
         if call.branch not in self.states:
             self.states[call.branch] = self.policy.new_state()
         self.last_step[call.branch] = call.step
-        call.located = True
+        call.seal()
 
     def _prepare(self, call: CallInfo, slot: BlockSlot, block_call: BlockCall) -> None:
         """Locate the step and take the policy's decision, with one host read for everything value-dependent."""
@@ -261,8 +285,8 @@ class CacheEngine:
             values = self._read(call, self.policy.probe(call, state, slot, block_call), timestep=False)
         if state is None:  # a branch a policy named after locating (the conditional half of a batched CFG call)
             state = self.states[call.branch] = self.policy.new_state()
-        call.decision = self.policy.decide(call, state, values)
-        call.prepared = True
+        call.record.decision = self.policy.decide(call, state, values)
+        call.record.prepared = True
 
     def _likely_branch(self, call: CallInfo) -> str:
         """The branch `call` will be located on, guessed before its step is read so that the probe and the step

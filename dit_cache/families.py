@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from . import adapters
 from .adapters import catalog
 from .calibration.builtin import BUILTINS, UNMATCHED, builtin_policies, profiles_of_class
-
-# Policies that cannot run without a profile (policies/step.py: resolve_profile(..., required=True)).
-NEEDS_PROFILE = ("magcache", "lemica")
+from .policies import policies_where
 
 
 @dataclass(frozen=True)
@@ -104,8 +102,9 @@ def markdown() -> str:
         f"{len(supported)} transformer classes, each tested through the diffusers pipelines named (tiny random "
         "weights, `dit_cache.testing`), or where none can run here through a hand-written denoising loop; "
         f"policies: {', '.join(f'`{p}`' for p in user_policies())}. "
-        f"{' and '.join(f'`{p}`' for p in NEEDS_PROFILE)} need a profile: a built-in one that matches the model, "
-        "or one recorded with `dit-cache calibrate`; `ertacache` and `hyca` need a recorded one (`hyca`: with "
+        f"{' and '.join(f'`{p}`' for p in policies_where(needs_profile='required'))} need a profile: a built-in one "
+        "that matches the model, or one recorded with `dit-cache calibrate`; "
+        f"{' and '.join(f'`{p}`' for p in policies_where(needs_profile='recorded'))} need a recorded one (`hyca`: with "
         "`--block-traces`), `auto` one with candidate runs (`--candidates`, the zoo's have them); `teacache` without "
         "one uses the identity rescaling. "
         f"{len(BUILTINS)} built-in profiles come from the published calibrations of their checkpoints.",
@@ -158,8 +157,9 @@ def text() -> str:
     lines += [f"  {name} ({policy}, {cls}): {why}" for name, policy, cls, why in unmatched_rows()]
     lines += [
         "",
-        f"{' and '.join(NEEDS_PROFILE)} need a profile: a matching built-in one above, or `dit-cache calibrate`; "
-        "ertacache and hyca need a recorded one (hyca: with --block-traces), auto one with candidate runs "
+        f"{' and '.join(policies_where(needs_profile='required'))} need a profile: a matching built-in one above, or "
+        f"`dit-cache calibrate`; {' and '.join(policies_where(needs_profile='recorded'))} need a recorded one (hyca: "
+        "with --block-traces), auto one with candidate runs "
         "(--candidates); "
         "teacache without one uses the identity rescaling.",
     ]

@@ -19,10 +19,9 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, HookFunctionReference, StateManager
 from torch import nn
 
+from .compat import BaseState, HookFunctionReference, HookRegistry, ModelHook, StateManager
 from .compiling import compiled, outside_graph, skip_registry_frame
 from .engine import BlockSlot, CacheEngine, diffusers_cache_conflict
 

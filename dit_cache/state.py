@@ -25,8 +25,35 @@ SECOND_CALL_BRANCH = "batch:2"  # a second call of one step without a context (s
 
 
 @dataclass
+class CallRecord:
+    """What the policy writes about one transformer call (the engine books its decision here too): the decision
+    and what it measured, what its probe hands to its decision, and notes of a call-intercepting policy."""
+
+    decision: str = COMPUTE
+    prepared: bool = False  # decided: the engine records stats for it
+    indicator: float | None = None
+    skipped_units: float = 0  # attention/MLP calls not computed; fractional for token subsets and half batches
+    payload: Any = None  # what a policy's probe hands to its decision (a device tensor)
+    stack_input: tuple | None = None  # (hidden, encoder) entering the first block
+    segment_input: tuple | None = None  # (hidden, encoder) entering the cached segment
+    # the call's token layout, as its adapter reads it (token caching, CFG reuse's frequency split)
+    grid: Any = None
+    grid_read: bool = False  # whether `grid` was read (None is a read value: a call whose grid cannot be told)
+    positions: Any = None
+    text_tokens: int = 0
+    # CFG reuse: the call's role ("cond", "uncond", "rebuilt", "half", "full", "off"...), its batch, and the branch a
+    # half call was located on
+    cfg: str | None = None
+    cfg_batch: Any = None
+    cfg_branch: str | None = None
+
+
+@dataclass
 class CallInfo:
-    """One transformer call: its place in the trajectory and what the policy decided for it."""
+    """One transformer call as the engine knows it: its branch and its place in the trajectory. The engine and its
+    step locator fill it in; once located it is sealed (read-only: a policy writes to `record`, its own).
+
+    `on_branch` gives the call as run on another branch's state (CFG reuse's conditional half of a batched call)."""
 
     branch: str
     timestep: torch.Tensor | None
@@ -37,15 +64,28 @@ class CallInfo:
     sigmas: list[float] | None = None  # every step's sigma of this trajectory, when the scheduler tells
     # steps at which the pipeline hands the trajectory to another expert (Wan 2.2 A14B's boundary_ratio)
     expert_switches: tuple[int, ...] = ()
-    prepared: bool = False
-    located: bool = False  # step located before the transformer ran (a policy that intercepts whole calls)
-    decision: str = COMPUTE
-    indicator: float | None = None
-    skipped_units: float = 0  # attention/MLP calls not computed; fractional for token subsets and half batches
-    payload: Any = None  # what a policy's probe hands to its decision
-    stack_input: tuple | None = None  # (hidden, encoder) entering the first block
-    segment_input: tuple | None = None  # (hidden, encoder) entering the cached segment
-    extra: dict = field(default_factory=dict)
+    record: CallRecord = field(default_factory=CallRecord, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("located"):
+            raise AttributeError(
+                f"CallInfo.{name} is read-only once the call is located; a policy writes to call.record"
+            )
+        object.__setattr__(self, name, value)
+
+    @property
+    def located(self) -> bool:
+        """Whether the step was read (the call is then sealed)."""
+        return self.__dict__.get("located", False)
+
+    def seal(self) -> CallInfo:
+        self.__dict__["located"] = True
+        return self
+
+    def on_branch(self, branch: str) -> CallInfo:
+        """This call, located, as run on `branch`'s state; it shares this call's record."""
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return CallInfo(**{**fields, "branch": branch}).seal()
 
     @property
     def last_step(self) -> int:

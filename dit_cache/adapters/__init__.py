@@ -9,6 +9,7 @@ import logging
 
 from torch import nn
 
+from .. import compat
 from . import catalog, cogvideox, flux, hunyuan_video, ltx, pixart, qwenimage, sd3, wan
 from .spec import ArgReader, BlockCall, BlockGroup, ModelSpec, adanorm_indicator, temb_indicator
 
@@ -101,9 +102,7 @@ def _generic_spec(transformer: nn.Module) -> ModelSpec | None:
 def _generic_group(attr: str, block: nn.Module) -> BlockGroup:
     hidden_index, encoder_index = None, None
     try:  # diffusers' own record of which tuple slot holds which stream
-        from diffusers.hooks._helpers import TransformerBlockRegistry
-
-        meta = TransformerBlockRegistry.get(type(block))
+        meta = compat.transformer_block_registry().get(type(block))
         if meta.return_encoder_hidden_states_index is not None:
             hidden_index = meta.return_hidden_states_index
             encoder_index = meta.return_encoder_hidden_states_index
@@ -111,13 +110,11 @@ def _generic_group(attr: str, block: nn.Module) -> BlockGroup:
         pass
     attention, mlp = [], []
     try:
-        from diffusers.models.attention import AttentionModuleMixin, FeedForward
-        from diffusers.models.attention_processor import Attention
-
+        attention_classes, mlp_classes = compat.attention_classes()
         for name, child in block.named_children():
-            if isinstance(child, (Attention, AttentionModuleMixin)):
+            if isinstance(child, attention_classes):
                 attention.append(name)
-            elif isinstance(child, FeedForward):
+            elif isinstance(child, mlp_classes):
                 mlp.append(name)
     except ImportError:
         pass

@@ -20,7 +20,9 @@ from importlib import resources
 
 import torch
 
+from . import keys
 from .profile import Profile, ProfileError
+from .sections import LeMiCaSection, MagCacheDefaults, TeaCacheFit
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +159,6 @@ UNMATCHED: dict[str, tuple[str, str, str]] = {
 # Transformers that run only part of the steps of their pipeline (Wan 2.2 A14B's two experts), as noted by `apply`.
 # Every published calibration is of a single model running all steps, so no built-in profile matches them.
 _EXPERTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_MAGCACHE_FALLBACK_DEFAULTS = {"threshold": 0.12, "max_skip": 2, "retention": 0.2}
 
 
 def note_experts(transformers: list[torch.nn.Module]) -> None:
@@ -189,24 +190,24 @@ def _warmup_fraction(note: str | None, steps: int = 50) -> float:
     return 0.0
 
 
-def _teacache_entry(key: str) -> dict:
+def _teacache_entry(key: str) -> TeaCacheFit:
     models = _published()["teacache"]["models"]
     entry = models[key]
     base = models.get(key.split("@")[0], entry)  # a `@ret_steps` variant's thresholds are published on its base
     threshold = base.get("default_threshold")
     if threshold is None and base.get("threshold_range"):
         threshold = base["threshold_range"][0]
-    return {
-        "coefficients": entry["coefficients"],
-        "indicator": entry["indicator"],
-        "threshold": threshold,
-        "warmup": _warmup_fraction(entry.get("always_compute")),
-        "threshold_speedups": base.get("threshold_speedups"),
-        "source": _published()["teacache"]["source"],
-    }
+    return TeaCacheFit(
+        coefficients=entry["coefficients"],
+        indicator=entry["indicator"],
+        threshold=threshold,
+        warmup=_warmup_fraction(entry.get("always_compute")),
+        threshold_speedups=base.get("threshold_speedups"),
+        source=_published()["teacache"]["source"],
+    )
 
 
-def _magcache_branches(key: str) -> tuple[dict, dict]:
+def _magcache_branches(key: str) -> tuple[dict, MagCacheDefaults]:
     entry = _published()["magcache"]["models"][key]
     steps = entry["calibrated_steps"]
     interleaved = entry["layout"].startswith("interleaved")
@@ -220,17 +221,13 @@ def _magcache_branches(key: str) -> tuple[dict, dict]:
         if len(ratios) != steps:
             raise ProfileError(f"published MagCache ratios of {key} do not cover {steps} steps")
         ratios[0] = 1.0
-    defaults = dict(_MAGCACHE_FALLBACK_DEFAULTS)
     published_defaults = entry.get("defaults", {})
-    defaults.update(
-        {
-            k: published_defaults[src]
-            for k, src in (("threshold", "threshold"), ("max_skip", "max_skip_steps"), ("retention", "retention_ratio"))
-            if src in published_defaults
-        }
-    )
-    defaults["source"] = _published()["magcache"]["source"]
-    return branches, defaults
+    published = {
+        k: published_defaults[src]
+        for k, src in (("threshold", "threshold"), ("max_skip", "max_skip_steps"), ("retention", "retention_ratio"))
+        if src in published_defaults
+    }  # the others: the policy's defaults (MagCacheDefaults')
+    return branches, MagCacheDefaults(**published, source=_published()["magcache"]["source"])
 
 
 def builtin_names() -> list[str]:
@@ -252,20 +249,20 @@ def _builtin(name: str) -> Profile:
         source=f"builtin:{name}",
     )
     if entry.teacache:
-        profile.policies["teacache"] = _teacache_entry(entry.teacache)
+        profile.policies[keys.TEACACHE] = _teacache_entry(entry.teacache).to_dict()
     if entry.magcache:
         branches, defaults = _magcache_branches(entry.magcache)
         for branch, ratios in branches.items():
-            profile.branches.setdefault(branch, {})["mag_ratio"] = ratios
-        profile.policies["magcache"] = defaults
+            profile.branches.setdefault(branch, {})[keys.MAG_RATIO] = ratios
+        profile.policies[keys.MAGCACHE] = defaults.to_dict()
         profile.sampler["steps"] = len(next(iter(branches.values())))
     if entry.lemica:
         lemica = _published()["lemica"]["models"][entry.lemica]
-        profile.policies["lemica"] = {
-            "num_steps": lemica["num_inference_steps"],
-            "schedules": {"17": lemica["budget_17_compute_steps"]},
-            "source": _published()["lemica"]["source"],
-        }
+        profile.policies[keys.LEMICA] = LeMiCaSection(
+            num_steps=lemica["num_inference_steps"],
+            schedules={"17": lemica["budget_17_compute_steps"]},
+            source=_published()["lemica"]["source"],
+        ).to_dict()
     return profile
 
 

@@ -13,7 +13,9 @@ from typing import Any
 
 from ..api import apply, remove, stats
 from ..auto import DEFAULT_TARGETS, candidate_config, candidate_list, relative_error
+from . import keys
 from .profile import Profile, ProfileError
+from .sections import AutoSection
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +47,14 @@ def measure_candidates(
     targets = tuple(sorted({float(t) for t in targets}))
     if not targets or any(not math.isfinite(t) or t <= 1.0 for t in targets):
         raise ValueError(f"--candidate-targets must be speedups above 1, got {list(targets)}")
-    section = profile.policies.get("auto")
-    wanted = {"candidates": list(specs), "targets": list(targets)}
-    if section and {k: section.get(k) for k in wanted} != wanted:
+    wanted = AutoSection(candidates=list(specs), targets=list(targets), runs={})
+    previous = profile.section(AutoSection)
+    if previous and (previous.candidates, previous.targets) != (wanted.candidates, wanted.targets):
         raise ProfileError(
-            f"this profile's candidate runs were made for {section.get('candidates')} at {section.get('targets')}; "
+            f"this profile's candidate runs were made for {previous.candidates} at {previous.targets}; "
             f"this run asks {list(specs)} at {list(targets)}: use another --out or the same candidates and targets"
         )
-    section = profile.policies.setdefault("auto", {**wanted, "runs": {}})
+    section = profile.policies.setdefault(keys.AUTO, wanted.to_dict())  # filled in place, job by job
     todo = [job for job in jobs if str(job[0]) not in section["runs"]]
     transformer = pipe.transformer if transformer is None else transformer
     bar = _bar(len(todo) * len(specs) * len(targets), progress)

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import keys
 from .profile import Profile, ProfileError
 from .resample import position_grid, sigma_grid
+from .sections import BranchSteps, LeMiCaSection, TeaCacheFit
 
 TEACACHE_DEGREE = 4
 
@@ -56,14 +58,15 @@ def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """A prompt's record as JSON-sized numbers plus the large arrays (fb pairs, per-block traces) to store apart."""
     small = {k: v for k, v in record.items() if k != "branches"}
     small["branches"], arrays = {}, {}
-    prefix = f"records/{record['index']}"
+    index = record["index"]
     for branch, data in record["branches"].items():
-        small["branches"][branch] = {k: data[k] for k in ("steps", "sigma", "x", "y", "mag_ratio")}
-        for key in ("fb_pairs", "res_pairs"):
-            arrays[f"{prefix}/{branch}/{key}"] = pairs_matrix(data[key])
-        if data.get("unit_features") is not None:  # HyCa replays its solvers on these, per record
-            arrays[f"{prefix}/{branch}/unit_features"] = torch.as_tensor(data["unit_features"], dtype=torch.float32)
-        for key in ("block_input_change", "block_residual_change"):
+        small["branches"][branch] = {k: data[k] for k in keys.RECORD_LISTS}
+        for key in keys.PAIR_KINDS:
+            arrays[keys.record_array(index, branch, key)] = pairs_matrix(data[key])
+        if data.get(keys.UNIT_FEATURES) is not None:  # HyCa replays its solvers on these, per record
+            features = torch.as_tensor(data[keys.UNIT_FEATURES], dtype=torch.float32)
+            arrays[keys.record_array(index, branch, keys.UNIT_FEATURES)] = features
+        for key in keys.BLOCK_KINDS:
             rows = data[key]
             if not any(rows):
                 continue
@@ -72,9 +75,9 @@ def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
             for i, row in enumerate(rows):
                 if row:
                     table[i, : len(row)] = torch.tensor([math.nan if v is None else v for v in row])
-            arrays[f"{prefix}/{branch}/{key}"] = table
-    for key in [k for k in record if k.startswith("lemica")]:  # global edges, one matrix per forecast order
-        arrays[f"{prefix}/{key}"] = torch.as_tensor(record[key], dtype=torch.float32)
+            arrays[keys.record_array(index, branch, key)] = table
+    for key in [k for k in record if k.startswith(keys.LEMICA)]:  # global edges, one matrix per forecast order
+        arrays[keys.record_prefix(index) + key] = torch.as_tensor(record[key], dtype=torch.float32)
         small.pop(key)
     return small, arrays
 
@@ -85,7 +88,7 @@ def build_profile(
     """Aggregate per-prompt `records` (JSON part) and their `arrays` into a profile."""
     records = sorted(records, key=lambda r: r["index"])
     profile = Profile(fingerprint=fingerprint, sampler=sampler, prompts=len(records), records=records)
-    profile.policies["calibration"] = dict(settings)
+    profile.policies[keys.CALIBRATION] = dict(settings)
     profile.arrays = dict(arrays)
     if not records:
         return profile
@@ -93,54 +96,54 @@ def build_profile(
     xs, ys = [], []
     for branch in branches:
         rows = [r["branches"][branch] for r in records if branch in r["branches"]]
-        lengths = {len(row["steps"]) for row in rows}
+        lengths = {len(row[keys.STEPS]) for row in rows}
         if len(lengths) != 1:
             raise ProfileError(f"calibration records of branch {branch!r} cover different step counts: {lengths}")
-        sigmas = rows[0]["sigma"]
+        sigmas = rows[0][keys.SIGMA]
         try:
             grid, kind = sigma_grid(sigmas).tolist(), "sigma"
         except (ValueError, TypeError):
             grid, kind = position_grid(len(sigmas)).tolist(), "position"
         profile.grid_kind = kind
-        ratio_mean, ratio_std = _finite_mean([row["mag_ratio"] for row in rows])
-        x_mean, _ = _finite_mean([row["x"] for row in rows])
-        y_mean, _ = _finite_mean([row["y"] for row in rows])
+        ratio_mean, ratio_std = _finite_mean([row[keys.MAG_RATIO] for row in rows])
+        x_mean, _ = _finite_mean([row[keys.X] for row in rows])
+        y_mean, _ = _finite_mean([row[keys.Y] for row in rows])
         ratio_mean[0] = 1.0
-        profile.branches[branch] = {
-            "grid": grid,
-            "sigma": sigmas,
-            "mag_ratio": ratio_mean,
-            "mag_ratio_std": ratio_std,
-            "indicator_change": x_mean,
-            "output_change": y_mean,
-        }
-        for key in ("fb_pairs", "res_pairs", "block_input_change", "block_residual_change"):
-            keys = [f"records/{r['index']}/{branch}/{key}" for r in records if branch in r["branches"]]
-            stack = [arrays[k] for k in keys if k in arrays]
+        profile.branches[branch] = BranchSteps(
+            grid=grid,
+            sigma=sigmas,
+            mag_ratio=ratio_mean,
+            mag_ratio_std=ratio_std,
+            indicator_change=x_mean,
+            output_change=y_mean,
+        ).to_dict()
+        for key in (*keys.PAIR_KINDS, *keys.BLOCK_KINDS):
+            names = [keys.record_array(r["index"], branch, key) for r in records if branch in r["branches"]]
+            stack = [arrays[k] for k in names if k in arrays]
             if stack and all(s.shape == stack[0].shape for s in stack):
-                profile.arrays[f"{branch}/{key}"] = torch.nanmean(torch.stack(stack), dim=0)
-        fb = profile.arrays.get(f"{branch}/fb_pairs")
+                profile.arrays[keys.branch_array(branch, key)] = torch.nanmean(torch.stack(stack), dim=0)
+        fb = profile.arrays.get(keys.branch_array(branch, keys.FB_PAIRS))
         if fb is not None:
-            profile.branches[branch]["fb_change"] = [0.0] + [float(fb[t, t - 1]) for t in range(1, fb.shape[0])]
+            profile.branches[branch][keys.FB_CHANGE] = [0.0] + [float(fb[t, t - 1]) for t in range(1, fb.shape[0])]
         for row in rows:
-            for x, y in zip(row["x"], row["y"]):
+            for x, y in zip(row[keys.X], row[keys.Y]):
                 if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
                     xs.append(x)
                     ys.append(y)
     coefficients, r2 = fit_polynomial(xs, ys)
-    profile.policies["teacache"] = {"coefficients": coefficients, "r2": r2, "points": len(xs), "warmup": 0.0}
-    edges = [arrays[f"records/{r['index']}/lemica"] for r in records if f"records/{r['index']}/lemica" in arrays]
-    for order in (1, 2):  # edges measured with LeMiCa's forecast (lemica_forecast), used by LeMiCa(forecast=order)
-        found = [arrays[k] for r in records if (k := f"records/{r['index']}/lemica_forecast{order}") in arrays]
+    fit = TeaCacheFit(coefficients=coefficients, r2=r2, points=len(xs), warmup=0.0)
+    profile.policies[keys.TEACACHE] = fit.to_dict()
+    edges = [arrays[k] for r in records if (k := keys.record_edges(r["index"])) in arrays]
+    for order in keys.FORECAST_ORDERS:  # edges measured with LeMiCa's forecast, used by LeMiCa(forecast=order)
+        found = [arrays[k] for r in records if (k := keys.record_edges(r["index"], order)) in arrays]
         if found:
-            profile.arrays[f"lemica/edges_forecast{order}"] = torch.stack(found).mean(dim=0)
+            profile.arrays[keys.lemica_edges(order)] = torch.stack(found).mean(dim=0)
     if edges:
-        profile.arrays["lemica/edges"] = torch.stack(edges).mean(dim=0)
-        profile.policies["lemica"] = {
-            "num_steps": int(edges[0].shape[0]),
-            "mode": settings.get("lemica"),
-            "max_span": settings.get("lemica_max_span"),
-        }
+        profile.arrays[keys.LEMICA_EDGES] = torch.stack(edges).mean(dim=0)
+        section = LeMiCaSection(
+            num_steps=int(edges[0].shape[0]), mode=settings.get("lemica"), max_span=settings.get("lemica_max_span")
+        )
+        profile.policies[keys.LEMICA] = section.to_dict()
     return profile
 
 
@@ -156,10 +159,10 @@ def merge_profiles(shards: list[Profile]) -> Profile:
                     f"cannot merge {shard.name!r} into {first.name!r}: different {what} "
                     f"({getattr(shard, what)} vs {getattr(first, what)})"
                 )
-        if shard.policies.get("calibration") != first.policies.get("calibration"):
+        if shard.policies.get(keys.CALIBRATION) != first.policies.get(keys.CALIBRATION):
             raise ProfileError(
                 f"cannot merge {shard.name!r} into {first.name!r}: different calibration settings "
-                f"({shard.policies.get('calibration')} vs {first.policies.get('calibration')})"
+                f"({shard.policies.get(keys.CALIBRATION)} vs {first.policies.get(keys.CALIBRATION)})"
             )
     records: dict[int, dict] = {}
     arrays: dict[str, torch.Tensor] = {}
@@ -169,12 +172,12 @@ def merge_profiles(shards: list[Profile]) -> Profile:
             if previous is not None and (previous["prompt"], previous["seed"]) != (record["prompt"], record["seed"]):
                 raise ProfileError(f"shards disagree on calibration job {record['index']}: {previous} vs {record}")
             records[record["index"]] = record
-        arrays.update({k: v for k, v in shard.arrays.items() if k.startswith("records/")})
+        arrays.update({k: v for k, v in shard.arrays.items() if k.startswith(keys.RECORDS)})
     return build_profile(
-        first.fingerprint, first.sampler, list(records.values()), arrays, first.policies.get("calibration", {})
+        first.fingerprint, first.sampler, list(records.values()), arrays, first.policies.get(keys.CALIBRATION, {})
     )
 
 
 def record_arrays(profile: Profile, index: int) -> dict[str, Any]:
-    prefix = f"records/{index}/"
+    prefix = keys.record_prefix(index)
     return {k[len(prefix) :]: v for k, v in profile.arrays.items() if k.startswith(prefix)}

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import keys
 from .resample import position_grid, resample, resample_ratios, sigma_grid
-from .schema import FIX, SchemaError, check_profile
+from .schema import FIX, SchemaError
+from .sections import Record, S, check_profile, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +51,17 @@ class Profile:
         "match"} instead, `match` being the config values that identify the published model.
     sampler: scheduler class, steps, shift, guidance of the calibration runs.
     grid_kind: "sigma" (normalized sigma of the calibration trajectory) or "position" (step index / (steps - 1)).
-    branches: per CFG branch ("cond", "uncond", "batch"), per-step lists on the branch's "grid".
-    policies: per policy, fitted numbers and defaults ({"teacache": {"coefficients": [...], "threshold": ...}}).
-    arrays: large tensors (per-block traces, LeMiCa edge weights), saved as safetensors.
+    branches: per CFG branch ("cond", "uncond", "batch"), per-step lists on the branch's "grid" (typed view:
+        sections.BranchSteps).
+    policies: per policy, fitted numbers and defaults ({"teacache": {"coefficients": [...], "threshold": ...}});
+        read them typed and checked with `section(TeaCacheFit)` (sections.py).
+    arrays: large tensors (per-block traces, LeMiCa edge weights), saved as safetensors; their keys are built by
+        keys.py (`keys.record_array(index, branch, kind)`, `keys.lemica_edges(forecast)`...).
     records: the raw per-prompt numbers the aggregates were built from (their large arrays are in `arrays` under
-        "records/<index>/..."), so shards can be merged and thresholds replayed per prompt.
+        "records/<index>/..."), so shards can be merged and thresholds replayed per prompt (typed: `job_records()`).
+
+    The sections stay as the JSON has them, so a file round-trips bitwise and in-memory edits are plain dict edits;
+    `validate()` (run on load and when a Profile object is applied) checks them all.
     """
 
     fingerprint: dict
@@ -107,6 +115,36 @@ class Profile:
     def has(self, key: str) -> bool:
         return any(key in data for data in self.branches.values())
 
+    def grid(self, branch: str) -> list[float] | None:
+        """The step grid of `branch` (normalized sigma or position of each calibrated step), if it has one."""
+        return self.branches.get(branch, {}).get(keys.GRID)
+
+    # ------------------------------------------------------------------------------------------------ typed sections
+    def section(self, kind: type[S]) -> S | None:
+        """The policy section `kind.NAME` as its typed, checked class (sections.py), or None where there is none."""
+        data = self.policies.get(kind.NAME)
+        if data is None:
+            return None
+        try:
+            return kind.read(data)
+        except SchemaError as e:
+            raise ProfileError(f"profile {self.name!r} is damaged: {e}; {FIX}") from None
+
+    def job_records(self) -> list[Record]:
+        """The per-job records, typed and checked (their arrays: `record_table(record.index, branch, kind)`)."""
+        try:
+            return read_records(self.records, self.branches)
+        except SchemaError as e:
+            raise ProfileError(f"profile {self.name!r} is damaged: {e}; {FIX}") from None
+
+    def record_table(self, index: int, branch: str, kind: str) -> torch.Tensor | None:
+        """Job `index`'s `kind` table (keys.FB_PAIRS, keys.BLOCK_INPUT_CHANGE, keys.UNIT_FEATURES...) of `branch`."""
+        return self.arrays.get(keys.record_array(index, branch, kind))
+
+    def has_array(self, kind: str, *, records: bool | None = None) -> bool:
+        """Whether any `kind` table is stored; records=True: a job's, False: a mean over jobs."""
+        return any(keys.is_kind(key, kind, records=records) for key in self.arrays)
+
     def call_grid(self, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
         """A call's grid in this profile's coordinate: its sigmas normalized by the calibration run's first and last
         sigma, so a step lands where the calibration passed the same noise level (a coarser call, which stops at a
@@ -121,7 +159,7 @@ class Profile:
     def sigma_ends(self) -> tuple[float, float] | None:
         """(first, last) sigma of the calibration trajectory, when the profile recorded them."""
         for data in self.branches.values():
-            sigma = data.get("sigma")
+            sigma = data.get(keys.SIGMA)
             if isinstance(sigma, list) and len(sigma) >= 2 and all(isinstance(v, (int, float)) for v in sigma):
                 if sigma[0] != sigma[-1]:
                     return float(sigma[0]), float(sigma[-1])
@@ -131,7 +169,7 @@ class Profile:
         """Per-step values of `key` for a call of `num_steps` steps (ratios resampled multiplicatively)."""
         data = self.branch(branch, key)
         values = data[key]
-        grid = data.get("grid") or list(position_grid(len(values)))
+        grid = data.get(keys.GRID) or list(position_grid(len(values)))
         dst = self.call_grid(num_steps, sigmas)
         if key.endswith("ratio"):
             return resample_ratios(values, grid, dst)

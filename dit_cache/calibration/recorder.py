@@ -25,15 +25,16 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..config import PolicyConfig, register_config
+from ..config import PolicyConfig
 from ..distributed import GroupSync
 from ..engine import BlockSlot
-from ..policies.base import ModelContext, Policy, policy_for
+from ..policies.base import ModelContext, Policy, register_policy
 from ..state import COMPUTE, CallInfo
+from . import keys
 
 MAX_TRACE_TOKENS = 1024
 UNIT_SAMPLES = 512  # values sampled per unit and step: a few MB per trajectory on large models
-UNIT_FEATURES = "unit_features"
+UNIT_FEATURES = keys.UNIT_FEATURES
 
 
 def unit_keys(slots: list[BlockSlot]) -> list[tuple[int, str]]:
@@ -75,7 +76,6 @@ def model_output_tensor(output: Any) -> torch.Tensor | None:
     return getattr(output, "sample", None)
 
 
-@register_config("recorder")
 @dataclass(frozen=True)
 class Recorder(PolicyConfig):
     """Computes every step and records trajectory statistics (used by `dit-cache calibrate`)."""
@@ -92,7 +92,8 @@ class _Trace:
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-@policy_for(Recorder)
+# calibration's own policy: it caches nothing, so it is never offered to users
+@register_policy("recorder", Recorder, level="none", internal=True)
 class RecorderPolicy(Policy):
     def __init__(self, config: Recorder, model: ModelContext) -> None:
         super().__init__(config, model)
@@ -111,14 +112,14 @@ class RecorderPolicy(Policy):
         self._reported_steps = set()
 
     def probe(self, call: CallInfo, state: Any, slot: BlockSlot, block: BlockCall) -> None:
-        call.payload = self.model.spec.indicator(slot.module, block).detach()
+        call.record.payload = self.model.spec.indicator(slot.module, block).detach()
         return None
 
     def decide(self, call: CallInfo, state: _Trace, values: list[float]) -> str:
         record = state.steps[call.step] = {
-            "sigma": call.sigma, "block_input_change": [], "block_residual_change": [], "units": {},
+            "sigma": call.sigma, keys.BLOCK_INPUT_CHANGE: [], keys.BLOCK_RESIDUAL_CHANGE: [], "units": {},
         }  # fmt: skip
-        self._change(state, record, "x", "indicator", call.payload)
+        self._change(state, record, "x", "indicator", call.record.payload)
         if self.config.progress is not None and call.step not in self._reported_steps:
             self._reported_steps.add(call.step)
             self.config.progress()
@@ -139,18 +140,18 @@ class RecorderPolicy(Policy):
         record = state.steps[call.step]
         i = slot.index
         if i == 0:
-            call.stack_input = (hidden_in, block.encoder)
+            call.record.stack_input = (hidden_in, block.encoder)
         if self.config.block_traces or i == 0:
             sub_in = token_subset(hidden_in)
             sub_res = token_subset(hidden_out) - sub_in
         if self.config.block_traces:
-            self._append_change(state, record, "block_input_change", f"in{i}", sub_in)
-            self._append_change(state, record, "block_residual_change", f"res{i}", sub_res)
+            self._append_change(state, record, keys.BLOCK_INPUT_CHANGE, f"in{i}", sub_in)
+            self._append_change(state, record, keys.BLOCK_RESIDUAL_CHANGE, f"res{i}", sub_res)
         if i == 0:
-            record["fb_pairs"], state.front_history = _pairs(sub_res, state.front_history)
+            record[keys.FB_PAIRS], state.front_history = _pairs(sub_res, state.front_history)
         if i == self.last_block:
-            residual = (hidden_out - call.stack_input[0]).detach()
-            record["res_pairs"], state.residual_history = _pairs(token_subset(residual), state.residual_history)
+            residual = (hidden_out - call.record.stack_input[0]).detach()
+            record[keys.RES_PAIRS], state.residual_history = _pairs(token_subset(residual), state.residual_history)
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:
                 record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
@@ -233,10 +234,8 @@ def collect(states: dict[str, _Trace], sync: GroupSync | None = None) -> dict[st
                     "x": later(r["x"]) if "x" in r else None,
                     "y": later(r["y"]) if "y" in r else None,
                     "mag_ratio": mag(r) if "mag_ratio" in r else None,
-                    "fb_pairs": later(r["fb_pairs"]) if r.get("fb_pairs") is not None else None,
-                    "res_pairs": later(r["res_pairs"]) if r.get("res_pairs") is not None else None,
-                    "block_input_change": [later(p) for p in r["block_input_change"]],
-                    "block_residual_change": [later(p) for p in r["block_residual_change"]],
+                    **{key: later(r[key]) if r.get(key) is not None else None for key in keys.PAIR_KINDS},
+                    **{key: [later(p) for p in r[key]] for key in keys.BLOCK_KINDS},
                     UNIT_FEATURES: torch.stack([r["units"][k] for k in sorted(r["units"])]) if r["units"] else None,
                 }
             )
@@ -259,19 +258,18 @@ def collect(states: dict[str, _Trace], sync: GroupSync | None = None) -> dict[st
     result = {}
     for branch, (steps, rows) in layout.items():
         result[branch] = {
-            "steps": steps,
-            "sigma": [r["sigma"] for r in rows],
-            "x": [rel(r["x"]) for r in rows],
-            "y": [rel(r["y"]) for r in rows],
-            "mag_ratio": [1.0 if r["mag_ratio"] is None else _mean(values(r["mag_ratio"])) for r in rows],
+            keys.STEPS: steps,
+            keys.SIGMA: [r["sigma"] for r in rows],
+            keys.X: [rel(r["x"]) for r in rows],
+            keys.Y: [rel(r["y"]) for r in rows],
+            keys.MAG_RATIO: [1.0 if r["mag_ratio"] is None else _mean(values(r["mag_ratio"])) for r in rows],
             **{
                 key: [
                     [] if r[key] is None else [_ratio(*pair) for pair in zip(*[iter(values(r[key]))] * 2)] for r in rows
                 ]
-                for key in ("fb_pairs", "res_pairs")
+                for key in keys.PAIR_KINDS
             },
-            "block_input_change": [[rel(i) for i in r["block_input_change"]] for r in rows],
-            "block_residual_change": [[rel(i) for i in r["block_residual_change"]] for r in rows],
+            **{key: [[rel(i) for i in r[key]] for r in rows] for key in keys.BLOCK_KINDS},
             UNIT_FEATURES: _unit_table([r[UNIT_FEATURES] for r in rows]),
         }
     return result

@@ -16,15 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import apply, remove
+from ..api import apply, recorded_traces, remove
 from ..auto import DEFAULT_TARGETS, candidate_list
 from ..config import Schedule
 from ..distributed import context_parallel_rank, parallel_layout
+from . import keys
 from .candidates import measure_candidates
 from .fit import build_profile, merge_profiles, split_record
 from .profile import Profile, ProfileError, model_fingerprint
-from .recorder import Recorder, collect
+from .recorder import Recorder
 from .replay import Replay
+from .sections import LeMiCaSection, PromptList
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +145,12 @@ def prompt_list(prompts: Sequence[str | dict]) -> dict:
 
 def _check_same_prompts(path: Path, previous: Profile, prompts: Sequence[str | dict], seeds: int) -> None:
     new = prompt_list(prompts)["labels"]
-    kept = previous.policies.get("calibration_prompts")
+    kept = previous.section(PromptList)
     if kept is None:  # written before prompt lists were kept: the prompts of its recorded jobs must agree
         old = {r["index"] // seeds: r["prompt"] for r in previous.records}
         i = next((i for i in sorted(old) if i >= len(new) or old[i] != new[i]), None)
     else:
-        old = dict(enumerate(kept["labels"]))
+        old = dict(enumerate(kept.labels))
         i = next((i for i in range(max(len(old), len(new))) if old.get(i) != (new[i] if i < len(new) else None)), None)
     if i is None:
         return
@@ -239,12 +241,12 @@ def calibrate(
                 f"cannot resume {path}: it was recorded for {previous.fingerprint} with {previous.sampler}, "
                 f"this run is {fingerprint} with {sampler}"
             )
-        if previous.policies.get("calibration") != settings.to_dict():
+        if previous.policies.get(keys.CALIBRATION) != settings.to_dict():
             raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
         _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
-        previous_auto = previous.policies.get("auto")
-        arrays = {k: v for k, v in previous.arrays.items() if k.startswith("records/")}
+        previous_auto = previous.policies.get(keys.AUTO)
+        arrays = {k: v for k, v in previous.arrays.items() if k.startswith(keys.RECORDS)}
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
     bar = _progress_bar(len(todo) * settings.steps, progress, rank)
@@ -255,14 +257,13 @@ def calibrate(
         for index, prompt, seed in todo:
             pipe(**settings.pipeline_kwargs(prompt, seed, transformer.device))
             record = {"index": index, "prompt": _label(prompt), "seed": seed}
-            engine = transformer._dit_cache.engine
-            record["branches"] = collect(engine.states or engine.policy.finished, engine.sync)
+            record["branches"] = recorded_traces(transformer)
             drop_unit_features(record, settings)
             if settings.lemica == "global" and (settings.lemica_prompts is None or index < settings.lemica_prompts):
                 remove(transformer)
                 try:
                     for order in settings.lemica_forecast:
-                        record[edge_key(order)] = global_edges(pipe, settings, prompt, seed, forecast=order)
+                        record[keys.edge_key(order)] = global_edges(pipe, settings, prompt, seed, forecast=order)
                 finally:
                     apply(transformer, recorder, scheduler=pipe.scheduler)
             small, large = split_record(record)
@@ -277,7 +278,7 @@ def calibrate(
     logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
     profile = _assemble(fingerprint, sampler, records, arrays, settings, kept, layout)
     if previous_auto is not None:
-        profile.policies["auto"] = previous_auto
+        profile.policies[keys.AUTO] = previous_auto
     if writes:
         profile.save(path)
     if candidates is not None:
@@ -294,7 +295,7 @@ def drop_unit_features(record: dict, settings: CalibrationSettings) -> None:
     """HyCa's unit features (a few MB a job on big models) kept only for the first `unit_feature_prompts` jobs."""
     if settings.unit_feature_prompts is not None and record["index"] >= settings.unit_feature_prompts:
         for data in record["branches"].values():
-            data.pop("unit_features", None)
+            data.pop(keys.UNIT_FEATURES, None)
 
 
 def _label(prompt: str | dict) -> str:
@@ -318,9 +319,9 @@ def _assemble(
     layout: dict | None = None,
 ) -> Profile:
     profile = build_profile(fingerprint, sampler, records, arrays, settings.to_dict())
-    profile.policies["calibration_prompts"] = prompts
+    profile.policies[keys.CALIBRATION_PROMPTS] = prompts
     if layout:  # the context-parallel layout it was recorded under (shards of different layouts do not merge)
-        profile.policies["parallel_layout"] = layout
+        profile.policies[keys.PARALLEL_LAYOUT] = layout
     _add_proxy_edges(profile, settings)
     return profile
 
@@ -340,11 +341,11 @@ def proxy_edges(profile: Profile, max_span: int) -> np.ndarray:
     residual adds to the latent, averaged over branches."""
     matrices = []
     for branch, data in profile.branches.items():
-        pairs = profile.arrays.get(f"{branch}/res_pairs")
+        pairs = profile.arrays.get(keys.branch_array(branch, keys.RES_PAIRS))
         if pairs is None:
             continue
         d = pairs.numpy()
-        sigma = np.asarray(data.get("sigma") or [], dtype=np.float64)
+        sigma = np.asarray(data.get(keys.SIGMA) or [], dtype=np.float64)
         n = d.shape[0]
         step = np.abs(np.diff(np.append(sigma, 0.0))) if len(sigma) == n else np.full(n, 1.0 / n)
         w = np.full((n, n), np.inf)
@@ -364,14 +365,11 @@ def _add_proxy_edges(profile: Profile, settings: CalibrationSettings) -> None:
     if not profile.records:
         return
     proxy = torch.as_tensor(proxy_edges(profile, settings.lemica_max_span), dtype=torch.float32)
-    profile.arrays["lemica/proxy_edges"] = proxy
-    if "lemica/edges" not in profile.arrays:  # global edges, when recorded, take precedence
-        profile.arrays["lemica/edges"] = proxy.clone()
-        profile.policies["lemica"] = {
-            "num_steps": int(proxy.shape[0]),
-            "mode": "proxy",
-            "max_span": settings.lemica_max_span,
-        }
+    profile.arrays[keys.LEMICA_PROXY_EDGES] = proxy
+    if keys.LEMICA_EDGES not in profile.arrays:  # global edges, when recorded, take precedence
+        profile.arrays[keys.LEMICA_EDGES] = proxy.clone()
+        section = LeMiCaSection(num_steps=int(proxy.shape[0]), mode="proxy", max_span=settings.lemica_max_span)
+        profile.policies[keys.LEMICA] = section.to_dict()
 
 
 def _final_latents(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int) -> torch.Tensor:
@@ -382,9 +380,7 @@ def _final_latents(pipe: Any, settings: CalibrationSettings, prompt: str, seed: 
     return torch.as_tensor(out[0]).float()
 
 
-def edge_key(forecast: int) -> str:
-    """The record key (and, under "lemica/", the profile array) of global edges measured with `forecast`."""
-    return "lemica" if forecast == 0 else f"lemica_forecast{forecast}"
+edge_key = keys.edge_key  # the record key of global edges measured with a forecast order (kept importable here)
 
 
 def global_edges(pipe: Any, settings: CalibrationSettings, prompt: str, seed: int, forecast: int = 0) -> np.ndarray:
@@ -419,27 +415,29 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     """`dit-cache calibrate merge`: one profile from shard profiles of the same model and settings."""
     target = check_writable(out)
     shards = [Profile.load(p) for p in paths]
-    layouts = {json.dumps(s.policies.get("parallel_layout", {}), sort_keys=True) for s in shards}
+    layouts = {json.dumps(s.policies.get(keys.PARALLEL_LAYOUT, {}), sort_keys=True) for s in shards}
     if len(layouts) > 1:
-        found = ", ".join(f"{p}: {s.policies.get('parallel_layout') or 'one process'}" for p, s in zip(paths, shards))
+        found = ", ".join(
+            f"{p}: {s.policies.get(keys.PARALLEL_LAYOUT) or 'one process'}" for p, s in zip(paths, shards)
+        )
         raise ProfileError(
             f"cannot merge shards recorded under different parallel layouts ({found}); record every shard with the "
             "same ContextParallelConfig (ring_degree, ulysses_degree), or none"
         )
     profile = merge_profiles(shards)
-    lists = {json.dumps(s.policies.get("calibration_prompts")) for s in shards}
+    lists = {json.dumps(s.policies.get(keys.CALIBRATION_PROMPTS)) for s in shards}
     if len(lists) > 1:
         raise ProfileError("cannot merge shards calibrated on different prompt lists; rerun them on one prompt file")
-    if shards[0].policies.get("parallel_layout"):
-        profile.policies["parallel_layout"] = shards[0].policies["parallel_layout"]
-    if shards[0].policies.get("calibration_prompts") is not None:
-        profile.policies["calibration_prompts"] = shards[0].policies["calibration_prompts"]
+    if shards[0].policies.get(keys.PARALLEL_LAYOUT):
+        profile.policies[keys.PARALLEL_LAYOUT] = shards[0].policies[keys.PARALLEL_LAYOUT]
+    if shards[0].policies.get(keys.CALIBRATION_PROMPTS) is not None:
+        profile.policies[keys.CALIBRATION_PROMPTS] = shards[0].policies[keys.CALIBRATION_PROMPTS]
     _add_proxy_edges(profile, settings_from_profile(profile))
     profile.save(target)
     return profile
 
 
 def settings_from_profile(profile: Profile) -> CalibrationSettings:
-    data = dict(profile.policies.get("calibration", {}))
+    data = dict(profile.policies.get(keys.CALIBRATION, {}))
     data["seeds"] = tuple(data.get("seeds", (0,)))
     return CalibrationSettings(**data)

@@ -121,7 +121,8 @@ def _check_methods(policies: list[str], targets: list[float], steps: int) -> Non
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..cli import _device, _distributed, check_call_kwargs, json_kwargs, load_pipeline, model_settings
-    from .methods import SPEEDUP_POLICIES
+    from .methods import BASELINES
+    from .methods import needs_profile as policy_needs_profile
     from .peers import PEERS
     from .runner import DEFAULT_POLICIES, EvalPlan, check_output_dir, evaluate, merge_rank_files
 
@@ -151,7 +152,7 @@ def run_eval(args: argparse.Namespace) -> int:
     profile = None
     needs_profile = (
         args.profile
-        or any(p.split(":")[0] in SPEEDUP_POLICIES + ("magcache",) for p in policies)
+        or any(p.split(":")[0] not in BASELINES and policy_needs_profile(p.split(":")[0]) for p in policies)
         or ("diffusers-magcache" in peers)
     )
     auto = any(p.split(":")[0] == "auto" for p in policies)  # a profile calibrated here gets candidate runs

@@ -16,20 +16,25 @@ from typing import Any
 import numpy as np
 
 from .. import api
-from ..config import Schedule, config_class, policy_names
+from ..config import config_class, policy_names
 from ..config import parse_policy_spec as parse_spec
+from ..policies import policy_info
+from ..policies.schedule import Schedule
 from .counting import WorkCounter
 
-# speedup= (or the policy itself) needs a profile
-SPEEDUP_POLICIES = ("auto", "teacache", "magcache", "fbcache", "lemica", "bwcache", "mix", "ertacache", "hyca")
-INTERVAL_POLICIES = ("fora",)
 BASELINES = ("uniform",)
-INTERNAL_POLICIES = ("recorder",)  # calibration's own policy: it caches nothing, so it is never offered
 
 
 def user_policies() -> list[str]:
-    """The policy names a user can apply or evaluate."""
-    return [name for name in policy_names() if name not in INTERNAL_POLICIES]
+    """The policy names a user can apply or evaluate (internal ones, the calibration recorder, are never offered)."""
+    return policy_names()
+
+
+def needs_profile(name: str) -> bool:
+    """Whether evaluating policy `name` (at a target, or at all) needs a profile: its `needs_profile` or its
+    `speedup_by` capability."""
+    info = policy_info(name)
+    return info.needs_profile in ("required", "recorded", "candidates") or info.speedup_by == "profile"
 
 
 @dataclass
@@ -75,7 +80,7 @@ def ours(spec: str, target: float | None, num_steps: int, profile: Any) -> Metho
     method = Method(key, name, "dit_cache", target, dict(options), on=_apply_policy, off=api.remove)
     if target is not None:
         fields = {f for f in config_class(name).__dataclass_fields__}
-        if name in INTERVAL_POLICIES:
+        if policy_info(name).speedup_by == "interval":
             interval = round(target)
             if not math.isclose(interval, target, abs_tol=0.01):
                 method.available, method.reason = (

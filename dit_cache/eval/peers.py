@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..calibration import keys
 from ..schedulers.budget import search_threshold
 
 
@@ -49,7 +50,7 @@ class Peer:
 
 
 def _transformer_disable(pipe) -> None:
-    from diffusers.models.cache_utils import CacheMixin
+    from ..compat import cache_mixin
 
     for name, module in pipe.components.items():
         if not name.startswith("transformer") or module is None:
@@ -57,7 +58,7 @@ def _transformer_disable(pipe) -> None:
         if getattr(module, "is_cache_enabled", False):
             module.disable_cache()
         elif getattr(module, "_cache_config", None) is not None:  # hooks placed on a model without CacheMixin
-            CacheMixin.disable_cache(module)  # it reads only `_cache_config` and the hook registry
+            cache_mixin().disable_cache(module)  # it reads only `_cache_config` and the hook registry
 
 
 def _transformer_enable(ctx: PeerContext, config) -> None:
@@ -96,9 +97,9 @@ def _magcache_ratios(ctx: PeerContext) -> list[float]:
     """MagCache's ratios: recorded by its own calibration mode on the calibration jobs (the mean over jobs and
     branches of the lists it prints at the end of every run), else the dit_cache profile's (cond branch)."""
     if not ctx.calibration or ctx.generate is None:
-        if ctx.profile is None or not ctx.profile.has("mag_ratio"):
+        if ctx.profile is None or not ctx.profile.has(keys.MAG_RATIO):
             raise ValueError("diffusers' MagCache needs this model's magnitude ratios: pass a dit_cache profile")
-        return ctx.profile.per_step("cond", "mag_ratio", ctx.num_steps).tolist()
+        return ctx.profile.per_step("cond", keys.MAG_RATIO, ctx.num_steps).tolist()
     key = (id(ctx.pipe), ctx.num_steps, tuple(map(tuple, ctx.calibration)))
     if key not in _MAG_RATIOS:
         _MAG_RATIOS[key] = _calibrate_magcache(ctx)
@@ -180,9 +181,9 @@ def _taylorseer_identifiers(transformer) -> list[str] | None:
     """diffusers' default patterns ('^blocks.*attn', ...) are `re.fullmatch`ed, so they match no module of a model
     whose attentions are numbered (Wan's `blocks.0.attn1`); then the same patterns with the number allowed, which
     keeps their intent (the attention modules of the blocks). None (the defaults) where they match something."""
-    from diffusers.hooks import taylorseer_cache
+    from ..compat import taylorseer_default_identifiers
 
-    defaults = taylorseer_cache._TRANSFORMER_BLOCK_IDENTIFIERS
+    defaults = taylorseer_default_identifiers()
     names = [name for name, _ in transformer.named_modules()]
     if any(re.fullmatch(p, n) for p in defaults for n in names):
         return None

@@ -19,6 +19,7 @@ import torch
 
 from .. import api
 from ..calibration.runner import check_creatable
+from ..policies import policies_where
 from ..schedulers.targets import within
 from .counting import WorkCounter
 from .measure import PeakMemory, TransformerTimer, pipeline_device
@@ -28,9 +29,9 @@ from .peers import PeerContext, peer
 
 logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
-DEFAULT_POLICIES = (
-    "teacache", "magcache", "fbcache", "fora", "lemica", "toca", "cfg", "bwcache", "taylorseer", "mix", "uniform",
-)  # fmt: skip
+# what `dit-cache eval` compares without --policies: the policies whose class says so (`in_default_eval`), in a fixed
+# order (a results file records it), then the every-k-th-step baseline
+DEFAULT_POLICIES = (*policies_where(in_default_eval=True), "uniform")
 
 
 @dataclass

@@ -23,6 +23,14 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: The Triton Taylor kernels take at most this many derivative tensors (order 5); auto uses the twin above that.
 MAX_TAYLOR_TENSORS = 6
 
+
+def taylor_unsupported(count: int) -> str | None:
+    """Why the Triton Taylor kernels can't take `count` derivative tensors (for `use_triton`), or None."""
+    if count > MAX_TAYLOR_TENSORS:
+        return f"{count} derivative tensors (the kernels take at most {MAX_TAYLOR_TENSORS})"
+    return None
+
+
 _warned: set[str] = set()
 
 
@@ -57,17 +65,27 @@ def triton_available() -> bool:
     return True
 
 
-def triton_module() -> ModuleType:
-    """The module holding the Triton kernels and launchers, imported on first use.
-
-    Raises ImportError naming the fix when Triton is not installed.
-    """
+def _require_triton() -> None:
     if not triton_available():
         raise ImportError(
             f"{ENV_VAR}=triton (or a direct launcher call) needs the `triton` package, which is not importable here; "
             "install it (`pip install triton`, or the `dit-cache[triton]` extra) or set "
             f"{ENV_VAR}=auto/torch to use the PyTorch twins"
         )
+
+
+def import_triton() -> ModuleType:
+    """`triton`, imported on first use. Raises ImportError naming the fix when Triton is not installed."""
+    _require_triton()
+    return importlib.import_module("triton")
+
+
+def triton_module() -> ModuleType:
+    """`dit_cache.kernels._triton`, every op's launcher under the op's name; imports Triton on first use.
+
+    Raises ImportError naming the fix when Triton is not installed.
+    """
+    _require_triton()
     return importlib.import_module("dit_cache.kernels._triton")
 
 

@@ -1,4 +1,5 @@
-"""Argument checks shared by the dispatching ops (both backends), their fake implementations and the Triton launchers.
+"""Argument checks that several ops share; each op module builds its own `check` from them. An op's check runs in the
+dispatching op (both backends), in its fake implementation and in its Triton launcher.
 
 They look only at metadata (shape, dtype, device), so they also run on fake tensors under `torch.compile`.
 User input is checked with explicit exceptions, never `assert`: every message names the value, the limit and the fix.
@@ -6,19 +7,14 @@ User input is checked with explicit exceptions, never `assert`: every message na
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 
-def _symbolic(value: object) -> bool:
+def symbolic(value: object) -> bool:
     """A SymInt/SymFloat under torch.compile(dynamic=True): checked at run time, when the real op gets the number."""
     return isinstance(value, (torch.SymInt, torch.SymFloat))
-
-
-def _desc(name: str, t: torch.Tensor) -> str:
-    return f"{name} (shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device})"
 
 
 def check_tensor(op: str, name: str, t: object) -> torch.Tensor:
@@ -58,76 +54,22 @@ def check_same_dtype(op: str, n1: str, t1: torch.Tensor, n2: str, t2: torch.Tens
         )
 
 
+def check_pair(op: str, n1: str, t1: object, n2: str, t2: object, same_dtype: bool) -> None:
+    """Two floating tensors of one shape (and, with same_dtype, one dtype); devices are checked by the caller."""
+    check_tensor(op, n1, t1)
+    check_tensor(op, n2, t2)
+    check_floating(op, n1, t1)
+    if same_dtype:
+        check_same_shape(op, n1, t1, n2, t2)
+        check_same_dtype(op, n1, t1, n2, t2)
+    else:
+        check_floating(op, n2, t2)
+        check_same_shape(op, n1, t1, n2, t2)
+
+
 def channels(t: torch.Tensor) -> int:
     """Size of the last (channel) dim; a 0-d tensor counts as one channel."""
     return t.shape[-1] if t.dim() >= 1 else 1
-
-
-def check_rel_l1_parts(a: torch.Tensor, b: torch.Tensor) -> None:
-    op = "rel_l1_parts"
-    check_tensor(op, "a", a)
-    check_tensor(op, "b", b)
-    check_floating(op, "a", a)
-    check_floating(op, "b", b)
-    check_same_shape(op, "a", a, "b", b)
-    check_same_device(op, a=a, b=b)
-
-
-def check_store_residual(out: torch.Tensor, inp: torch.Tensor, buffer: torch.Tensor | None) -> None:
-    op = "store_residual"
-    check_tensor(op, "out", out)
-    check_tensor(op, "inp", inp)
-    check_floating(op, "out", out)
-    check_same_shape(op, "out", out, "inp", inp)
-    check_same_dtype(op, "out", out, "inp", inp)
-    tensors = {"out": out, "inp": inp}
-    if buffer is not None:
-        check_tensor(op, "buffer", buffer)
-        check_same_shape(op, "out", out, "buffer", buffer)
-        check_same_dtype(op, "out", out, "buffer", buffer)
-        tensors["buffer"] = buffer
-    check_same_device(op, **tensors)
-
-
-def check_scale(op: str, scale: torch.Tensor, n_channels: int) -> None:
-    check_floating(op, "scale", scale)
-    if scale.dim() > 1 or scale.numel() not in (1, n_channels):
-        raise ValueError(
-            f"{op}: a tensor scale must be 0-d, of shape (1,) or per-channel of shape ({n_channels},) "
-            f"(the last dim of inp); got shape {tuple(scale.shape)}; reshape it, or use apply_residual's "
-            "float scale"
-        )
-
-
-def check_apply_residual(inp: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None) -> None:
-    op = "apply_residual"
-    check_tensor(op, "inp", inp)
-    check_tensor(op, "residual", residual)
-    check_floating(op, "inp", inp)
-    check_same_shape(op, "inp", inp, "residual", residual)
-    check_same_dtype(op, "inp", inp, "residual", residual)
-    tensors = {"inp": inp, "residual": residual}
-    if scale is not None:
-        check_scale(op, scale, channels(inp))
-        tensors["scale"] = scale
-    check_same_device(op, **tensors)
-
-
-def check_magnitude_ratio(r_t: torch.Tensor, r_prev: torch.Tensor) -> None:
-    op = "magnitude_ratio"
-    check_tensor(op, "r_t", r_t)
-    check_tensor(op, "r_prev", r_prev)
-    check_floating(op, "r_t", r_t)
-    check_floating(op, "r_prev", r_prev)
-    check_same_shape(op, "r_t", r_t, "r_prev", r_prev)
-    check_same_device(op, r_t=r_t, r_prev=r_prev)
-    if r_t.dim() < 1:
-        raise ValueError(f"{op}: r_t must have a channel dim (at least 1-d), got a 0-d tensor; pass r.reshape(1, -1)")
-    if r_t.numel() == 0:
-        raise ValueError(
-            f"{op}: r_t of shape {tuple(r_t.shape)} is empty: the mean over zero tokens or the norm over zero "
-            "channels is undefined; skip the call when there are no tokens"
-        )
 
 
 def check_derivatives(op: str, derivatives: Sequence[torch.Tensor]) -> None:
@@ -144,84 +86,6 @@ def check_derivatives(op: str, derivatives: Sequence[torch.Tensor]) -> None:
         check_same_device(op, **{"derivatives[0]": first, f"derivatives[{i}]": d})
 
 
-def check_taylor_update(derivatives: Sequence[torch.Tensor], feature: torch.Tensor, gap: float, filled: int) -> None:
-    op = "taylor_update"
-    check_derivatives(op, derivatives)
-    check_tensor(op, "feature", feature)
-    check_floating(op, "feature", feature)
-    check_same_shape(op, "derivatives[0]", derivatives[0], "feature", feature)
-    check_same_device(op, **{"derivatives[0]": derivatives[0], "feature": feature})
-    if not _symbolic(gap) and not (isinstance(gap, (int, float)) and math.isfinite(gap) and gap > 0):
-        raise ValueError(f"taylor_update needs a positive gap between computations, got {gap}")
-    if not _symbolic(filled) and (not isinstance(filled, int) or not 0 <= filled <= len(derivatives)):
-        raise ValueError(
-            f"{op}: filled={filled!r} must be an int in [0, {len(derivatives)}] (the number of valid entries of "
-            "derivatives); pass the value the previous taylor_update returned, 0 at the start"
-        )
-
-
-def check_taylor_forecast(
-    derivatives: Sequence[torch.Tensor], filled: int, distance: float, out: torch.Tensor | None
-) -> None:
-    op = "taylor_forecast"
-    if not _symbolic(filled) and (not isinstance(filled, int) or filled < 1):
-        raise ValueError("taylor_forecast needs at least one computed feature in the history (filled >= 1)")
-    check_derivatives(op, derivatives)
-    if not _symbolic(filled) and filled > len(derivatives):
-        raise ValueError(
-            f"{op}: filled={filled} exceeds the {len(derivatives)} derivative tensors given; pass at most "
-            f"filled={len(derivatives)}"
-        )
-    if not _symbolic(distance) and not (isinstance(distance, (int, float)) and math.isfinite(distance)):
-        raise ValueError(f"{op}: distance must be a finite number of steps, got {distance!r}")
-    if out is not None:
-        check_tensor(op, "out", out)
-        check_same_shape(op, "derivatives[0]", derivatives[0], "out", out)
-        check_same_dtype(op, "derivatives[0]", derivatives[0], "out", out)
-        check_same_device(op, **{"derivatives[0]": derivatives[0], "out": out})
-
-
-def check_token_scatter_gate(
-    x: torch.Tensor, cache: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, gate: torch.Tensor | None
-) -> None:
-    op = "token_scatter_gate"
-    for name, t in (("x", x), ("cache", cache), ("index", index), ("rows", rows)):
-        check_tensor(op, name, t)
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be 3-d (B, N, C), got shape {tuple(x.shape)}; reshape it to (B, N, C)")
-    check_floating(op, "x", x)
-    check_same_shape(op, "x", x, "cache", cache)
-    check_same_dtype(op, "x", x, "cache", cache)
-    if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
-        raise TypeError(
-            f"{op}: index must be a 1-d int64 or int32 tensor of token positions, got shape {tuple(index.shape)} "
-            f"and dtype {index.dtype}; use index.flatten().long()"
-        )
-    B, _, C = x.shape
-    M = index.shape[0]
-    check_floating(op, "rows", rows)
-    if tuple(rows.shape) != (B, M, C):
-        raise ValueError(
-            f"{op}: rows must have shape (B, M, C) = ({B}, {M}, {C}) for x of shape {tuple(x.shape)} and "
-            f"{M} indices, got {tuple(rows.shape)}"
-        )
-    tensors = {"x": x, "cache": cache, "index": index, "rows": rows}
-    if gate is not None:
-        check_tensor(op, "gate", gate)
-        check_floating(op, "gate", gate)
-        try:
-            broadcast = torch.broadcast_shapes(gate.shape, x.shape)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != x.shape:
-            raise ValueError(
-                f"{op}: gate of shape {tuple(gate.shape)} must broadcast to x's shape {tuple(x.shape)} without "
-                "growing it, e.g. (B, 1, C), (C,) or 0-d"
-            )
-        tensors["gate"] = gate
-    check_same_device(op, **tensors)
-
-
 def check_index_values(index: torch.Tensor, n_tokens: int) -> None:
     """Bounds of the scatter positions. Only for CPU indices (free there); on CUDA PyTorch's scatter_/index_copy_
     raise a device-side assertion instead (checking here would force a host synchronisation)."""
@@ -235,16 +99,7 @@ def check_index_values(index: torch.Tensor, n_tokens: int) -> None:
         )
 
 
-def gate_output_dtype(x: torch.Tensor, cache: torch.Tensor, gate: torch.Tensor | None) -> torch.dtype:
-    """The dtype of the twin's `x + gate * cache` under PyTorch's promotion rules (a 0-d gate does not promote)."""
-    if gate is None:
-        return torch.promote_types(x.dtype, cache.dtype)
-    if gate.dim() == 0:
-        gc = cache.dtype
-    else:
-        gc = torch.promote_types(gate.dtype, cache.dtype)
-    return torch.promote_types(x.dtype, gc)
-
-
-def describe(name: str, t: torch.Tensor) -> str:
-    return _desc(name, t)
+def check_no_shared_storage(op: str, n1: str, t1: torch.Tensor, n2: str, t2: torch.Tensor) -> None:
+    """Real tensors only (fake tensors have no storage address)."""
+    if t1.numel() and t2.numel() and t1.untyped_storage().data_ptr() == t2.untyped_storage().data_ptr():
+        raise ValueError(f"{op}: {n1} and {n2} share memory; pass separate tensors ({n2}.clone())")

@@ -1,6 +1,15 @@
-"""Caching policies. Importing this package registers every policy with its config class."""
+"""Caching policies, one file each (its config, state and policy class, registered by `register_policy`).
+Importing this package imports every module in it, so every policy is registered whatever was imported first;
+the two policies that live elsewhere (`auto`, which picks one of these; the calibration recorder) are imported too."""
 
-from . import block, bwcache, cfg, easycache, ertacache, forecast, hyca, mix, step, token  # noqa: F401  (registration)
-from .base import ModelContext, Policy, policy_class, policy_for
+import importlib
+import pkgutil
 
-__all__ = ["ModelContext", "Policy", "policy_class", "policy_for"]
+from .base import ModelContext, Policy, policies_where, policy_class, policy_info, register_policy
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+importlib.import_module("dit_cache.auto")
+importlib.import_module("dit_cache.calibration.recorder")
+
+__all__ = ["ModelContext", "Policy", "policies_where", "policy_class", "policy_info", "register_policy"]

@@ -1,4 +1,7 @@
-"""The policy contract and the registry that maps a config class to its policy (adding a policy touches one file)."""
+"""The policy contract and the registry: `@register_policy(name, Config)` on a policy class makes `name` select
+`Config` in `apply(pipe, name, ...)` and this class run it. A policy is one file (policies/<name>.py: its config,
+state and policy class); its capabilities are class attributes of the policy, read by the evaluation, the CLI and
+the generated docs, so no list of policy names is kept anywhere else."""
 
 from __future__ import annotations
 
@@ -7,28 +10,50 @@ import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..adapters import BlockCall, ModelSpec
-from ..config import PolicyConfig
-from ..engine import BlockSlot
+from ..config import PolicyConfig, config_class, policy_names, register_config
+from ..engine import BlockSlot, Locate
 from ..state import COMPUTE, CallInfo
 from ..stats import StepRecord
 
-# locate(call, extra) -> the values of `extra` read with the step (see CacheEngine.locate)
-Locate = Callable[[CallInfo, "torch.Tensor | None"], list[float]]
-
 _POLICIES: dict[type[PolicyConfig], type[Policy]] = {}
 
+LEVELS = ("step", "block", "token", "cfg", "mixed", "auto", "none")
+PROFILE_NEEDS = ("none", "optional", "required", "recorded", "candidates")
+TARGETS = (None, "profile", "schedule", "interval")
 
-def policy_for(config_cls: type[PolicyConfig]):
-    """Class decorator: the policy that runs configs of `config_cls`."""
+
+def register_policy(
+    name: str,
+    config_cls: type[PolicyConfig],
+    *,
+    level: str = "step",
+    needs_profile: str = "none",
+    speedup_by: str | None = None,
+    cfg_inner: bool = True,
+    in_default_eval: bool = False,
+    internal: bool = False,
+):
+    """Class decorator: `name` selects `config_cls` (`apply(pipe, name)`, `make_config(name)`), the decorated policy
+    class runs configs of that class, and the capabilities become its class attributes (see `Policy`; all of them
+    are set here, so a subclass never inherits another policy's by accident)."""
+    capabilities = dict(level=level, needs_profile=needs_profile, speedup_by=speedup_by, cfg_inner=cfg_inner,
+                        in_default_eval=in_default_eval, internal=internal)  # fmt: skip
+    for attr, valid in (("level", LEVELS), ("needs_profile", PROFILE_NEEDS), ("speedup_by", TARGETS)):
+        if capabilities[attr] not in valid:
+            raise ValueError(f"policy {name!r}: {attr}={capabilities[attr]!r} is not one of {valid}")
 
     def wrap(cls: type[Policy]) -> type[Policy]:
+        register_config(name)(config_cls)
         _POLICIES[config_cls] = cls
+        cls.config_class = config_cls
+        for attr, value in capabilities.items():
+            setattr(cls, attr, value)
         return cls
 
     return wrap
@@ -39,6 +64,26 @@ def policy_class(config: PolicyConfig) -> type[Policy]:
         if cls in _POLICIES:
             return _POLICIES[cls]
     raise TypeError(f"no policy is registered for {type(config).__name__}")
+
+
+def policy_info(name: str) -> type[Policy]:
+    """The policy class that runs policy `name`: its capabilities are class attributes (`level`, `needs_profile`,
+    `speedup_by`, `cfg_inner`, `in_default_eval`, `internal`)."""
+    return _POLICIES[config_class(name)]
+
+
+def policies_where(**capabilities: Any) -> list[str]:
+    """The user policies (sorted names) whose capabilities have the given values, e.g. `policies_where(level="step")`;
+    a value may be a tuple of accepted values."""
+
+    def accepts(value: Any, wanted: Any) -> bool:
+        return value in wanted if isinstance(wanted, tuple) else value == wanted
+
+    return [
+        name
+        for name in policy_names()
+        if all(accepts(getattr(policy_info(name), key), wanted) for key, wanted in capabilities.items())
+    ]
 
 
 # transformer -> {(policy class, config key): (objects the key names by id, the tuned settings)}
@@ -80,11 +125,27 @@ class Policy:
     Hooks call, in order: `probe` once per transformer call at block `decision_block` (device values to read with the
     step, in the same host sync), `decide` with those values, then `run_block` for every block, `run_submodule`
     for every attention/MLP submodule (only when `uses_submodules`), and `finish` with the transformer's output.
+    `decide` is pure in the policy: it reads plans made once per step grid and changes only `state` (and the call's
+    record), so replays of the rule on recorded traces run on fresh states of the same policy.
     """
 
     decision_block: int = 0
     uses_submodules: bool = False
     intercepts_calls: bool = False  # sees whole transformer calls through `intercept_call`
+
+    # ---- capabilities: class attributes set by `register_policy` (read by the evaluation, `dit-cache info` and the
+    # generated docs); the values below are its defaults
+    config_class: ClassVar[type[PolicyConfig]]
+    level: ClassVar[str] = "step"  # what it caches: step, block, token, cfg, mixed (several), auto (picks a policy)
+    # "none", "optional" (better with one), "required" (a built-in or calibrated one), "recorded" (calibrated
+    # traces only), "candidates" (calibrated candidate runs)
+    needs_profile: ClassVar[str] = "none"
+    # how speedup= is met: "profile" (searched on a profile's traces), "schedule" (planned from the step count),
+    # "interval" (an integer interval is the target), None (no target)
+    speedup_by: ClassVar[str | None] = None
+    cfg_inner: ClassVar[bool] = True  # may run as CFG reuse's inner policy (CFGCache(step=...))
+    in_default_eval: ClassVar[bool] = False  # compared by `dit-cache eval` when no --policies are given
+    internal: ClassVar[bool] = False  # never listed to users (the calibration recorder)
 
     def __init__(self, config: PolicyConfig, model: ModelContext) -> None:
         self.config = config
@@ -94,7 +155,8 @@ class Policy:
             raise TypeError(
                 f"{config.policy_name} caches attention and MLP submodules, and the {model.spec.name} adapter finds "
                 f"none in the {block} blocks of {type(model.transformer).__name__}; use a step or block policy "
-                "(teacache, magcache, fbcache, schedule, lemica, bwcache) or register a ModelSpec whose BlockGroup "
+                f"({', '.join(policies_where(level=('step', 'block'), uses_submodules=False))}) or register a "
+                "ModelSpec whose BlockGroup "
                 "names them (attention=..., mlp=...; see docs/adapters.md)"
             )
 
@@ -128,8 +190,8 @@ class Policy:
 
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         """Runs the whole transformer call (only when `intercepts_calls`): it may call `locate` to learn the step
-        before the transformer runs, skip `forward` (then set `call.prepared`, `call.decision`,
-        `call.skipped_units` itself) or run it on other arguments."""
+        before the transformer runs, skip `forward` (then set `call.record.prepared`, `.decision`, `.skipped_units`
+        itself) or run it on other arguments (`locate.on_branch`: on another branch's state)."""
         return forward(*args, **kwargs)
 
     def split_record(self, call: CallInfo, record: StepRecord) -> list[StepRecord]:

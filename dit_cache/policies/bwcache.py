@@ -30,15 +30,41 @@ import torch
 
 from .. import kernels
 from ..adapters import BlockCall
-from ..calibration import ProfileError, resolve_profile
+from ..calibration import ProfileError, keys, resolve_profile
 from ..calibration.resample import resample_increments
-from ..config import BWCache
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_number,
+    _check_speedup,
+)
 from ..engine import BlockSlot
 from ..schedulers.budget import search_threshold
 from ..schedulers.targets import TOLERANCE, SpeedupError, check_ceiling, check_reached
 from ..state import COMPUTE, PARTIAL, REUSE, CallInfo
-from .base import ModelContext, Policy, policy_for, shared_tuning
+from .base import ModelContext, Policy, register_policy, shared_tuning
 from .step import rel_l1_rows, rel_l1_value
+
+
+@dataclass(frozen=True)
+class BWCache(PolicyConfig):
+    """Per-block similarity reuse (BWCache-style): each block is reused (its input plus the residual it produced
+    when it last ran) while its own input has changed by less than `threshold` (rel-L1) since it last ran,
+    independently of the other blocks; at most `max_skip` reuses in a row per block.
+
+    The change at step t is known only once the earlier blocks ran at step t, so to keep one host read per call the
+    decision uses each block's change measured at the previous call, extrapolated one step (linear drift).
+    """
+
+    threshold: float = 0.1
+    max_skip: int | None = None
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_number("bwcache", "threshold", self.threshold, allow_none=False)
+        _check_int("bwcache", "max_skip", self.max_skip, low=0)
+        _check_speedup("bwcache", self.speedup)
 
 
 @dataclass
@@ -79,18 +105,19 @@ def choose(
     return flags, (sum(predictions) / len(predictions) if predictions else None)
 
 
-@policy_for(BWCache)
+@register_policy(
+    "bwcache", BWCache, level="block", needs_profile="optional", speedup_by="profile", in_default_eval=True
+)
 class BWCachePolicy(Policy):
     def __init__(self, config: BWCache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.count = len(model.slots)
-        self.threshold = config.threshold
         self.profile = None
-        self._tuned: dict[tuple, float] = shared_tuning(self)
+        self._tuned: dict[tuple, float] = shared_tuning(self)  # the threshold planned per step grid (speedup=)
         self.check_ceiling_at_apply()
         if config.speedup is not None:
             self.profile = resolve_profile(config.profile, model.transformer, "bwcache")
-            if self.profile is None or not any(k.endswith("/block_input_change") for k in self.profile.arrays):
+            if self.profile is None or not self.profile.has_array(keys.BLOCK_INPUT_CHANGE):
                 raise ProfileError(
                     "bwcache: speedup= needs a profile with per-block traces; record one with "
                     "`dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
@@ -114,15 +141,25 @@ class BWCachePolicy(Policy):
     def probe(self, call: CallInfo, state: BWState | None, slot: BlockSlot, block: BlockCall) -> torch.Tensor | None:
         return state.pending if state is not None else None
 
+    @property
+    def threshold(self) -> float:
+        """The configured threshold, or with a speedup target the one planned for the step grid planned last (each
+        call reads the plan of its own grid)."""
+        if self.config.speedup is not None and self._tuned:
+            return next(reversed(self._tuned.values()))
+        return self.config.threshold
+
     def decide(self, call: CallInfo, state: BWState, values: list[float]) -> str:
+        """Pure in the policy: reads the plan of the call's step grid, changes only `state`."""
+        threshold = self.config.threshold
         if self.config.speedup is not None:
-            self.threshold = self.threshold_for(call.num_steps, call.sigmas)
+            threshold = self.threshold_for(call.num_steps, call.sigmas)
         measured: list[float | None] = [None] * self.count
         per_block = len(values) // self.count if self.count else 0
         if per_block >= 2 and per_block % 2 == 0 and per_block * self.count == len(values):
             for i in range(self.count):
                 measured[i] = rel_l1_value(values[i * per_block : (i + 1) * per_block])
-        flags, call.indicator = choose(state.blocks, call.step, self.threshold, self.config.max_skip, measured)
+        flags, call.record.indicator = choose(state.blocks, call.step, threshold, self.config.max_skip, measured)
         flags = [f and state.residuals[i] is not None for i, f in enumerate(flags)]
         state.reuse = flags
         if all(flags):
@@ -147,7 +184,7 @@ class BWCachePolicy(Policy):
             memory.measured_gap = 0
         if state.reuse[i] and reference is not None and reference.shape == hidden.shape:
             memory.skips += 1
-            call.skipped_units += slot.units
+            call.record.skipped_units += slot.units
             hidden_res, encoder_res = state.residuals[i]
             hidden_out = kernels.apply_residual(hidden, hidden_res)
             if not state.encoder_out[i]:
@@ -197,12 +234,12 @@ class BWCachePolicy(Policy):
         profile = self.profile
         dst = profile.call_grid(num_steps, sigmas)
         traces = []
-        for record in profile.records:
-            for branch in record["branches"]:
-                table = profile.arrays.get(f"records/{record['index']}/{branch}/block_input_change")
+        for record in profile.job_records():
+            for branch in record.branches:
+                table = profile.record_table(record.index, branch, keys.BLOCK_INPUT_CHANGE)
                 if table is None or table.shape[1] != self.count:
                     continue
-                grid = profile.branches[branch]["grid"]
+                grid = profile.grid(branch)
                 columns = [resample_increments(table[:, b].tolist(), grid, dst) for b in range(self.count)]
                 traces.append(np.stack(columns, axis=1))
         if not traces:

@@ -36,11 +36,18 @@ from typing import Any
 import torch
 
 from .. import kernels
-from ..config import CFGCache
+from ..config import (
+    PolicyConfig,
+    _check_fraction,
+    _check_int,
+    _check_number,
+    _check_speedup_below,
+    make_config,
+)
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, span
 from ..state import REUSE, CallInfo
 from ..stats import StepRecord
-from .base import Locate, ModelContext, Policy, policy_class, policy_for
+from .base import Locate, ModelContext, Policy, policies_where, policy_class, register_policy
 from .batched import Batch, batch_of, batched_parts, joined, like, map_batched, stacked
 from .grid import low_pass
 from .token import grid_of_call
@@ -48,6 +55,71 @@ from .token import grid_of_call
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 2
+
+
+@dataclass(frozen=True)
+class CFGCache(PolicyConfig):
+    """CFG reuse in the style of FasterCache (Lv et al. 2024): every `interval`-th step computes both guidance
+    branches and stores their difference (unconditional minus conditional output); the steps in between compute
+    only the conditional branch and rebuild the unconditional one from it and the stored difference.
+
+    warmup: share of the first steps that always compute both branches. alpha_low / alpha_high: weights of the low /
+        high spatial-frequency part of the stored difference on rebuilt steps whose trajectory position (1 at the
+        first step, 0 at the last) lies in low_range / high_range (FasterCache's timestep windows); 1 outside.
+    step: an inner policy for everything else (a name, a config such as TeaCache(), or None): it runs on every
+        computed branch, so CFG reuse combines with any step, block or token policy.
+    speedup: picks the interval (at most 2x: only the unconditional half of the work can be saved).
+    """
+
+    interval: int | None = None
+    warmup: float = 0.2
+    alpha_low: float = 1.1
+    alpha_high: float = 1.1
+    low_range: tuple[float, float] = (0.1, 0.9)
+    high_range: tuple[float, float] = (0.0, 0.3)
+    step: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_int("cfg", "interval", self.interval, low=1)
+        _check_fraction("cfg", "warmup", self.warmup)
+        for name in ("alpha_low", "alpha_high"):
+            _check_number("cfg", name, getattr(self, name), allow_none=False)
+        for name in ("low_range", "high_range"):
+            value = tuple(getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not value[0] < value[1]:
+                raise ValueError(
+                    f"cfg: {name} must be (start, end) with start < end, positions of the trajectory from 1 (first "
+                    f"step) to 0 (last step), got {value!r}"
+                )
+        _check_speedup_below("cfg", self.speedup, 2.0, "CFG reuse saves at most the unconditional half of the work")
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("cfg: give interval or speedup, not both (speedup picks the interval)")
+        object.__setattr__(self, "step", _inner_config("cfg", self.step))
+
+
+def _inner_config(policy: str, value: Any) -> PolicyConfig | None:
+    """An inner policy given as a name, a config dict or a config; composites cannot nest."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        config = make_config(value)
+    elif isinstance(value, dict):
+        config = PolicyConfig.from_dict(value)
+    elif isinstance(value, PolicyConfig):
+        config = value
+    else:
+        raise TypeError(
+            f"{policy}: step must be a policy name or config (e.g. dit_cache.TeaCache()), got {type(value).__name__}"
+        )
+    inner = policy_class(config)
+    if not inner.cfg_inner or inner.internal:
+        raise ValueError(
+            f"{policy}: step={config.policy_name!r} cannot be an inner policy; give a step, block or token policy "
+            f"({', '.join(policies_where(cfg_inner=True))})"
+        )
+    return config
 
 
 def full_steps(num_steps: int, interval: int, warmup: float) -> list[int]:
@@ -90,7 +162,7 @@ class CFGTrajectory:
     last_decision: str | None = None  # the inner decision of the last call
 
 
-@policy_for(CFGCache)
+@register_policy("cfg", CFGCache, level="cfg", speedup_by="schedule", cfg_inner=False, in_default_eval=True)
 class CFGPolicy(Policy):
     intercepts_calls = True
     cfg_enabled = True  # a subclass may run without CFG reuse (the mixture without the "cfg" mode)
@@ -217,18 +289,19 @@ class CFGPolicy(Policy):
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
         inner = self.inner
 
-        def run(*a, **k):
+        def run(call: CallInfo, *a, **k):
             if inner.intercepts_calls:
                 return inner.intercept_call(call, a, k, forward, locate)
             return forward(*a, **k)
 
-        call.extra["grid"] = grid_of_call(self.model, args, kwargs)
+        record = call.record
+        record.grid, record.grid_read = grid_of_call(self.model, args, kwargs), True
         if not self.cfg_enabled:
-            return run(*args, **kwargs)
+            return run(call, *args, **kwargs)
         if call.branch == "cond":
-            call.extra["cfg"] = "cond"
-            call.extra["cfg_batch"] = batch_of(_hidden(args, kwargs))
-            return run(*args, **kwargs)
+            record.cfg = "cond"
+            record.cfg_batch = batch_of(_hidden(args, kwargs))
+            return run(call, *args, **kwargs)
         if call.branch == "uncond":
             return self._uncond(call, args, kwargs, run, locate)
         return self._batched(call, args, kwargs, run, locate)
@@ -241,18 +314,18 @@ class CFGPolicy(Policy):
         cond = t.cond
         fresh = cond is not None and cond[0] == call.step
         if fresh and self.fits(cond[1]) and self.reuses(call):
-            call.prepared, call.decision = True, REUSE
-            call.skipped_units = self.total_units
-            call.extra["cfg"] = "rebuilt"
+            call.record.prepared, call.record.decision = True, REUSE
+            call.record.skipped_units = self.total_units
+            call.record.cfg = "rebuilt"
             uncond = iter(self.rebuild(call, cond[1]))
             return map_batched(cond[3], cond[2], lambda part: like(part, next(uncond)))
-        call.extra["cfg"] = "uncond" if fresh else "uncond-alone"
+        call.record.cfg = "uncond" if fresh else "uncond-alone"
         if not fresh:
             self._say_once(
                 "order", "dit_cache cfg: the unconditional call of step %s came before its conditional call; "
                 "it is computed (CFG reuse rebuilds it from the conditional output of the same step)", call.step
             )  # fmt: skip
-        return run(*args, **kwargs)
+        return run(call, *args, **kwargs)
 
     def _batched(self, call: CallInfo, args: tuple, kwargs: dict, run: Callable, locate: Locate) -> Any:
         batch = batch_of(_hidden(args, kwargs))
@@ -267,21 +340,21 @@ class CFGPolicy(Policy):
                 "off-batched", "dit_cache cfg: guidance is off for this pipeline call (the batch is not a doubled latent): "
                 "CFG reuse has nothing to do; %s runs alone", self.inner_name
             )  # fmt: skip
-            call.extra["cfg"] = "off"
-            return run(*args, **kwargs)
+            call.record.cfg = "off"
+            return run(call, *args, **kwargs)
         half = batch.size // 2
         t = self.trajectory
         self.resolve_target(call.num_steps)
-        call.extra["cfg_batch"] = batch
+        call.record.cfg_batch = batch
         if t.delta is not None and all(d.shape[0] == half for d in t.delta) and self.reuses(call):
             cond_half = slice(self.cond_index * half, (self.cond_index + 1) * half)
             cut = lambda part: part[cond_half]  # noqa: E731
             half_args = map_batched(args, batch, cut)
             half_kwargs = {name: map_batched(value, batch, cut, name) for name, value in kwargs.items()}
-            call.extra["cfg"] = "half"
-            call.extra["cfg_branch"] = call.branch
-            call.branch = "cond"  # the inner policy's state for the conditional-half calls
-            output = run(*half_args, **half_kwargs)
+            call.record.cfg = "half"
+            call.record.cfg_branch = call.branch
+            call = locate.on_branch(call, "cond")  # the inner policy's state for the conditional-half calls
+            output = run(call, *half_args, **half_kwargs)
             half_batch = Batch(half, batch.as_list)
             cond = batched_parts(output, half_batch)
             uncond = iter(self.rebuild(call, [stacked(part) for part in cond]))
@@ -291,19 +364,19 @@ class CFGPolicy(Policy):
                 return joined(other, part) if self.cond_index == 1 else joined(part, other)
 
             return map_batched(output, half_batch, both)
-        call.extra["cfg"] = "full"
-        return run(*args, **kwargs)
+        call.record.cfg = "full"
+        return run(call, *args, **kwargs)
 
     def finish(self, call: CallInfo, state: Any, output: Any) -> Any:
         output = self.inner.finish(call, state, output)
-        kind = call.extra.get("cfg")
+        kind = call.record.cfg
         t = self.trajectory
-        t.last_decision = call.decision
+        t.last_decision = call.record.decision
         if kind == "cond":
-            batch = call.extra.get("cfg_batch") or Batch(1)
+            batch = call.record.cfg_batch or Batch(1)
             parts = [stacked(part).detach().clone() for part in batched_parts(output, batch)]
             t.cond = (call.step, parts, batch, output)
-            t.cond_decision = call.decision
+            t.cond_decision = call.record.decision
             if not t.seen_uncond and call.step > 0:
                 self._say_once(
                     "off", "dit_cache cfg: only the conditional branch runs (guidance off): CFG reuse has nothing to "
@@ -312,17 +385,17 @@ class CFGPolicy(Policy):
         elif kind == "uncond":
             uncond = [stacked(part) for part in batched_parts(output, t.cond[2])]
             if [u.shape for u in uncond] == [c.shape for c in t.cond[1]]:
-                self.store_delta(uncond, t.cond[1], call.step, call.extra.get("grid"))
+                self.store_delta(uncond, t.cond[1], call.step, call.record.grid)
         elif kind == "full":
-            parts = [stacked(part) for part in batched_parts(output, call.extra["cfg_batch"])]
-            half = call.extra["cfg_batch"].size // 2
+            parts = [stacked(part) for part in batched_parts(output, call.record.cfg_batch)]
+            half = call.record.cfg_batch.size // 2
             uncond_at, cond_at = (slice(0, half), slice(half, None))[:: 1 if self.cond_index == 1 else -1]
             self.store_delta([p[uncond_at] for p in parts], [p[cond_at] for p in parts], call.step,
-                             call.extra.get("grid"))  # fmt: skip
+                             call.record.grid)  # fmt: skip
         return output
 
     def split_record(self, call: CallInfo, record: StepRecord) -> list[StepRecord]:
-        if call.extra.get("cfg") != "half":
+        if call.record.cfg != "half":
             return [record]
         from dataclasses import replace
 

@@ -16,18 +16,54 @@ speedup= searches the threshold whose schedule computes 1 / speedup of the steps
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from ..calibration import ProfileError, resolve_profile
+from ..calibration import ProfileError, keys, resolve_profile
 from ..calibration.resample import resample_matrix
-from ..config import ERTACache
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_number,
+    _check_speedup,
+)
 from ..schedulers.budget import search_threshold
 from ..schedulers.targets import check_reached
 from ..state import COMPUTE, REUSE, CallInfo
-from .base import ModelContext, policy_for
+from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState
 
 DEFAULT_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class ERTACache(PolicyConfig):
+    """ERTACache-style (Peng et al. 2025): a schedule fixed offline from a profile's residual-error table, with
+    rectified reuse. The profile's `res_pairs` hold, per pair of steps (i, c), the rel-L1 error of using step c's
+    block-stack residual at step i, averaged over the calibration prompts and CFG branches; the schedule (one for
+    every branch) computes step 0 and reuses every later step i while that error against the last computed step c
+    stays under `threshold` (at most `max_skip` in a row). A reused residual is rectified by the closed-form gain prod(ratio_k, c < k <= i) of the profile's
+    residual-norm ratios (`rectify=False`: reused as is).
+
+    threshold: error bound (None: 0.1, or the one that gives `speedup`, searched on the profile).
+    """
+
+    threshold: float | None = None
+    max_skip: int | None = None
+    rectify: bool = True
+    profile: Any = None
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_number("ertacache", "threshold", self.threshold)
+        _check_int("ertacache", "max_skip", self.max_skip, low=0)
+        if not isinstance(self.rectify, bool):
+            raise ValueError(f"ertacache: rectify must be True or False, got {self.rectify!r}")
+        _check_speedup("ertacache", self.speedup)
+        if self.speedup is not None and self.threshold is not None:
+            raise ValueError("ertacache: give threshold or speedup, not both (speedup picks the threshold)")
 
 
 def greedy_schedule(errors: np.ndarray, threshold: float, max_skip: int | None) -> frozenset[int]:
@@ -42,18 +78,18 @@ def greedy_schedule(errors: np.ndarray, threshold: float, max_skip: int | None) 
     return frozenset(computed)
 
 
-@policy_for(ERTACache)
+@register_policy("ertacache", ERTACache, level="step", needs_profile="recorded", speedup_by="profile")
 class ERTACachePolicy(SegmentPolicy):
     def __init__(self, config: ERTACache, model: ModelContext) -> None:
         super().__init__(config, model)
         self.speedup = None  # the schedule, not a runtime threshold, carries the target
         self.profile = resolve_profile(config.profile, model.transformer, "ertacache", required=True)
-        if not any(key.endswith("/res_pairs") and not key.startswith("records/") for key in self.profile.arrays):
+        if not self.profile.has_array(keys.RES_PAIRS, records=False):
             raise ProfileError(
                 f"ertacache: profile {self.profile.name!r} has no residual-error table (res_pairs); record one with "
                 "`dit-cache calibrate` (any calibration records it) and pass profile=PATH"
             )
-        if config.rectify and not self.profile.has("mag_ratio"):
+        if config.rectify and not self.profile.has(keys.MAG_RATIO):
             raise ProfileError(
                 f"ertacache: profile {self.profile.name!r} has no residual-norm ratios to rectify with; recalibrate "
                 "it, or pass rectify=False"
@@ -64,8 +100,8 @@ class ERTACachePolicy(SegmentPolicy):
         """The mean over the recorded branches of their res_pairs, symmetric, on the call's grid."""
         tables = []
         for branch, data in self.profile.branches.items():
-            table = self.profile.arrays.get(f"{branch}/res_pairs")
-            grid = data.get("grid")
+            table = self.profile.arrays.get(keys.branch_array(branch, keys.RES_PAIRS))
+            grid = data.get(keys.GRID)
             if table is not None and grid is not None and len(grid) == table.shape[0]:
                 lower = np.tril(table.double().numpy(), -1)
                 tables.append(resample_matrix(lower + lower.T, grid, self.profile.call_grid(num_steps, sigmas)))
@@ -111,6 +147,6 @@ class ERTACachePolicy(SegmentPolicy):
             return None
         key = ("ertacache-ratios", call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
         if key not in self._tuned:
-            self._tuned[key] = self.profile.per_step(call.branch, "mag_ratio", call.num_steps, call.sigmas)
+            self._tuned[key] = self.profile.per_step(call.branch, keys.MAG_RATIO, call.num_steps, call.sigmas)
         ratios = self._tuned[key]
         return float(np.prod(ratios[state.last_computed + 1 : call.step + 1]))

@@ -6,15 +6,50 @@ lives with the segment mechanism in step.py and uses the same history."""
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 
-from ..config import TaylorSeer
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_order,
+    _check_speedup,
+)
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest, within
 from ..state import COMPUTE, FORECAST, CallInfo
-from .base import ModelContext, policy_for
-from .block import FORAPolicy, FORAState
+from .base import ModelContext, register_policy
+from .fora import FORAPolicy, FORAState
 
-logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class TaylorSeer(PolicyConfig):
+    """TaylorSeer (Liu et al. 2025): the first `warmup` steps and then every `interval`-th step compute and update
+    a Taylor history of every attention and MLP output; the steps in between forecast each output from it.
+
+    order: Taylor order (the history keeps order + 1 tensors per output; exact on polynomial trajectories of
+        degree <= order). corrector: FoCa-style calibration weight in [0, 1] for long skips: the error the forecast
+        made at the last refresh calibrates the next forecasts (0: plain TaylorSeer).
+    speedup: picks the interval.
+    """
+
+    interval: int | None = None
+    order: int = 1
+    warmup: int = 2
+    corrector: float = 0.0
+    speedup: float | None = None
+
+    def __post_init__(self):
+        _check_int("taylorseer", "interval", self.interval, low=1)
+        _check_order("taylorseer", "order", self.order)
+        _check_int("taylorseer", "warmup", self.warmup, low=0, allow_none=False)
+        if (
+            isinstance(self.corrector, bool)
+            or not isinstance(self.corrector, (int, float))
+            or not 0 <= self.corrector <= 1
+        ):
+            raise ValueError(f"taylorseer: corrector must be a weight in [0, 1] (0: off), got {self.corrector!r}")
+        _check_speedup("taylorseer", self.speedup)
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("taylorseer: give interval or speedup, not both (speedup picks the interval)")
 
 
 def computed_steps(num_steps: int, interval: int, warmup: int, start: int = 0) -> list[int]:
@@ -54,7 +89,7 @@ def spread_steps(num_steps: int, warmup: int, count: int) -> frozenset[int]:
     return frozenset(steps)
 
 
-@policy_for(TaylorSeer)
+@register_policy("taylorseer", TaylorSeer, level="block", speedup_by="schedule", in_default_eval=True)
 class TaylorSeerPolicy(FORAPolicy):
     """speedup= takes the interval that reaches the target (TaylorSeer's fixed interval); where no interval does
     (intervals move the fraction in jumps: 1, then about 1/2, 1/3...), the number of computed steps that does,

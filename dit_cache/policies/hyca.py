@@ -13,20 +13,66 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..calibration import ProfileError, resolve_profile
 from ..calibration.recorder import UNIT_FEATURES, unit_keys
-from ..config import HyCa
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_speedup,
+)
 from ..state import CallInfo
-from .base import ModelContext, policy_for
-from .block import FORAState
+from .base import ModelContext, register_policy
+from .fora import FORAState
 from .forecast import TaylorSeerPolicy, computed_steps
 from .taylor import TaylorHistory
 
 logger = logging.getLogger(__name__)
+
+
+HYCA_SOLVERS = (0, 1, 2)  # reuse, first- and second-order Taylor forecast
+
+
+@dataclass(frozen=True)
+class HyCa(PolicyConfig):
+    """HyCa-style hybrid caching (Zheng et al. 2025): TaylorSeer's schedule (the first `warmup` steps and every
+    `interval`-th step compute), but each unit (each block's attention and MLP output) gets its own solver on the
+    steps in between: reuse (0), first- (1) or second-order (2) Taylor forecast, the one of `solvers` that made
+    the least error on the profile's calibration trajectories under this very schedule (recorded with
+    `dit-cache calibrate --block-traces`).
+
+    speedup: picks the interval, as TaylorSeer's.
+    """
+
+    interval: int | None = None
+    warmup: int = 2
+    solvers: tuple[int, ...] = HYCA_SOLVERS
+    profile: Any = None
+    speedup: float | None = None
+
+    corrector: ClassVar[float] = 0.0  # TaylorSeer's schedule without FoCa calibration
+
+    def __post_init__(self):
+        _check_int("hyca", "interval", self.interval, low=1)
+        _check_int("hyca", "warmup", self.warmup, low=0, allow_none=False)
+        solvers = (self.solvers,) if isinstance(self.solvers, int) else tuple(self.solvers)
+        object.__setattr__(self, "solvers", solvers)
+        if not solvers or any(s not in HYCA_SOLVERS for s in solvers) or len(set(solvers)) != len(solvers):
+            raise ValueError(
+                f"hyca: solvers must name distinct solvers among {HYCA_SOLVERS} (0: reuse, 1 and 2: Taylor forecast "
+                f"of that order), got {self.solvers!r}"
+            )
+        _check_speedup("hyca", self.speedup)
+        if self.speedup is not None and self.interval is not None:
+            raise ValueError("hyca: give interval or speedup, not both (speedup picks the interval)")
+
+    @property
+    def order(self) -> int:
+        return max(self.solvers)
 
 
 @dataclass
@@ -71,13 +117,13 @@ def pick_solvers(sums: torch.Tensor, solvers: tuple[int, ...]) -> list[int]:
     return picks
 
 
-@policy_for(HyCa)
+@register_policy("hyca", HyCa, level="block", needs_profile="recorded", speedup_by="profile")
 class HyCaPolicy(TaylorSeerPolicy):
     def __init__(self, config: HyCa, model: ModelContext) -> None:
         super().__init__(config, model)
         self.units = unit_keys(model.slots)
         self.profile = resolve_profile(config.profile, model.transformer, "hyca", required=True)
-        if not any(key.endswith(f"/{UNIT_FEATURES}") for key in self.profile.arrays):
+        if not self.profile.has_array(UNIT_FEATURES):
             raise ProfileError(
                 f"hyca: profile {self.profile.name!r} has no per-unit trajectories to choose solvers on; record one "
                 "with `dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
@@ -114,10 +160,10 @@ class HyCaPolicy(TaylorSeerPolicy):
     def trajectories(self, branch: str) -> list[tuple[torch.Tensor, list[float]]]:
         """(steps, units, samples) recorded unit features and their grid, of `branch` if recorded, else of all."""
         found: dict[str, list] = {}
-        for record in self.profile.records:
-            for name in record["branches"]:
-                table = self.profile.arrays.get(f"records/{record['index']}/{name}/{UNIT_FEATURES}")
-                grid = self.profile.branches.get(name, {}).get("grid")
+        for record in self.profile.job_records():
+            for name in record.branches:
+                table = self.profile.record_table(record.index, name, UNIT_FEATURES)
+                grid = self.profile.grid(name)
                 if table is not None and grid is not None and table.shape[:2] == (len(grid), len(self.units)):
                     found.setdefault(name, []).append((table, grid))
         chosen = found.get(branch) or [t for tables in found.values() for t in tables]

@@ -24,16 +24,69 @@ from typing import Any
 import torch
 
 from .. import kernels
-from ..config import ToCa
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_number,
+    _check_open_fraction,
+    _check_speedup,
+    _check_weight,
+)
 from ..engine import BlockSlot
 from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_counts, nearest
 from ..state import COMPUTE, PARTIAL, CallInfo
-from .base import Locate, ModelContext, Policy, policy_for
+from .base import Locate, ModelContext, Policy, register_policy
 from .grid import Grid, cell_ids, text_tokens
 
 logger = logging.getLogger(__name__)
 DEFAULT_FRACTION = 0.3
 _EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class ToCa(PolicyConfig):
+    """ToCa-style token caching (Zou et al. 2024): every `interval`-th step computes everything; on the partial steps
+    in between, MLP and cross-attention recompute only a share of the tokens and scatter them into their cached
+    output, while self-attention is reused (`self_attention="reuse"`) or computed in full (`"compute"`).
+
+    fraction: share of tokens recomputed on partial steps, in (0, 1] (None: 0.3, or the share that gives `speedup`).
+        The share of one place is `fraction * (1 + depth_weight * (depth - 1/2)) * (1 + step_weight * (1/2 -
+        progress)) * (cross_attention_scale for cross-attention)`, depth and progress in [0, 1], clipped to (0, 1].
+    Tokens are picked by score: the change of the token's input since it was last recomputed (relative to the mean
+    change), plus `age_weight` x steps since that refresh / interval; the best token of each `spread` x `spread`
+    cell of the token grid gets a bonus so the recomputed tokens cover the image (spread=1: no spreading).
+    """
+
+    fraction: float | None = None
+    interval: int = 3
+    self_attention: str = "reuse"
+    depth_weight: float = 0.5
+    step_weight: float = 0.0
+    cross_attention_scale: float = 0.5
+    age_weight: float = 0.5
+    spread: int = 2
+    speedup: float | None = None
+
+    def __post_init__(self):
+        if self.fraction is not None:
+            _check_open_fraction("toca", "fraction", self.fraction)
+        _check_int("toca", "interval", self.interval, low=1, allow_none=False)
+        if self.self_attention not in ("reuse", "compute"):
+            raise ValueError(f"toca: self_attention must be 'reuse' or 'compute', got {self.self_attention!r}")
+        _check_weight("toca", "depth_weight", self.depth_weight)
+        _check_weight("toca", "step_weight", self.step_weight)
+        if isinstance(self.cross_attention_scale, bool) or not isinstance(self.cross_attention_scale, (int, float)):
+            raise ValueError(
+                f"toca: cross_attention_scale must be a positive number, got {self.cross_attention_scale!r}"
+            )
+        _check_number("toca", "cross_attention_scale", self.cross_attention_scale, allow_none=False)
+        if self.cross_attention_scale == 0:
+            raise ValueError("toca: cross_attention_scale must be > 0 (it scales the share of tokens recomputed)")
+        _check_number("toca", "age_weight", self.age_weight, allow_none=False)
+        _check_int("toca", "spread", self.spread, low=1, allow_none=False)
+        _check_speedup("toca", self.speedup)
+        if self.speedup is not None and self.fraction is not None:
+            raise ValueError("toca: give fraction or speedup, not both (speedup picks the fraction)")
 
 
 @dataclass
@@ -136,7 +189,7 @@ class TokenMechanism:
                 if fraction is None and self.self_attention == "reuse":
                     state.attention[key] = output
                 return output
-            call.skipped_units += 1
+            call.record.skipped_units += 1
             return state.attention[key]
         x, with_input = _token_input(args, kwargs)
         place = state.places.get(key)
@@ -154,7 +207,7 @@ class TokenMechanism:
         output = kernels.token_scatter_gate(zeros, place.output, index, rows)
         place.reference.index_copy_(1, index, x.index_select(1, index).to(place.reference.dtype))
         place.age.add_(1).index_fill_(0, index, 0)
-        call.skipped_units += 1 - count / n
+        call.record.skipped_units += 1 - count / n
         return output
 
     def _store(self, call: CallInfo, state: TokenState, key: tuple[int, str], x: torch.Tensor | None, output) -> None:
@@ -170,10 +223,8 @@ class TokenMechanism:
             old.reference.copy_(x)
             old.age.zero_()
             return
-        extra = call.extra
-        cells, cell_count = cell_ids(
-            n, extra.get("grid"), self.spread, x.device, extra.get("positions"), extra.get("text_tokens", 0)
-        )
+        layout = call.record
+        cells, cell_count = cell_ids(n, layout.grid, self.spread, x.device, layout.positions, layout.text_tokens)
         state.places[key] = TokenPlace(
             output=output.detach().clone(),
             reference=x.detach().clone(),
@@ -212,7 +263,17 @@ def positions_of_call(model: ModelContext, kwargs: dict) -> torch.Tensor | None:
     return model.spec.tokens.positions(kwargs)
 
 
-@policy_for(ToCa)
+def read_token_layout(call: CallInfo, model: ModelContext, args: tuple, kwargs: dict, *, keep_grid: bool) -> None:
+    """Write the call's token layout (grid, positions, text tokens) into its record; `keep_grid`: a grid already read
+    (by CFG reuse, on the whole batch) stays."""
+    record = call.record
+    if not (keep_grid and record.grid_read):
+        record.grid, record.grid_read = grid_of_call(model, args, kwargs), True
+    record.positions = positions_of_call(model, kwargs)
+    record.text_tokens = text_tokens(kwargs)
+
+
+@register_policy("toca", ToCa, level="token", speedup_by="schedule", in_default_eval=True)
 class ToCaPolicy(Policy):
     """Full steps every `interval` steps; partial token steps in between."""
 
@@ -292,9 +353,7 @@ class ToCaPolicy(Policy):
         return TokenState()
 
     def intercept_call(self, call: CallInfo, args: tuple, kwargs: dict, forward: Callable, locate: Locate) -> Any:
-        call.extra["grid"] = grid_of_call(self.model, args, kwargs)
-        call.extra["positions"] = positions_of_call(self.model, kwargs)
-        call.extra["text_tokens"] = text_tokens(kwargs)
+        read_token_layout(call, self.model, args, kwargs, keep_grid=False)
         return forward(*args, **kwargs)
 
     def decide(self, call: CallInfo, state: TokenState, values: list[float]) -> str:
@@ -302,7 +361,7 @@ class ToCaPolicy(Policy):
         if fraction >= 1.0 or state.last_full is None or call.step - state.last_full >= self.config.interval:
             state.last_full = call.step
             return COMPUTE
-        call.indicator = fraction
+        call.record.indicator = fraction
         return PARTIAL
 
     def run_submodule(
@@ -315,5 +374,5 @@ class ToCaPolicy(Policy):
         args: tuple,
         kwargs: dict,
     ) -> Any:
-        fraction = None if call.decision == COMPUTE else self.fraction(call.num_steps)
+        fraction = None if call.record.decision == COMPUTE else self.fraction(call.num_steps)
         return self.mechanism.run(call, state, slot, name, forward, args, kwargs, fraction)

@@ -13,7 +13,6 @@ from ..state import COMPUTE, CallInfo
 
 # values_for(step, state) -> what the probe would have read at that step (e.g. [num, den] of a rel-L1)
 ValuesFor = Callable[[int, Any], list[float]]
-_CACHED = (object(), None)  # stands in for a stored residual during a replay
 
 
 def replay(
@@ -25,17 +24,15 @@ def replay(
     steps: range | None = None,
 ) -> list[str]:
     """The decisions `policy` takes on one branch of one trajectory, on `steps` of it (all by default; one expert's
-    steps where experts share the trajectory, Wan 2.2 A14B: it starts there with a fresh state, as in the run)."""
+    steps where experts share the trajectory, Wan 2.2 A14B: it starts there with a fresh state, as in the run).
+    The replay owns its state: `decide` changes nothing else."""
     state = policy.new_state()
     decisions = []
+    sigmas = list(sigmas) if sigmas is not None else None
     for step in range(num_steps) if steps is None else steps:
-        call = CallInfo(branch=branch, timestep=None, step=step, num_steps=num_steps)
-        call.sigmas = list(sigmas) if sigmas is not None else None
-        call.sigma = call.sigmas[step] if call.sigmas else None
-        decision = policy.decide(call, state, values_for(step, state))
-        if decision == COMPUTE:
-            state.residual = _CACHED
-        decisions.append(decision)
+        sigma = sigmas[step] if sigmas else None
+        call = CallInfo(branch, None, step=step, num_steps=num_steps, sigma=sigma, sigmas=sigmas).seal()
+        decisions.append(policy.decide(call, state, values_for(step, state)))
     return decisions
 
 

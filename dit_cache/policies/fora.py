@@ -8,11 +8,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import FORA
+from ..config import (
+    PolicyConfig,
+    _check_int,
+    _check_order,
+)
 from ..engine import BlockSlot
 from ..state import COMPUTE, FORECAST, REUSE, CallInfo
-from .base import Policy, policy_for
+from .base import Policy, register_policy
 from .taylor import TaylorHistory, flatten, unflatten
+
+
+@dataclass(frozen=True)
+class FORA(PolicyConfig):
+    """FORA (Selvaraju et al. 2024): compute every `interval`-th step; in between, every block reuses its attention
+    and MLP outputs (taken before the gate multiplication, so the current step's gates scale them)."""
+
+    interval: int = 2
+    forecast: int = 0
+
+    def __post_init__(self):
+        _check_order("fora", "forecast", self.forecast)
+        _check_int("fora", "interval", self.interval, low=1, allow_none=False)
 
 
 @dataclass
@@ -23,7 +40,7 @@ class FORAState:
     empty: dict[tuple[int, str], Any] = field(default_factory=dict)  # token-less stand-ins of units that feed another
 
 
-@policy_for(FORA)
+@register_policy("fora", FORA, level="block", speedup_by="interval", in_default_eval=True)
 class FORAPolicy(Policy):
     uses_submodules = True
 
@@ -47,10 +64,10 @@ class FORAPolicy(Policy):
     ) -> Any:
         key = (slot.index, name)
         consumer = slot.feeds.get(name)  # the one unit that reads this one's output (Flux single blocks: proj_out)
-        if call.decision != COMPUTE and key in state.empty and _kept(state, (slot.index, consumer)):
-            call.skipped_units += 1  # the consumer's output is reused: this value is never read
+        if call.record.decision != COMPUTE and key in state.empty and _kept(state, (slot.index, consumer)):
+            call.record.skipped_units += 1  # the consumer's output is reused: this value is never read
             return state.empty[key]
-        if call.decision == COMPUTE or not _kept(state, key):
+        if call.record.decision == COMPUTE or not _kept(state, key):
             output = forward(*args, **kwargs)
             stand_in = _token_less(output) if consumer is not None else None
             if stand_in is not None:  # neither kept nor forecast: the consumer's output is
@@ -60,7 +77,7 @@ class FORAPolicy(Policy):
             else:
                 state.outputs[key] = output
             return output
-        call.skipped_units += 1
+        call.record.skipped_units += 1
         if key in state.histories:
             histories, layout = state.histories[key]
             return unflatten([h.forecast(call.step) for h in histories], layout)

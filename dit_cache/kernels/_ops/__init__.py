@@ -1,0 +1,1 @@
+"""One module per kernel op; `dit_cache/kernels/ops.py` finds them all (`OPS`)."""

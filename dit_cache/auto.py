@@ -26,7 +26,8 @@ from .config import PolicyConfig, _check_speedup, config_class, make_config, par
 
 logger = logging.getLogger(__name__)
 
-#: what `--candidates default` measures: the step policies with and without forecasting, LeMiCa, TaylorSeer, FORA
+#: what `--candidates default` measures: the step policies with and without forecasting, LeMiCa, TaylorSeer (also at
+#: exactly the target's share of steps: no interval computes 15 or 10 of 30), FORA
 DEFAULT_CANDIDATES = (
     "magcache",
     "magcache:forecast=1",
@@ -38,6 +39,8 @@ DEFAULT_CANDIDATES = (
     "taylorseer",
     "taylorseer:order=2",
     "fora:forecast=1",
+    "taylorseer:exact=True",
+    "taylorseer:exact=True,order=2",
 )
 DEFAULT_TARGETS = (1.5, 2.0, 2.5, 3.0, 4.0)
 FRACTION_SLACK = 0.02  # an interval policy's calibrated fraction may exceed 1 / X by this much (rounding of steps)
@@ -84,9 +87,13 @@ def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
         name, options = parse_policy_spec(spec)
         if name in _NOT_CANDIDATES:
             raise ValueError(f"--candidates: {name!r} cannot be a candidate (it has no speedup of its own)")
-        make_config(name, **options)  # unknown policy or option: the error names the valid ones
+        config_class(name)  # an unknown policy: the error names the valid ones
         if not _has_target_knob(name):
             raise ValueError(f"--candidates: {name} has neither a speedup target nor an interval; it cannot be run at")
+        if has_speedup_knob(spec):  # its options as they run, with a target (taylorseer's exact=True needs one)
+            candidate_config(spec, DEFAULT_TARGETS[0], None)
+        else:
+            make_config(name, **options)
     return tuple(dict.fromkeys(specs))
 
 

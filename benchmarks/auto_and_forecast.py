@@ -46,7 +46,9 @@ def calibration_prompts(name: str, count: int) -> list[str]:
             if text not in scored:
                 found.append(text)
     step = max(1, len(found) // count)
-    return found[::step][:count]
+    # every step-th, shifted by one more each time: a plain found[::step] took one motion direction only on the video
+    # model (step a multiple of the 4 directions: the 4 prompts of the first run all moved left)
+    return [found[(k * step + k) % len(found)] for k in range(min(count, len(found)))]
 
 
 def main() -> None:

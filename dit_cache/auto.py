@@ -28,7 +28,8 @@ from .policies.base import Policy, policy_info, register_policy
 
 logger = logging.getLogger(__name__)
 
-#: what `--candidates default` measures: the step policies with and without forecasting, LeMiCa, TaylorSeer, FORA
+#: what `--candidates default` measures: the step policies with and without forecasting, LeMiCa, TaylorSeer (also at
+#: exactly the target's share of steps: no interval computes 15 or 10 of 30), FORA
 DEFAULT_CANDIDATES = (
     "magcache",
     "magcache:forecast=1",
@@ -40,6 +41,8 @@ DEFAULT_CANDIDATES = (
     "taylorseer",
     "taylorseer:order=2",
     "fora:forecast=1",
+    "taylorseer:exact=True",
+    "taylorseer:exact=True,order=2",
 )
 DEFAULT_TARGETS = (1.5, 2.0, 2.5, 3.0, 4.0)
 FRACTION_SLACK = 0.02  # an interval policy's calibrated fraction may exceed 1 / X by this much (rounding of steps)
@@ -94,7 +97,10 @@ def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
                 f"--candidates: {name!r} cannot be a candidate (it has no speedup of its own: neither a speedup target "
                 "nor an interval)"
             )
-        make_config(name, **options)  # an unknown option: the error names the valid ones
+        if has_speedup_knob(spec):  # its options as they run, with a target (taylorseer's exact=True needs one)
+            candidate_config(spec, DEFAULT_TARGETS[0], None)
+        else:
+            make_config(name, **options)  # an unknown option: the error names the valid ones
     return tuple(dict.fromkeys(specs))
 
 

@@ -159,6 +159,31 @@ def test_resume_runs_only_the_missing_candidate_jobs(pipe, profile, tmp_path):
         calibrate(pipe, PROMPTS, SETTINGS, out, resume=True, progress=False, candidates="magcache")
 
 
+def test_more_candidates_are_added_to_the_recorded_runs(pipe, profile, tmp_path):
+    """A profile calibrated with fewer candidates at the same targets gets the new ones on the jobs it has; the runs
+    it had are kept as they were (not rerun), and the result equals calibrating all candidates at once."""
+    out = tmp_path / "p.json"
+    kwargs = dict(progress=False, candidate_targets=TARGETS, candidate_prompts=2)
+    first = calibrate(pipe, PROMPTS, SETTINGS, out, candidates=CANDIDATES[0], **kwargs).policies["auto"]
+    calls = {"n": 0}
+    handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        extended = calibrate(pipe, PROMPTS, SETTINGS, out, resume=True, candidates=",".join(CANDIDATES), **kwargs)
+    finally:
+        handle.remove()
+    section = extended.policies["auto"]
+    assert section["candidates"] == list(CANDIDATES)
+    assert section["runs"] == profile.policies["auto"]["runs"]  # the same figures as all candidates at once
+    for job, runs in first["runs"].items():
+        assert {k: section["runs"][job][k] for k in runs} == runs
+    per_generation = 2 * 8  # CFG: two transformer calls a step
+    assert calls["n"] < len(PROMPTS) * (1 + (len(CANDIDATES) - 1) * len(TARGETS)) * per_generation + 1
+    assert Profile.load(out).policies["auto"] == section
+    with pytest.raises(ProfileError, match="candidate runs were made for"):  # other targets: not comparable
+        calibrate(pipe, PROMPTS, SETTINGS, out, resume=True, progress=False, candidates=",".join(CANDIDATES),
+                  candidate_targets=(3.0,))  # fmt: skip
+
+
 def test_bad_candidate_options_fail_before_any_generation(pipe, tmp_path):
     with pytest.raises(ValueError, match="unknown policy"):
         calibrate(pipe, PROMPTS, SETTINGS, tmp_path / "p.json", progress=False, candidates="nope")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dit_cache
-from dit_cache.policies.forecast import computed_steps, interval_for_speedup
+from dit_cache.policies.forecast import computed_steps, exact_steps, interval_for_speedup
 from dit_cache.policies.taylor import TaylorHistory
 
 
@@ -145,6 +145,39 @@ def test_speedup_picks_the_interval():
     assert dit_cache.stats(model).compute_fraction == 0.25
 
 
+@settings(max_examples=60, deadline=None)
+@given(num_steps=st.integers(2, 80), warmup=st.integers(0, 5), data=st.data())
+def test_exact_steps_gaps_are_even_and_longest_mid_trajectory(num_steps, warmup, data):
+    count = data.draw(st.integers(1, num_steps))
+    steps = sorted(exact_steps(num_steps, warmup, count))
+    head = max(1, min(warmup, count))
+    assert len(steps) == count and steps[:head] == list(range(head))
+    if count > head:
+        assert steps[-1] == num_steps - 1
+        gaps = np.diff(steps[head - 1 :])
+        assert gaps.max() - gaps.min() <= 1
+        long = np.flatnonzero(gaps == gaps.max())  # the longer gaps are one run around the middle
+        assert np.all(np.diff(long) == 1) and abs(long.mean() - (len(gaps) - 1) / 2) <= 0.5
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(2.0, [0, 1, 3, 5, 7, 9, 11, 13, 16, 19, 21, 23, 25, 27, 29]),
+                                                  (3.0, [0, 1, 4, 7, 11, 15, 19, 23, 26, 29])])  # fmt: skip
+def test_exact_speedup_computes_exactly_its_share_of_steps(speedup, expected):
+    """exact=True: round(30 / speedup) computed steps, the warm-up then gaps as even as they can be, the longer ones
+    in the middle, where the nearest interval computes 16 (2x: 0, 1, 3, ..., 29) or 11 (3x) of 30."""
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(30)
+    dit_cache.apply(model, "taylorseer", speedup=speedup, order=2, exact=True, scheduler=sched)
+    drive(model, sched, [1.0] * 30)
+    records = dit_cache.stats(model).records
+    assert [r.step for r in records if r.decision == "computed"] == expected
+    assert {r.decision for r in records} == {"computed", "forecast"}
+    dit_cache.remove(model)
+    dit_cache.apply(model, "taylorseer", speedup=speedup, scheduler=sched)
+    drive(model, sched, [1.0] * 30)
+    assert dit_cache.stats(model).compute_fraction == {2.0: 16, 3.0: 11}[speedup] / 30
+    dit_cache.remove(model)
+
+
 @pytest.mark.parametrize(
     ("policy", "options", "message"),
     [
@@ -152,6 +185,8 @@ def test_speedup_picks_the_interval():
         ("taylorseer", dict(corrector=1.5), "taylorseer: corrector must be a weight in [0, 1]"),
         ("taylorseer", dict(interval=0), "taylorseer: interval must be an integer >= 1, got 0"),
         ("taylorseer", dict(interval=3, speedup=2.0), "taylorseer: give interval or speedup, not both"),
+        ("taylorseer", dict(interval=3, exact=True), "taylorseer: exact=True needs speedup="),
+        ("taylorseer", dict(speedup=2.0, exact=1), "taylorseer: exact must be True or False, got 1"),
         ("teacache", dict(forecast=-1), "teacache: forecast must be an integer Taylor order in 0..4"),
         ("fora", dict(forecast=1.5), "fora: forecast must be an integer Taylor order"),
     ],

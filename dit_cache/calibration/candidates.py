@@ -41,7 +41,8 @@ def measure_candidates(
 ) -> dict:
     """Fill `profile.policies["auto"]`: for each job (index, prompt, seed), the uncached final latents, then every
     candidate at every target; `call_kwargs(prompt, seed)` gives the pipeline's arguments (latent output).
-    Jobs already in the section (a resumed run) are skipped; the profile is saved to `out` after each job.
+    Runs already in the section (a resumed run, or a profile calibrated with fewer candidates at the same targets) are
+    kept and not rerun; the profile is saved to `out` after each job.
     transformer: the one the candidates run on (default `pipe.transformer`; an expert of Wan 2.2 A14B)."""
     specs = candidate_list(candidates)
     targets = tuple(sorted({float(t) for t in targets}))
@@ -49,23 +50,29 @@ def measure_candidates(
         raise ValueError(f"--candidate-targets must be speedups above 1, got {list(targets)}")
     wanted = AutoSection(candidates=list(specs), targets=list(targets), runs={})
     previous = profile.section(AutoSection)
-    if previous and (previous.candidates, previous.targets) != (wanted.candidates, wanted.targets):
+    if previous and (previous.targets != wanted.targets or not set(previous.candidates) <= set(wanted.candidates)):
         raise ProfileError(
             f"this profile's candidate runs were made for {previous.candidates} at {previous.targets}; "
-            f"this run asks {list(specs)} at {list(targets)}: use another --out or the same candidates and targets"
+            f"this run asks {list(specs)} at {list(targets)}: use another --out, or the same targets and candidates "
+            "(more candidates are added to the jobs already run)"
         )
     section = profile.policies.setdefault(keys.AUTO, wanted.to_dict())  # filled in place, job by job
-    todo = [job for job in jobs if str(job[0]) not in section["runs"]]
+    # new candidates: run on the jobs already in the section too, the recorded runs kept
+    section["candidates"] = list(dict.fromkeys([*section["candidates"], *specs]))
+    run_keys = [f"{spec}@{target:g}" for spec in specs for target in targets]
+    todo = [job for job in jobs if not set(run_keys) <= set(section["runs"].get(str(job[0]), {}))]
     transformer = pipe.transformer if transformer is None else transformer
-    bar = _bar(len(todo) * len(specs) * len(targets), progress)
+    bar = _bar(sum(len(set(run_keys) - set(section["runs"].get(str(j[0]), {}))) for j in todo), progress)
     try:
         for index, prompt, seed in todo:
             started = time.perf_counter()
             reference = _final_latents(pipe, call_kwargs(prompt, seed))
-            runs: dict[str, Any] = {}
+            runs: dict[str, Any] = dict(section["runs"].get(str(index), {}))
             for spec in specs:
                 for target in targets:
                     key = f"{spec}@{target:g}"
+                    if key in runs:
+                        continue
                     try:
                         config = candidate_config(spec, target, profile)
                     except ValueError as e:  # no setting reaches it (FORA at 1.5x, CFG reuse at 3x)

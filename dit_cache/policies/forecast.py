@@ -28,7 +28,9 @@ class TaylorSeer(PolicyConfig):
     order: Taylor order (the history keeps order + 1 tensors per output; exact on polynomial trajectories of
         degree <= order). corrector: FoCa-style calibration weight in [0, 1] for long skips: the error the forecast
         made at the last refresh calibrates the next forecasts (0: plain TaylorSeer).
-    speedup: picks the interval.
+    speedup: picks the interval. exact: with speedup, compute exactly round(steps / speedup) steps (the warm-up, then
+        gaps as even as the count allows, the longer ones mid-trajectory) instead of the nearest interval, which may
+        land up to 0.05 off the target (interval 2 computes 16 of 30 steps at 2x: fraction 0.533, not 0.5).
     """
 
     interval: int | None = None
@@ -36,6 +38,7 @@ class TaylorSeer(PolicyConfig):
     warmup: int = 2
     corrector: float = 0.0
     speedup: float | None = None
+    exact: bool = False
 
     def __post_init__(self):
         _check_int("taylorseer", "interval", self.interval, low=1)
@@ -50,6 +53,10 @@ class TaylorSeer(PolicyConfig):
         _check_speedup("taylorseer", self.speedup)
         if self.speedup is not None and self.interval is not None:
             raise ValueError("taylorseer: give interval or speedup, not both (speedup picks the interval)")
+        if not isinstance(self.exact, bool):
+            raise ValueError(f"taylorseer: exact must be True or False, got {self.exact!r}")
+        if self.exact and self.speedup is None:
+            raise ValueError("taylorseer: exact=True needs speedup= (it sets how many steps are computed)")
 
 
 def computed_steps(num_steps: int, interval: int, warmup: int, start: int = 0) -> list[int]:
@@ -89,11 +96,30 @@ def spread_steps(num_steps: int, warmup: int, count: int) -> frozenset[int]:
     return frozenset(steps)
 
 
+def exact_steps(num_steps: int, warmup: int, count: int) -> frozenset[int]:
+    """`count` computed steps of `num_steps` for exact=True: the warm-up (at least step 0), then gaps as even as the
+    count allows, the longer ones in the middle of the trajectory: a trained DiT's output changes fastest at both
+    ends (the profiles' U-shaped `output_change`), where a forecast over a long gap misses most."""
+    head = max(1, min(warmup, count, num_steps))
+    rest = count - head
+    if rest <= 0:
+        return frozenset(range(head))
+    base, extra = divmod(num_steps - head, rest)  # gaps from step head - 1 to the last step
+    gaps = [base] * rest
+    for k in sorted(range(rest), key=lambda k: (abs(k - (rest - 1) / 2), -k))[:extra]:  # the middle ones first
+        gaps[k] += 1
+    steps, step = set(range(head)), head - 1
+    for gap in gaps:
+        step += gap
+        steps.add(step)
+    return frozenset(steps)
+
+
 @register_policy("taylorseer", TaylorSeer, level="block", speedup_by="schedule", in_default_eval=True)
 class TaylorSeerPolicy(FORAPolicy):
     """speedup= takes the interval that reaches the target (TaylorSeer's fixed interval); where no interval does
-    (intervals move the fraction in jumps: 1, then about 1/2, 1/3...), the number of computed steps that does,
-    spread evenly after the warm-up."""
+    (intervals move the fraction in jumps: 1, then about 1/2, 1/3...), or with exact=True, the number of computed
+    steps that does, spread evenly after the warm-up."""
 
     def __init__(self, config: TaylorSeer, model: ModelContext) -> None:
         super().__init__(config, model)
@@ -117,7 +143,7 @@ class TaylorSeerPolicy(FORAPolicy):
         if num_steps not in self._plans:
             target = 1.0 / config.speedup
             fraction, interval = nearest(interval_options(num_steps, config.warmup, self.order), target)
-            if within(fraction, config.speedup):
+            if within(fraction, config.speedup) and not getattr(config, "exact", False):  # HyCa has no `exact`
                 self._plans[num_steps] = (interval, None)
             else:
                 least = self.least_computed(num_steps)
@@ -128,7 +154,8 @@ class TaylorSeerPolicy(FORAPolicy):
                     f"warmup={config.warmup} and order={self.order} (order + 1 computed steps) are always computed: "
                     "ask for less, lower warmup, or run more steps",
                 )  # fmt: skip
-                self._plans[num_steps] = (0, spread_steps(num_steps, config.warmup, count))
+                spread = exact_steps if getattr(config, "exact", False) else spread_steps
+                self._plans[num_steps] = (0, spread(num_steps, config.warmup, count))
         return self._plans[num_steps]
 
     def check_ceiling_at_apply(self) -> None:

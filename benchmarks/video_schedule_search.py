@@ -84,11 +84,12 @@ def main() -> None:
     best_psnr = score(best)
     trail = [{"steps": list(best), "psnr": best_psnr, "seconds": time.perf_counter() - started}]
     print(f"start {best}: {best_psnr:.2f} dB", flush=True)
-    improved, tried = True, 1
+    improved, tried, converged = True, 1, False
     while improved and time.perf_counter() - started < args.budget:
-        improved = False
+        improved, converged = False, True  # until a move improves or the budget cuts the pass short
         for candidate in neighbours(best, num_steps):
             if time.perf_counter() - started >= args.budget:
+                converged = False
                 break
             value, tried = score(candidate), tried + 1
             if value > best_psnr:
@@ -96,7 +97,7 @@ def main() -> None:
                 trail.append({"steps": list(best), "psnr": best_psnr, "seconds": time.perf_counter() - started})
                 print(f"  {best}: {best_psnr:.2f} dB ({tried} tried)", flush=True)
                 break
-    converged = not improved
+    converged = converged and not improved  # an improving pass the budget ended is not convergence
     spec = f"taylorseer:steps=({','.join(map(str, best))}),num_steps={num_steps},order={args.order}"
     print(f"best {best}: {best_psnr:.2f} dB, {tried} schedules, converged: {converged}\n{spec}", flush=True)
     if args.out:

@@ -6,8 +6,8 @@ of the decoded output against the uncached one, mean over the jobs (the 8 calibr
     OMP_NUM_THREADS=1 python benchmarks/video_schedules.py --model shapes-video --order 2 \
         --steps 0,2,4,6,8,10,12,14,16,18,20,22,24,26,28 0,1,3,5,7,9,11,13,16,19,21,23,25,27,29 --out X.json
 
-`--steps` lists explicit schedules (the script sets TaylorSeer's plan to them: the library's `taylorseer` takes an
-interval or exact=True, not a step list); `--exact 2 3` adds `taylorseer:exact=True` at those speedups.
+`--steps` lists explicit schedules (the script sets TaylorSeer's plan to them, with warmup=0: the same computation as
+the library's `taylorseer:steps=(...)`, added later); `--exact 2 3` adds `taylorseer:exact=True` at those speedups.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def parse_policy_spec(spec: str) -> tuple[str, dict]:
 
     name, _, rest = spec.partition(":")
     options = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, _split_top_level(rest)):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"option {item!r} in {spec!r} must look like key=value")
@@ -103,6 +103,18 @@ def parse_policy_spec(spec: str) -> tuple[str, dict]:
         except (ValueError, SyntaxError):
             options[key.strip()] = value.strip()
     return name.strip().lower(), options
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at the commas outside brackets, so `steps=(0,2,5),order=1` keeps its tuple."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
 
 
 # ---------------------------------------------------------------------------------------------- validation helpers

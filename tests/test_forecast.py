@@ -178,6 +178,60 @@ def test_exact_speedup_computes_exactly_its_share_of_steps(speedup, expected):
     dit_cache.remove(model)
 
 
+def test_steps_computes_exactly_those_and_maps_to_other_step_counts():
+    """steps=(...): exactly the listed steps compute (no warm-up of its own), every other one is forecast, and with
+    num_steps the list moves to the same trajectory positions of a call with another step count."""
+    model, sched = DummyDiT(num_blocks=2), FakeScheduler(10)
+    h = _linear_hidden(10)
+    baseline = drive(model, sched, [1.0] * 10, hidden=h)
+    dit_cache.apply(model, "taylorseer", steps=(0, 2, 5, 8), order=1, scheduler=sched)
+    out = drive(model, sched, [1.0] * 10, hidden=h)
+    records = dit_cache.stats(model).records
+    assert [r.step for r in records if r.decision == "computed"] == [0, 2, 5, 8]
+    assert [r.step for r in records if r.decision == "forecast"] == [1, 3, 4, 6, 7, 9]
+    assert dit_cache.stats(model).compute_fraction == 0.4
+    assert all(torch.equal(out[i], baseline[i]) for i in range(3, 10))  # linear: exact once two steps are computed
+    dit_cache.remove(model)
+    long = FakeScheduler(19)  # written for 10 steps: step s moves to round(s * 18 / 9) = 2 s
+    dit_cache.apply(model, "taylorseer", steps=(0, 2, 5, 8), num_steps=10, scheduler=long)
+    drive(model, long, [1.0] * 19)
+    assert dit_cache.stats(model).computed_steps() == [0, 4, 10, 16]
+    dit_cache.remove(model)
+    short = FakeScheduler(6)  # without num_steps, a step out of range fails on the first call, before caching
+    dit_cache.apply(model, "taylorseer", steps=(0, 2, 5, 8), scheduler=short)
+    with pytest.raises(ValueError, match="taylorseer: step 8 is out of range for a 6-step call"):
+        drive(model, short, [1.0] * 6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(steps=(0, 3, 2)), "taylorseer: steps must be strictly increasing without repeats, got (0, 3, 2)"),
+        (dict(steps=(1, 3)), "taylorseer: step 0 must be computed"),
+        (dict(steps=(0, -2)), "taylorseer: steps must be non-negative integers, got -2"),
+        (dict(steps="0,2,4"), "taylorseer: steps must be a sequence of step indices"),
+        (dict(steps=()), "taylorseer: steps must list the step indices to compute"),
+        (dict(steps=(0, 4), num_steps=4), "taylorseer: step 4 is out of range for num_steps=4"),
+        (dict(steps=(0, 2), speedup=2.0), "taylorseer: give steps or interval / speedup, not both"),
+        (dict(steps=(0, 2), interval=2), "taylorseer: give steps or interval / speedup, not both"),
+        (dict(num_steps=10), "taylorseer: num_steps= is the step count of steps=(...)"),
+    ],
+)
+def test_bad_steps(options, message):
+    with pytest.raises(ValueError) as err:
+        dit_cache.apply(DummyDiT(), "taylorseer", scheduler=FakeScheduler(4), **options)
+    assert message in str(err.value)
+
+
+def test_policy_spec_keeps_bracketed_lists():
+    """`dit-cache eval --policies` specs: a tuple's commas are not option separators."""
+    from dit_cache.config import parse_policy_spec
+
+    spec = "taylorseer:steps=(0,2,5,8),num_steps=10,order=1"
+    assert parse_policy_spec(spec) == ("taylorseer", {"steps": (0, 2, 5, 8), "num_steps": 10, "order": 1})
+    assert parse_policy_spec("teacache:threshold=0.2,max_skip=3") == ("teacache", {"threshold": 0.2, "max_skip": 3})
+
+
 @pytest.mark.parametrize(
     ("policy", "options", "message"),
     [

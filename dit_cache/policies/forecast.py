@@ -18,6 +18,7 @@ from ..schedulers.targets import check_ceiling, check_reached, floor_over_step_c
 from ..state import COMPUTE, FORECAST, CallInfo
 from .base import ModelContext, register_policy
 from .fora import FORAPolicy, FORAState
+from .schedule import check_steps, map_steps
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class TaylorSeer(PolicyConfig):
     speedup: picks the interval. exact: with speedup, compute exactly round(steps / speedup) steps (the warm-up, then
         gaps as even as the count allows, the longer ones mid-trajectory) instead of the nearest interval, which may
         land up to 0.05 off the target (interval 2 computes 16 of 30 steps at 2x: fraction 0.533, not 0.5).
+    steps: compute exactly these steps (0-based, increasing, with 0) and forecast every other one, instead of an
+        interval, speedup or warm-up: a schedule found on calibration prompts (benchmarks/video_schedule_search.py).
+        num_steps: the step count `steps` was written for; a call with another count maps each step to the same
+        position of the trajectory (as the `schedule` policy does). None: `steps` index the call as they are.
     """
 
     interval: int | None = None
@@ -39,6 +44,8 @@ class TaylorSeer(PolicyConfig):
     corrector: float = 0.0
     speedup: float | None = None
     exact: bool = False
+    steps: tuple[int, ...] | None = None
+    num_steps: int | None = None
 
     def __post_init__(self):
         _check_int("taylorseer", "interval", self.interval, low=1)
@@ -57,6 +64,12 @@ class TaylorSeer(PolicyConfig):
             raise ValueError(f"taylorseer: exact must be True or False, got {self.exact!r}")
         if self.exact and self.speedup is None:
             raise ValueError("taylorseer: exact=True needs speedup= (it sets how many steps are computed)")
+        if self.steps is not None:
+            object.__setattr__(self, "steps", check_steps("taylorseer", self.steps, self.num_steps))
+            if self.interval is not None or self.speedup is not None:
+                raise ValueError("taylorseer: give steps or interval / speedup, not both (steps are the schedule)")
+        elif self.num_steps is not None:
+            raise ValueError("taylorseer: num_steps= is the step count of steps=(...); give steps too or drop it")
 
 
 def computed_steps(num_steps: int, interval: int, warmup: int, start: int = 0) -> list[int]:
@@ -138,6 +151,10 @@ class TaylorSeerPolicy(FORAPolicy):
     def plan(self, num_steps: int) -> tuple[int, frozenset[int] | None]:
         """(interval, None) for a fixed interval, or (0, the computed steps) for a spread budget."""
         config = self.config
+        if getattr(config, "steps", None) is not None:  # HyCa has no `steps`
+            if num_steps not in self._plans:
+                self._plans[num_steps] = (0, map_steps(config.steps, config.num_steps, num_steps, "taylorseer"))
+            return self._plans[num_steps]
         if config.speedup is None:
             return (config.interval if config.interval is not None else 4), None
         if num_steps not in self._plans:
@@ -170,6 +187,12 @@ class TaylorSeerPolicy(FORAPolicy):
 
     def decide(self, call: CallInfo, state: FORAState, values: list[float]) -> str:
         interval, steps = self.plan(call.num_steps)
+        if getattr(self.config, "steps", None) is not None:  # exactly the listed steps: no warm-up of its own
+            due = call.step in steps
+            if due or state.last_computed is None:
+                state.last_computed = call.step
+                return COMPUTE
+            return FORECAST
         if steps is not None:
             due = call.step in steps
         else:

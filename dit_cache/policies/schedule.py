@@ -24,30 +24,41 @@ class Schedule(PolicyConfig):
 
     def __post_init__(self):
         _check_order("schedule", "forecast", self.forecast)
-        steps = tuple(self.steps)
-        object.__setattr__(self, "steps", steps)
-        if not steps:
-            raise ValueError("schedule: steps must list the step indices to compute, e.g. steps=(0, 1, 2, 4, 8, 16)")
-        for s in steps:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ValueError(f"schedule: steps must be non-negative integers, got {s!r} in {steps}")
-        if list(steps) != sorted(set(steps)):
-            raise ValueError(f"schedule: steps must be strictly increasing without repeats, got {steps}")
-        if steps[0] != 0:
-            raise ValueError(f"schedule: step 0 must be computed (there is nothing to reuse before it), got {steps}")
-        _check_int("schedule", "num_steps", self.num_steps, low=1)
-        if self.num_steps is not None and steps[-1] >= self.num_steps:
-            raise ValueError(
-                f"schedule: step {steps[-1]} is out of range for num_steps={self.num_steps} (valid: 0..{self.num_steps - 1})"
-            )
+        object.__setattr__(self, "steps", check_steps("schedule", self.steps, self.num_steps))
 
 
-def map_steps(steps: tuple[int, ...], written_for: int | None, num_steps: int) -> frozenset[int]:
+def check_steps(policy: str, steps, num_steps: int | None) -> tuple[int, ...]:
+    """A list of computed steps as a tuple: non-negative, strictly increasing, starting at 0, within `num_steps`."""
+    if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+        raise ValueError(
+            f"{policy}: steps must be a sequence of step indices, e.g. steps=(0, 1, 2, 4, 8), got {steps!r}"
+        )
+    steps = tuple(steps)
+    if not steps:
+        raise ValueError(f"{policy}: steps must list the step indices to compute, e.g. steps=(0, 1, 2, 4, 8, 16)")
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"{policy}: steps must be non-negative integers, got {s!r} in {steps}")
+    if list(steps) != sorted(set(steps)):
+        raise ValueError(f"{policy}: steps must be strictly increasing without repeats, got {steps}")
+    if steps[0] != 0:
+        raise ValueError(f"{policy}: step 0 must be computed (there is nothing to reuse before it), got {steps}")
+    _check_int(policy, "num_steps", num_steps, low=1)
+    if num_steps is not None and steps[-1] >= num_steps:
+        raise ValueError(
+            f"{policy}: step {steps[-1]} is out of range for num_steps={num_steps} (valid: 0..{num_steps - 1})"
+        )
+    return steps
+
+
+def map_steps(
+    steps: tuple[int, ...], written_for: int | None, num_steps: int, policy: str = "schedule"
+) -> frozenset[int]:
     """The listed steps for a call of `num_steps` steps: as they are, or moved to the same trajectory position."""
     if written_for is None or written_for == num_steps:
         if steps[-1] >= num_steps:
             raise ValueError(
-                f"schedule: step {steps[-1]} is out of range for a {num_steps}-step call (valid: 0..{num_steps - 1}); "
+                f"{policy}: step {steps[-1]} is out of range for a {num_steps}-step call (valid: 0..{num_steps - 1}); "
                 "pass num_steps=<the step count the list was written for> to map it onto other step counts"
             )
         return frozenset(steps)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -34,6 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import bracketed  # noqa: E402
 
 import dit_cache  # noqa: E402
 from dit_cache.eval.counting import WorkCounter  # noqa: E402
@@ -193,7 +194,7 @@ def main() -> int:
                     dit_cache.remove(pipe)
                     return seconds
 
-                row.update(_bracketed(lambda: stopwatch(generate), cached, args.runs))
+                row.update(bracketed(lambda: stopwatch(generate), cached, args.runs))
                 row["efficiency"] = row["speedup"] * row["compute_fraction"]
             except Exception as exc:  # a failing method is a row with its error
                 row["error"] = f"{type(exc).__name__}: {exc}"
@@ -226,7 +227,7 @@ def main() -> int:
                     pipe.transformer.disable_cache()
                     return seconds
 
-                row.update(_bracketed(lambda: stopwatch(generate), cached, args.runs))
+                row.update(bracketed(lambda: stopwatch(generate), cached, args.runs))
                 row["efficiency"] = row["speedup"] * row["compute_fraction"]
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
@@ -246,24 +247,6 @@ def _peers(steps: int):
         ("diffusers FirstBlockCache threshold 0.08",
          lambda t: t.enable_cache(FirstBlockCacheConfig(threshold=0.08))),
     ]  # fmt: skip
-
-
-def _bracketed(time_uncached, time_cached, runs: int) -> dict:
-    """u c u c ... u: each cached run against the mean of the two uncached runs around it (cancels linear drift)."""
-    uncached, cached = [time_uncached()], []
-    for _ in range(runs):
-        cached.append(time_cached())
-        uncached.append(time_uncached())
-    ratios = [(uncached[i] + uncached[i + 1]) / 2 / cached[i] for i in range(runs)]
-    speedup = statistics.median(ratios)
-    return {
-        "seconds": statistics.median(cached),
-        "uncached_s": statistics.median(uncached),
-        "speedup": speedup,
-        "noise": (max(ratios) - min(ratios)) / speedup,
-        "cached_times": cached,
-        "uncached_times": uncached,
-    }
 
 
 def _line(row: dict) -> str:

@@ -79,3 +79,24 @@ def machine() -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def calibration_references(model: str, count: int, seed: int):
+    """A zoo model's pipeline on its first `count` calibration prompts at `seed`, for scripts that score schedules
+    on calibration prompts only: (pipe, settings, jobs, generate, references), `generate(prompt, seed)` giving the
+    decoded output as a numpy array and `references` the uncached outputs of `jobs`."""
+    import numpy as np
+
+    from dit_cache.eval import zoo
+
+    torch.set_num_threads(1)
+    pipe = zoo.load(model)
+    pipe.set_progress_bar_config(disable=True)
+    settings = zoo.settings(model)
+    jobs = [(p, seed) for p in zoo.calibration_prompts(model)[:count]]
+
+    def generate(prompt: str, seed: int) -> np.ndarray:
+        out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **settings)
+        return np.asarray(out.frames[0] if hasattr(out, "frames") else out.images[0])
+
+    return pipe, settings, jobs, generate, [generate(*job) for job in jobs]

@@ -18,16 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import write_json  # noqa: E402
+from common import calibration_references, write_json  # noqa: E402
 
 import dit_cache  # noqa: E402
 from dit_cache.config import TaylorSeer  # noqa: E402
-from dit_cache.eval import zoo  # noqa: E402
 from dit_cache.eval.metrics import psnr  # noqa: E402
 from dit_cache.policies import forecast  # noqa: E402
 
@@ -42,17 +40,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    pipe = zoo.load(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    settings = zoo.settings(args.model)
-    jobs = [(p, args.seed) for p in zoo.calibration_prompts(args.model)[: args.jobs]]
-
-    def generate(prompt: str, seed: int) -> np.ndarray:
-        out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **settings)
-        return np.asarray(out.frames[0] if hasattr(out, "frames") else out.images[0])
-
-    references = [generate(*job) for job in jobs]
+    pipe, settings, jobs, generate, references = calibration_references(args.model, args.jobs, args.seed)
     plan = forecast.TaylorSeerPolicy.plan
     rows = []
     settings_list = [(o, [int(s) for s in steps.split(",")], None) for steps in args.steps for o in args.order]

@@ -81,6 +81,10 @@ def test_searched_true_runs_exactly_the_recorded_steps(pipe, profile):
         listed = _generate(pipe)
     assert tuple(computed) == steps
     assert torch.equal(searched, listed)
+    with dit_cache.cached(pipe, "taylorseer", speedup=2.0, searched=True, corrector=0.25, profile=profile):
+        corrected = _generate(pipe)  # the same schedule, FoCa's correction on its forecasts
+        assert tuple(sorted(set(dit_cache.stats(pipe).computed_steps()))) == steps
+    assert not torch.equal(corrected, searched)
     with dit_cache.cached(pipe, "taylorseer", speedup=2.0, searched=True, profile=profile):  # 16 steps: mapped
         _generate(pipe, steps=16)
         mapped = sorted(set(dit_cache.stats(pipe).computed_steps()))

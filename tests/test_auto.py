@@ -142,6 +142,8 @@ def test_apply_auto_runs_exactly_the_picked_policy(pipe, profile):
 
 
 def test_eval_rows_record_what_auto_picked(profile, tmp_path):
+    from dit_cache.eval.report import markdown_table
+    from dit_cache.eval.report import summarize as summarize_results
     from dit_cache.eval.runner import RESULTS, EvalPlan, evaluate, read_rows
 
     pipe = tiny_text_flux(vae=True)  # the same transformer as the profile's, and a VAE to decode what eval scores
@@ -152,6 +154,8 @@ def test_eval_rows_record_what_auto_picked(profile, tmp_path):
     for target in (2.0, 4.0):
         assert rows[f"auto@{target:g}"]["auto_picked"] == choose(profile, target).candidate
         assert "auto_picked" not in rows[f"magcache@{target:g}"]  # only `auto` picks
+    table = markdown_table(summarize_results(list(rows.values())))
+    assert f"| auto@2 ({choose(profile, 2.0).candidate}) |" in table and "| magcache@2 |" in table  # the report says
 
 
 def test_resume_runs_only_the_missing_candidate_jobs(pipe, profile, tmp_path):

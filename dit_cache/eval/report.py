@@ -116,6 +116,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "ssim": _mean(r["ssim"] for r in items), "lpips": _mean(r.get("lpips") for r in items),
                 "temporal_psnr": temporal, "peak_memory_mb": _mean(r.get("peak_memory_mb") for r in items),
                 "samples": len(items), "lpips_unavailable": first.get("lpips_unavailable"),
+                "auto_picked": "/".join(sorted({r["auto_picked"] for r in items if r.get("auto_picked")})) or None,
             }
         )  # fmt: skip
     lines.sort(key=lambda x: (x["family"] != "dit_cache", x["name"], x["target"] or 0))
@@ -188,6 +189,8 @@ def _target(value) -> str:
 def _cell(line: dict, column: str) -> str:
     if column == "target":
         return _target(line.get("target"))
+    if column == "method" and line.get("auto_picked"):
+        return f"{line['method']} ({line['auto_picked']})"  # what `auto` ran
     if line["family"] == "reference":
         if column == "psnr":
             return "reference"

@@ -115,7 +115,7 @@ def merge(committed: dict, header: dict, rows: list[dict]) -> tuple[dict, list[d
             "uncached references are the same outputs: rerun one of the committed methods in a new part"
         )
     added = [r for r in rows if r["method"] not in shared | {"uncached"}]
-    return {**header, **committed["header"]}, old + added
+    return {**committed["header"], **{k: v for k, v in header.items() if k not in committed["header"]}}, old + added
 
 
 def main() -> None:

@@ -6,13 +6,16 @@ Pareto frontier of PSNR against measured compute fraction interpolated at fracti
 
 Each model's sweep resumes where it stopped (results are JSON lines). benchmarks/results/zoo_MODEL.json holds the
 rows and the equal-compute table (key "equal_compute"); runs/zoo/benchmarks-tables.md is what docs/benchmarks.md
-quotes.
+quotes. `--collect --merge` adds the methods of new parts (e.g. more peers run later, under another --out) to the
+committed JSON without recomputing its rows: the plans must be the same, and a method run in both (rerun it in a new
+part) must score sample for sample the same, which shows that both used the same uncached references.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +57,10 @@ def _name(entry: dict | None) -> str:
     return "none reaches it" if entry is None else f"{entry['method']} {entry['psnr']:.2f} dB"
 
 
+def _plan(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k != "profile"}  # a part without profile readers has none
+
+
 def collect(folder: Path) -> tuple[dict, list[dict]]:
     """The rows of every part of a model's sweep (each subfolder with results: `ours`, `peers`, more peers run as
         further processes), which must share one plan (model, prompts, steps, call arguments, calibration jobs; the
@@ -62,8 +69,7 @@ def collect(folder: Path) -> tuple[dict, list[dict]]:
     header, rows = None, []
     for part in sorted(p.parent for p in folder.glob(f"*/{RESULTS}")):
         part_header, part_rows = read_rows(part / RESULTS)
-        plan = {k: v for k, v in part_header.items() if k != "profile"}  # a part without profile readers has none
-        if header is not None and plan != {k: v for k, v in header.items() if k != "profile"}:
+        if header is not None and _plan(part_header) != _plan(header):
             raise SystemExit(f"{part} evaluated another plan: {part_header} vs {header}")
         redone = {r["method"] for r in part_rows}  # a later part that reruns a method replaces its rows
         rows = [r for r in rows if r["method"] not in redone or r["method"] == "uncached"]
@@ -77,6 +83,41 @@ def collect(folder: Path) -> tuple[dict, list[dict]]:
     return header, rows
 
 
+def _same(a: float | None, b: float | None) -> bool:
+    return a == b or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9))
+
+
+def merge(committed: dict, header: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """The rows of a committed zoo_MODEL.json plus the methods of `rows` it lacks. Refused when the plans differ, the
+    uncached rows score other prompts or seeds, or no method ran in both with the same result on every sample (the
+    check that the new rows' uncached references are the committed ones: the references themselves are not kept)."""
+    if _plan(committed["header"]) != _plan(header):
+        raise SystemExit(f"the new parts evaluated another plan: {header} vs {committed['header']}")
+    old = committed["rows"]
+
+    def references(rows):
+        return {(r["sample"], r["prompt"], r["seed"]) for r in rows if r["method"] == "uncached"}
+
+    if references(rows) != references(old):
+        raise SystemExit("the new parts' uncached rows score other samples (prompt, seed) than the committed ones")
+
+    def scores(rows, method):
+        return {r["sample"]: (r.get("psnr"), r.get("compute_fraction")) for r in rows if r["method"] == method}
+
+    shared = ({r["method"] for r in old} & {r["method"] for r in rows}) - {"uncached"}
+    for method in sorted(shared):
+        new, was = scores(rows, method), scores(old, method)
+        if new.keys() != was.keys() or not all(_same(a, b) for s in new for a, b in zip(new[s], was[s])):
+            raise SystemExit(f"{method} scores differently in the new parts: other references, not mergeable")
+    if not any(scores(old, m) and all(v[0] is not None for v in scores(old, m).values()) for m in shared):
+        raise SystemExit(
+            "no method with scores ran in both the committed sweep and the new parts, so nothing shows that their "
+            "uncached references are the same outputs: rerun one of the committed methods in a new part"
+        )
+    added = [r for r in rows if r["method"] not in shared | {"uncached"}]
+    return {**committed["header"], **{k: v for k, v in header.items() if k not in committed["header"]}}, old + added
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["shapes-image", "shapes-video"])
@@ -88,6 +129,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/zoo")
     parser.add_argument("--results", default="benchmarks/results", help="where the JSON behind the docs goes")
     parser.add_argument("--collect", action="store_true", help="only merge the parts already run under --out")
+    parser.add_argument(
+        "--merge", action="store_true", help="add the parts' new methods to the committed results/zoo_MODEL.json"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     sections = []
@@ -108,16 +152,17 @@ def main() -> None:
                 if proc.wait() != 0:
                     raise SystemExit(f"eval of {model} ({part}) failed")
         header, rows = collect(out / model)
-        table = {"header": header, **equal_compute(rows)}
         results = Path(args.results)
+        target, earlier = results / f"zoo_{model}.json", []
+        if args.merge:
+            committed = json.loads(target.read_text())
+            header, rows = merge(committed, header, rows)
+            earlier = [*committed.get("earlier_commands", []), committed["command"]]
+        table = {"header": header, **equal_compute(rows)}
         results.mkdir(parents=True, exist_ok=True)
-        (results / f"zoo_{model}.json").write_text(
-            json.dumps(
-                {"command": " ".join(sys.argv), "header": header, "equal_compute": table, "rows": rows},
-                indent=1,
-                default=str,
-            )  # fmt: skip
-        )
+        document = {"command": " ".join(sys.argv), **({"earlier_commands": earlier} if earlier else {})}
+        document.update(header=header, equal_compute=table, rows=rows)
+        target.write_text(json.dumps(document, indent=1, default=str))
         lines = summarize(rows)
         sections += [f"### {model} ({header['steps']} steps, {args.samples} samples)", "", markdown_table(lines), ""]
         sections += ["Equal compute (interpolated Pareto frontiers):", "", *equal_compute_lines(table), ""]

@@ -141,6 +141,23 @@ def test_apply_auto_runs_exactly_the_picked_policy(pipe, profile):
     assert json.loads(json.dumps(stats.to_dict()))["auto"]["candidate"] == choice.candidate
 
 
+def test_eval_rows_record_what_auto_picked(profile, tmp_path):
+    from dit_cache.eval.report import markdown_table
+    from dit_cache.eval.report import summarize as summarize_results
+    from dit_cache.eval.runner import RESULTS, EvalPlan, evaluate, read_rows
+
+    pipe = tiny_text_flux(vae=True)  # the same transformer as the profile's, and a VAE to decode what eval scores
+    plan = EvalPlan(model="tiny", prompts=["a green triangle"], samples=1, steps=8, call_kwargs=TINY_TEXT_CALL,
+                    policies=["auto", "magcache"], targets=[2.0, 4.0], runs=0)  # fmt: skip
+    evaluate(pipe, plan, tmp_path, profile=profile, progress=False)
+    rows = {r["method"]: r for r in read_rows(tmp_path / RESULTS)[1]}
+    for target in (2.0, 4.0):
+        assert rows[f"auto@{target:g}"]["auto_picked"] == choose(profile, target).candidate
+        assert "auto_picked" not in rows[f"magcache@{target:g}"]  # only `auto` picks
+    table = markdown_table(summarize_results(list(rows.values())))
+    assert f"| auto@2 ({choose(profile, 2.0).candidate}) |" in table and "| magcache@2 |" in table  # the report says
+
+
 def test_resume_runs_only_the_missing_candidate_jobs(pipe, profile, tmp_path):
     out = tmp_path / "p.json"
     kwargs = dict(progress=False, candidates=",".join(CANDIDATES), candidate_targets=TARGETS)

@@ -182,3 +182,45 @@ def test_report_page_has_definitions_prompts_and_the_memory_source(tmp_path):
     assert ">identical<" in text and ">inf<" not in text
     assert "timed on 1 sample(s), 3 run(s) of each method" in text
     json.dumps(summarize(read_rows(path)[1]), allow_nan=False)  # the summary holds no non-finite number
+
+
+def test_options_beyond_the_knob_plot_as_a_method_of_their_own():
+    import matplotlib.pyplot as plt
+
+    rows = [_uncached(0), _uncached(1)]
+    for s in (0, 1):
+        rows += [
+            _row("lemica@2", "lemica", "dit_cache", 2.0, 0.5, 30.0, s),
+            _row("lemica@3", "lemica", "dit_cache", 3.0, 0.34, 25.0, s),
+            _row("lemica:forecast=1,speedup=2", "lemica", "dit_cache", None, 0.5, 36.0, s),
+            _row("lemica:forecast=1,speedup=3", "lemica", "dit_cache", None, 0.34, 29.0, s),
+        ]
+    fig = pareto_figure(summarize(rows), "synthetic")
+    try:  # as in the equal-compute table: two frontiers, not one frontier of the better points of both
+        drawn = {line.get_label(): line.get_xydata().tolist() for line in _plotted_lines(fig.axes[0])}
+        assert drawn == {"lemica": [[0.34, 25.0], [0.5, 30.0]], "lemica:forecast=1": [[0.34, 29.0], [0.5, 36.0]]}
+    finally:
+        plt.close(fig)
+
+
+def test_speed_panel_can_show_a_separate_timed_run():
+    import matplotlib.pyplot as plt
+
+    sweep = summarize(_rows(runs=False))  # quality from an untimed sweep
+    timed = summarize([_uncached(0), _row("magcache@2", "magcache", "dit_cache", 2.0, 0.5, 31.0, 0, [0.5, 0.5, 0.6]),
+                       _row("teacache@2", "teacache", "dit_cache", 2.0, 0.5, 29.0, 0, [0.6, 0.6, 0.6])])  # fmt: skip
+    fig = pareto_figure(sweep, "synthetic", speed_lines=timed)
+    try:
+        quality, speed = fig.axes
+        assert "teacache" not in {line.get_label() for line in _plotted_lines(quality)}  # timed, not swept
+        magcache = next(line for line in _plotted_lines(quality) if line.get_label() == "magcache")
+        assert magcache.get_xydata().tolist() == [[0.34, 26.0], [0.5, 30.5]]  # the sweep's points, not the timed one's
+        bars = {c.get_label(): c for c in speed.containers}
+        assert set(bars) == {"magcache", "teacache"}
+        assert bars["magcache"].lines[0].get_xydata().tolist() == [[0.5, pytest.approx(2.0)]]
+        timed_marker = bars["magcache"].lines[0].get_marker()
+        assert timed_marker == magcache.get_marker()  # a method keeps its marker in both panels
+        legend = {t.get_text() for t in fig.legends[0].get_texts()}
+        assert {"magcache", "teacache", "uniform"} <= legend
+    finally:
+        plt.close(fig)

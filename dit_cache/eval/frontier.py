@@ -51,7 +51,7 @@ def method_points(rows: list[dict]) -> dict[str, dict]:
     methods: dict[str, dict] = {}
     for key, group in sorted(by_key.items()):
         first = group[0]
-        name = f"peer:{first['name']}" if first["family"] == "peer" else _method_name(key, first["name"])
+        name = f"peer:{first['name']}" if first["family"] == "peer" else method_name(key, first["name"])
         entry = methods.setdefault(name, {"family": first["family"], "settings": [], "not_run": {}})
         why = next((r.get("error") or r.get("skipped") for r in group if r.get("error") or r.get("skipped")), None)
         usable = all(r.get("psnr") is not None and r.get("compute_fraction") is not None for r in group)
@@ -69,7 +69,7 @@ def method_points(rows: list[dict]) -> dict[str, dict]:
 _KNOBS = ("speedup", "interval", "profile")  # what a method's settings vary along its frontier
 
 
-def _method_name(key: str, name: str) -> str:
+def method_name(key: str, name: str) -> str:
     """A dit_cache method with options beyond its knob is a method of its own (`lemica:forecast=1,speedup=2` ->
     `lemica:forecast=1`, beside `lemica@2` -> `lemica`)."""
     from ..config import parse_policy_spec

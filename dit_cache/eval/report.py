@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .frontier import method_name, pareto_frontier
 from .runner import RESULTS, _file_key, check_output_dir, read_rows
 
 PSNR_CAP = 100.0  # the summary's PSNR when every sample is identical to the uncached output (infinite PSNR)
@@ -90,8 +91,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     for key, items in by_method.items():
         first = items[0]
         if "skipped" in first:
-            lines.append({"method": key, "family": first["family"], "name": first["name"], "target": first["target"],
-                          "skipped": first["skipped"]})  # fmt: skip
+            lines.append({"method": key, "family": first["family"], "name": first["name"], "group": _group(first),
+                          "target": first["target"], "skipped": first["skipped"]})  # fmt: skip
             continue
         fraction = _mean(r["compute_fraction"] for r in items)
         pairs, inside_pairs = _run_ratios(items, "seconds"), _run_ratios(items, "transformer_seconds")
@@ -101,8 +102,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         temporal, _ = _finite_mean(r.get("temporal_psnr") for r in items)
         lines.append(
             {
-                "method": key, "family": first["family"], "name": first["name"], "target": first["target"],
-                "compute_fraction": fraction, "off_target": _off_target(items),
+                "method": key, "family": first["family"], "name": first["name"], "group": _group(first),
+                "target": first["target"], "compute_fraction": fraction, "off_target": _off_target(items),
                 "seconds": _mean(r.get("seconds") for r in items),
                 "uncached_seconds": _mean(r.get("uncached_seconds") for r in items),
                 "transformer_seconds": _mean(r.get("transformer_seconds") for r in items),
@@ -115,10 +116,18 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "ssim": _mean(r["ssim"] for r in items), "lpips": _mean(r.get("lpips") for r in items),
                 "temporal_psnr": temporal, "peak_memory_mb": _mean(r.get("peak_memory_mb") for r in items),
                 "samples": len(items), "lpips_unavailable": first.get("lpips_unavailable"),
+                "auto_picked": "/".join(sorted({r["auto_picked"] for r in items if r.get("auto_picked")})) or None,
             }
         )  # fmt: skip
     lines.sort(key=lambda x: (x["family"] != "dit_cache", x["name"], x["target"] or 0))
     return lines
+
+
+def _group(row: dict) -> str:
+    """The method a row's setting belongs to, as in the equal-compute table: options beyond the knob make a method
+    of their own (`lemica:forecast=1,speedup=2` -> `lemica:forecast=1`, beside `lemica@2` -> `lemica`); a peer by
+    its name."""
+    return row["name"] if row["family"] == "peer" else method_name(row["method"], row["name"])
 
 
 def reference_line(rows: list[dict]) -> dict | None:
@@ -180,6 +189,8 @@ def _target(value) -> str:
 def _cell(line: dict, column: str) -> str:
     if column == "target":
         return _target(line.get("target"))
+    if column == "method" and line.get("auto_picked"):
+        return f"{line['method']} ({line['auto_picked']})"  # what `auto` ran
     if line["family"] == "reference":
         if column == "psnr":
             return "reference"
@@ -223,15 +234,7 @@ def method_styles(names: list[str]) -> dict[str, tuple[str, bool]]:
     return {name: _STYLES[i] for i, name in enumerate(names)}
 
 
-def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The Pareto frontier of (compute fraction, PSNR) points: those no other point beats with less or equal work
-    and higher or equal PSNR (one strictly), by increasing fraction."""
-    best, kept = -math.inf, []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if y > best:
-            kept.append((x, y))
-            best = y
-    return kept
+frontier = pareto_frontier  # the plot's frontiers are the equal-compute table's
 
 
 def _plotted(line: dict) -> bool:
@@ -239,36 +242,39 @@ def _plotted(line: dict) -> bool:
     return "skipped" not in line and line.get("compute_fraction") is not None and line["identical"] < line["samples"]
 
 
-def pareto_figure(lines: list[dict], title: str):
+def pareto_figure(lines: list[dict], title: str, speed_lines: list[dict] | None = None):
     """Two panels: PSNR against compute fraction (every setting a marker, each method's Pareto frontier a line)
     and wall speedup against compute fraction (error bars: the lowest and highest run pair; the ideal 1 / fraction
-    dashed). Returns the matplotlib figure."""
+    dashed). `speed_lines`: the summary of a separate timed run for the speed panel (default: `lines`), e.g. a few
+    settings timed beside a sweep run without timing; a method keeps its marker in both panels. Returns the
+    matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for line in lines:
-        if _plotted(line):
-            groups[line["name"]].append(line)
-    styles = method_styles(list(groups))
+    groups, timed_groups = _by_group(lines), _by_group(lines if speed_lines is None else speed_lines)
+    names = sorted(set(groups) | set(timed_groups))
+    styles = method_styles(names)
     colors = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
     fig, (quality, speed) = plt.subplots(1, 2, figsize=(12, 5.4), dpi=100, sharex=True)
-    fractions = [x["compute_fraction"] for items in groups.values() for x in items]
+    fractions = [x["compute_fraction"] for g in (groups, timed_groups) for items in g.values() for x in items]
     timed = spread = False
-    for i, (name, items) in enumerate(sorted(groups.items())):
+    for i, name in enumerate(names):
         marker, filled = styles[name]
         color = colors[i % len(colors)]
+        items = groups.get(name) or timed_groups[name]
         linestyle = _LINESTYLES.get(items[0]["family"], ":")
         common = {"marker": marker, "color": color, "markersize": 7, "fillstyle": "full" if filled else "none"}
-        points = [(x["compute_fraction"], x["psnr"]) for x in items]
-        edge = frontier(points)
-        quality.plot(*zip(*edge), linestyle=linestyle, label=name, **common)
-        dominated = [p for p in points if p not in edge]
-        if dominated:  # settings off the frontier: the same marker, no line, fainter
-            quality.plot(*zip(*dominated), linestyle="none", alpha=0.45, **common)
-        speeds = sorted((x for x in items if x.get("speedup")), key=lambda x: x["compute_fraction"])
+        if name in groups:
+            points = [(x["compute_fraction"], x["psnr"]) for x in groups[name]]
+            edge = frontier(points)
+            quality.plot(*zip(*edge), linestyle=linestyle, label=name, **common)
+            dominated = [p for p in points if p not in edge]
+            if dominated:  # settings off the frontier: the same marker, no line, fainter
+                quality.plot(*zip(*dominated), linestyle="none", alpha=0.45, **common)
+        timed_items = timed_groups.get(name, [])
+        speeds = sorted((x for x in timed_items if x.get("speedup")), key=lambda x: x["compute_fraction"])
         if speeds:
             timed = True
             xs = [x["compute_fraction"] for x in speeds]
@@ -277,12 +283,12 @@ def pareto_figure(lines: list[dict], title: str):
             speed.errorbar(xs, ys, yerr=_error_bars(speeds), linestyle=linestyle, capsize=3, label=name, **common)
     quality.set_xlabel("compute fraction (block work run / uncached)")
     quality.set_ylabel("PSNR against uncached (dB, higher is better)")
-    quality.set_title("quality: each method's Pareto frontier")
+    quality.set_title("quality: Pareto frontiers (dashed: peers, dotted: baseline)")
     speed.set_xlabel("compute fraction (block work run / uncached)")
     speed.set_ylabel("wall-clock speedup over uncached")
     speed.set_title("speed: median of run pairs (bars: slowest to fastest pair)")
     if fractions:
-        grid = np.linspace(max(min(fractions) * 0.9, 0.05), 1.0, 50)
+        grid = np.linspace(max(min(fractions) * 0.9, 0.05), min(max(fractions) * 1.1, 1.0), 50)  # the data's span
         speed.plot(grid, 1 / grid, color="0.6", linestyle=(0, (4, 4)), linewidth=1, label="ideal: 1 / fraction")
         speed.axhline(1.0, color="0.8", linewidth=1)
     if not timed:
@@ -293,14 +299,23 @@ def pareto_figure(lines: list[dict], title: str):
     for ax in (quality, speed):
         ax.grid(alpha=0.3)
     handles, labels = quality.get_legend_handles_labels()
-    for handle, label in zip(*speed.get_legend_handles_labels()):
-        if label.startswith("ideal"):
+    for handle, label in zip(*speed.get_legend_handles_labels()):  # the ideal, and methods timed but not swept
+        if label not in labels:
             handles, labels = handles + [handle], labels + [label]
-    columns = min(6, max(1, len(labels)))
+    # as many columns as the longest label leaves room for on the 12-inch figure (a marker and about 0.075 in/char)
+    columns = max(1, min(6, len(labels), int(11.5 / (0.075 * (max(map(len, labels), default=1) + 6)))))
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=10, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.045 * math.ceil(len(labels) / columns) + 0.01, 1, 1))
     return fig
+
+
+def _by_group(lines: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for line in lines:
+        if _plotted(line):
+            groups[line.get("group", line["name"])].append(line)
+    return groups
 
 
 def _error_bars(lines: list[dict]) -> list[list[float]]:

@@ -376,6 +376,7 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         with WorkCounter(pipe) as counter:
             output = generate(pipe, plan, prompt, seed)
         fraction = compute_fraction(method, pipe, counter, full_calls)
+        picked = (api.stats(pipe).auto or {}).get("candidate") if method.family == "dit_cache" else None
     except Exception as e:
         if method.family != "peer":
             raise
@@ -397,6 +398,8 @@ def _measure(method, pipe, plan, index, reference, full_calls, lpips_ok, lpips_r
         "uncached_seconds_runs": uncached.seconds_runs,
         "uncached_transformer_seconds_runs": uncached.transformer_seconds_runs,
     }  # fmt: skip
+    if picked is not None:
+        row["auto_picked"] = picked  # what `auto` ran (stats().auto): the candidate the profile ranked first
     if reads_profile and in_sample:
         row["profile_in_sample"] = True  # allowed with --allow-in-sample: scored on the samples it was fitted to
     if not lpips_ok:

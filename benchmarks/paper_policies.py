@@ -11,9 +11,10 @@ one `stats()` reports (block linear work actually run). `at_0.5` / `at_0.333` in
 linearly along its settings' (fraction, mean PSNR) points sorted by fraction (None outside the range it reached).
 PSNR is the mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]); a setting under which
 some sample never reused (identical output, infinite PSNR) reports the mean of the others, `identical_samples`, and
-is left out of the interpolation. HyCa rows also count the solvers it chose (per unit and CFG branch). Rows run at a
-speedup target also give the fraction it asks for (`target_fraction`, 1 / speedup): how close a target calibrated on
-other prompts lands. A method name is `policy[:option=value,...][#label]`.
+is left out of the interpolation. HyCa rows also count the solvers it chose (per unit and CFG branch), ERTACache rows
+with `adjust_timestep=True` list the step-size factor of every step (`step_sizes`). Rows run at a speedup target also
+give the fraction it asks for (`target_fraction`, 1 / speedup) and each sample's (`fraction_per_sample`): how close a
+target calibrated on other prompts lands. A method name is `policy[:option=value,...][#label]`.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
             config = options.pop("__policy__", None)
             label = {k: v for k, v in options.items() if k != "profile"}
             try:
-                values, fractions, solvers = [], [], {}
+                values, fractions, solvers, step_sizes = [], [], {}, None
                 for (prompt, seed), reference in zip(scored, references):
                     if config is not None:
                         dit_cache.apply(pipe, config)
@@ -126,7 +127,10 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
                     try:
                         out = generate(pipe, name, prompt, seed)
                         fractions.append(dit_cache.stats(pipe).compute_fraction)
-                        chosen = getattr(dit_cache.cache_engine(pipe).policy, "_solvers", {})
+                        policy_obj = dit_cache.cache_engine(pipe).policy
+                        chosen = getattr(policy_obj, "_solvers", {})
+                        tuned = getattr(policy_obj, "_tuned", {})
+                        step_sizes = next((v for k, v in tuned.items() if k[0] == "ertacache-steps"), step_sizes)
                         for choice in chosen.values():
                             for order in choice.values():
                                 solvers[order] = solvers.get(order, 0) + 1
@@ -140,6 +144,9 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
                            psnr_per_sample=[v if math.isfinite(v) else None for v in values])  # fmt: skip
                 if "speedup" in options:
                     row["target_fraction"] = 1.0 / options["speedup"]
+                    row["fraction_per_sample"] = fractions
+                if step_sizes is not None:  # ERTACache's fitted step-size factors (1 on computed steps)
+                    row["step_sizes"] = [round(float(v), 5) for v in step_sizes]
                 if solvers:
                     row["solver_counts"] = {f"order {k}": v // len(scored) for k, v in sorted(solvers.items())}
                 if not row["identical_samples"]:  # a mean over fewer samples is not a point of the frontier

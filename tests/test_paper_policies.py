@@ -93,6 +93,13 @@ def test_calibration_records_the_stack_tables_easycache_and_ertacache_replay():
     assert np.array_equal(tables[keys.OUTPUT_PAIRS], 2 * distance)
     assert np.array_equal(tables[keys.OUTPUT_GRAM], 4 * (1 + i / 8) * (1 + j / 8) * lower)
     assert profile.has_array(keys.OUTPUT_GRAM, records=False)
+    profile.validate()
+    for kind in keys.ABSOLUTE_PAIR_KINDS:  # checked against the step grid like every pair table
+        damaged = profile.copy()
+        key = keys.record_array(0, "batch", kind)
+        damaged.arrays[key] = damaged.arrays[key][:-1, :-1]
+        with pytest.raises(ProfileError, match=rf"arrays\['{key}'\] must be \(6 x 6\) like the branch's grid"):
+            damaged.validate()
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ Per (branch, step) it records, as device scalars read once per pipeline call:
   unit_features  per attention/MLP unit (`unit_keys` order), a strided sample of UNIT_SAMPLES of its output values
                  (HyCa replays its solvers on them)
 Per-block traces and unit features are recorded only with `block_traces=True` (they cost a few passes per block).
-Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their
-memory and cost stay small on large models; the MagCache ratio and x, y use every token.
+Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens (the
+stack input/output tables, means that need no more, on `RATE_TRACE_TOKENS`), so their memory and cost stay small on
+large models; the MagCache ratio and x, y use every token.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..state import COMPUTE, CallInfo
 from . import keys
 
 MAX_TRACE_TOKENS = 1024
+RATE_TRACE_TOKENS = 256  # input_pairs / output_pairs: two more histories per branch, kept a quarter as large
 UNIT_SAMPLES = 512  # values sampled per unit and step: a few MB per trajectory on large models
 UNIT_FEATURES = keys.UNIT_FEATURES
 
@@ -64,11 +66,11 @@ def unit_sample(output: Any) -> torch.Tensor | None:
     return torch.nn.functional.pad(sample, (0, UNIT_SAMPLES - sample.numel()))
 
 
-def token_subset(x: torch.Tensor) -> torch.Tensor:
-    """An evenly strided subset of at most MAX_TRACE_TOKENS tokens of a (batch, tokens, channels) tensor."""
-    if x.dim() < 3 or x.shape[1] <= MAX_TRACE_TOKENS:
+def token_subset(x: torch.Tensor, limit: int = MAX_TRACE_TOKENS) -> torch.Tensor:
+    """An evenly strided subset of at most `limit` tokens of a (batch, tokens, channels) tensor."""
+    if x.dim() < 3 or x.shape[1] <= limit:
         return x.detach()
-    stride = -(-x.shape[1] // MAX_TRACE_TOKENS)
+    stride = -(-x.shape[1] // limit)
     return x.detach()[:, ::stride].contiguous()
 
 
@@ -156,12 +158,13 @@ class RecorderPolicy(Policy):
             self._append_change(state, record, keys.BLOCK_RESIDUAL_CHANGE, f"res{i}", sub_res)
         if i == 0:
             record[keys.FB_PAIRS], state.front_history = _pairs(sub_res, state.front_history)
-            record[keys.INPUT_PAIRS], state.input_history = _pairs(sub_in, state.input_history, absolute=True)
+            rate_in = token_subset(hidden_in, RATE_TRACE_TOKENS)
+            record[keys.INPUT_PAIRS], state.input_history = _pairs(rate_in, state.input_history, absolute=True)
         if i == self.last_block:
             residual = (hidden_out - call.record.stack_input[0]).detach()
             record[keys.RES_PAIRS], state.residual_history = _pairs(token_subset(residual), state.residual_history)
             record[keys.OUTPUT_PAIRS], state.output_history = _pairs(
-                token_subset(hidden_out), state.output_history, absolute=True
+                token_subset(hidden_out, RATE_TRACE_TOKENS), state.output_history, absolute=True
             )
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:

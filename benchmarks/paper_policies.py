@@ -2,7 +2,7 @@
 reuse settings, PSNR of the final output against the uncached one at compute fractions near 0.5 and 0.33.
 
     OMP_NUM_THREADS=1 python benchmarks/paper_policies.py [--models shapes-image shapes-video] [--samples 4]
-        [--calibration 4] [--out benchmarks/results/paper_policies.json]
+        [--calibration 4] [--methods easycache ertacache ...] [--out benchmarks/results/paper_policies.json]
 
 Out of sample: the profile every calibrated method uses (MagCache ratios, ERTACache's residual-error table, HyCa's
 unit trajectories: `--block-traces`) is recorded here on prompts and seeds disjoint from the scored ones (the zoo's
@@ -11,7 +11,10 @@ one `stats()` reports (block linear work actually run). `at_0.5` / `at_0.333` in
 linearly along its settings' (fraction, mean PSNR) points sorted by fraction (None outside the range it reached).
 PSNR is the mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]); a setting under which
 some sample never reused (identical output, infinite PSNR) reports the mean of the others, `identical_samples`, and
-is left out of the interpolation. HyCa rows also count the solvers it chose (per unit and CFG branch).
+is left out of the interpolation. HyCa rows also count the solvers it chose (per unit and CFG branch), ERTACache rows
+with `adjust_timestep=True` list the step-size factor of every step (`step_sizes`). Rows run at a speedup target also
+give the fraction it asks for (`target_fraction`, 1 / speedup) and each sample's (`fraction_per_sample`): how close a
+target calibrated on other prompts lands. A method name is `policy[:option=value,...][#label]`.
 """
 
 from __future__ import annotations
@@ -45,8 +48,11 @@ def methods(profile, steps: int) -> dict[str, list[dict]]:
 
     return {
         "easycache": [dict(tolerance=t) for t in (0.05, 0.1, 0.2, 0.4, 0.8)],
+        "easycache#speedup": [dict(speedup=s, profile=profile) for s in (1.5, 2.0, 3.0)],
         "ertacache": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
         "ertacache:rectify=False": [dict(speedup=s, rectify=False, profile=profile) for s in (2.0, 3.0)],
+        "ertacache:adjust_timestep=True": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
+        "ertacache:rectify=False,adjust_timestep=True": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
         "hyca": [dict(speedup=s, profile=profile) for s in (2.0, 3.0, 3.5)],
         "taylorseer:order=1": [dict(speedup=s, order=1) for s in (2.0, 3.0, 3.5)],
         "taylorseer:order=2": [dict(speedup=s, order=2) for s in (2.0, 3.0, 3.5)],
@@ -85,7 +91,7 @@ def interpolate(points: list[tuple[float, float]], fraction: float) -> float | N
     return None
 
 
-def run_model(name: str, samples: int, calibration: int) -> dict:
+def run_model(name: str, samples: int, calibration: int, only: list[str] | None = None) -> dict:
     pipe = zoo.load(name)
     pipe.set_progress_bar_config(disable=True)
     settings = zoo.settings(name)
@@ -101,7 +107,9 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
     references = [generate(pipe, name, p, s) for p, s in scored]
     rows, summary = [], {}
     for method, options_list in methods(profile, steps).items():
-        policy, _, extra = method.partition(":")
+        if only is not None and method not in only:
+            continue
+        policy, _, extra = method.split("#")[0].partition(":")
         fixed = dict(item.split("=") for item in filter(None, extra.split(",")))
         fixed = {k: {"True": True, "False": False}.get(v, int(v) if v.isdigit() else v) for k, v in fixed.items()}
         points = []
@@ -110,7 +118,7 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
             config = options.pop("__policy__", None)
             label = {k: v for k, v in options.items() if k != "profile"}
             try:
-                values, fractions, solvers = [], [], {}
+                values, fractions, solvers, step_sizes = [], [], {}, None
                 for (prompt, seed), reference in zip(scored, references):
                     if config is not None:
                         dit_cache.apply(pipe, config)
@@ -119,7 +127,10 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
                     try:
                         out = generate(pipe, name, prompt, seed)
                         fractions.append(dit_cache.stats(pipe).compute_fraction)
-                        chosen = getattr(dit_cache.cache_engine(pipe).policy, "_solvers", {})
+                        policy_obj = dit_cache.cache_engine(pipe).policy
+                        chosen = getattr(policy_obj, "_solvers", {})
+                        tuned = getattr(policy_obj, "_tuned", {})
+                        step_sizes = next((v for k, v in tuned.items() if k[0] == "ertacache-steps"), step_sizes)
                         for choice in chosen.values():
                             for order in choice.values():
                                 solvers[order] = solvers.get(order, 0) + 1
@@ -131,6 +142,11 @@ def run_model(name: str, samples: int, calibration: int) -> dict:
                            compute_fraction=float(np.mean(fractions)),
                            psnr=float(np.mean(finite)) if finite else None, identical_samples=len(values) - len(finite),
                            psnr_per_sample=[v if math.isfinite(v) else None for v in values])  # fmt: skip
+                if "speedup" in options:
+                    row["target_fraction"] = 1.0 / options["speedup"]
+                    row["fraction_per_sample"] = fractions
+                if step_sizes is not None:  # ERTACache's fitted step-size factors (1 on computed steps)
+                    row["step_sizes"] = [round(float(v), 5) for v in step_sizes]
                 if solvers:
                     row["solver_counts"] = {f"order {k}": v // len(scored) for k, v in sorted(solvers.items())}
                 if not row["identical_samples"]:  # a mean over fewer samples is not a point of the frontier
@@ -152,12 +168,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["shapes-image", "shapes-video"])
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--calibration", type=int, default=4)
+    parser.add_argument("--methods", nargs="+", help="only these methods (names as in the JSON); default: all")
     parser.add_argument("--out", default="benchmarks/results/paper_policies.json")
     args = parser.parse_args()
+    known = list(methods(None, 30))
+    unknown = [m for m in args.methods or [] if m not in known]
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; known: {', '.join(known)}")
     torch.set_num_threads(1)
     results = {"machine": machine(), "command": " ".join(sys.argv), "models": []}
     for name in args.models:
-        results["models"].append(run_model(name, args.samples, args.calibration))
+        results["models"].append(run_model(name, args.samples, args.calibration, args.methods))
         write_json(args.out, results)
     for model in results["models"]:
         print(f"\n{model['model']}: PSNR (dB) at compute fraction 0.5 / 0.333")

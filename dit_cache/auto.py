@@ -109,8 +109,7 @@ def candidate_list(value: str | Sequence[str]) -> tuple[str, ...]:
 
 def _can_be_candidate(name: str) -> bool:
     """Whether a policy can be an `auto` candidate: a user policy that runs a rule of its own (not `auto`) and can be
-    run at a target (`speedup_by`: a speedup or an interval; a schedule's explicit steps and EasyCache's tolerance
-    are neither)."""
+    run at a target (`speedup_by`: a speedup or an interval; a schedule's explicit steps are neither)."""
     info = policy_info(name)
     return not info.internal and info.level != "auto" and info.speedup_by is not None
 

@@ -3,8 +3,9 @@ arrays (the .safetensors beside the JSON). Every writer (recorder, fit, runner, 
 (policies, auto, eval) builds them here, so a name cannot drift between the two sides.
 
 Array keys:
-    records/<index>/<branch>/<kind>   one calibration job's table (`kind`: fb_pairs, res_pairs, block_input_change,
-                                      block_residual_change, unit_features)
+    records/<index>/<branch>/<kind>   one calibration job's table (`kind`: fb_pairs, res_pairs, input_pairs,
+                                      output_pairs, output_gram, block_input_change, block_residual_change,
+                                      unit_features)
     records/<index>/lemica[_forecast<k>]   the job's global LeMiCa edges (measured with forecast order k)
     <branch>/<kind>                   the mean over jobs of a pair or per-block table
     lemica/edges, lemica/edges_forecast<k>, lemica/proxy_edges   LeMiCa's (steps x steps) edge weights
@@ -41,10 +42,16 @@ PARALLEL_LAYOUT = "parallel_layout"
 # ---------------------------------------------------------------------------------------------- array kinds
 FB_PAIRS = "fb_pairs"  # (steps x steps) rel-L1 of first-block residuals, lower triangle
 RES_PAIRS = "res_pairs"  # the same of block-stack residuals (LeMiCa proxy edges, ERTACache)
+# (steps x steps) absolute means, lower triangle with the diagonal: [i, j] = mean|a_i - a_j| (j < i), [i, i] = mean|a_i|
+INPUT_PAIRS = "input_pairs"  # a = the block stack's input (EasyCache's x)
+OUTPUT_PAIRS = "output_pairs"  # a = the block stack's output (EasyCache's y)
+# (steps x steps) mean products of the transformer's outputs, lower triangle with the diagonal: [i, j] = mean(v_i v_j)
+OUTPUT_GRAM = "output_gram"  # ERTACache's timestep adjustment: least-squares step sizes of reused outputs
 BLOCK_INPUT_CHANGE = "block_input_change"  # (steps x blocks), NaN where undefined
 BLOCK_RESIDUAL_CHANGE = "block_residual_change"
 UNIT_FEATURES = "unit_features"  # (steps x units x samples): HyCa's per-unit output samples
-PAIR_KINDS = (FB_PAIRS, RES_PAIRS)
+PAIR_KINDS = (FB_PAIRS, RES_PAIRS, INPUT_PAIRS, OUTPUT_PAIRS, OUTPUT_GRAM)
+ABSOLUTE_PAIR_KINDS = (INPUT_PAIRS, OUTPUT_PAIRS, OUTPUT_GRAM)  # means with the diagonal, not rel-L1
 BLOCK_KINDS = (BLOCK_INPUT_CHANGE, BLOCK_RESIDUAL_CHANGE)
 BRANCH_KINDS = (*PAIR_KINDS, *BLOCK_KINDS, UNIT_FEATURES)
 

@@ -6,12 +6,17 @@ Per (branch, step) it records, as device scalars read once per pipeline call:
   mag_ratio   mean over tokens of ||r_t|| / ||r_(t-1)||, r the block-stack residual (MagCache)
   fb_pairs    rel-L1 between this step's first-block residual and every earlier step's (first-block probe replay)
   res_pairs   rel-L1 between this step's block-stack residual and every earlier step's (LeMiCa's proxy edges)
+  input_pairs / output_pairs   mean |a_t - a_j| of the block stack's input / output against every earlier step j,
+              and mean |a_t| (EasyCache's transformation rates, replayed for its speedup=)
+  output_gram mean v_t v_j of the transformer's output against every earlier step j and itself (ERTACache's
+              timestep adjustment)
   block_input_change / block_residual_change   per block, rel-L1 change since the previous step
   unit_features  per attention/MLP unit (`unit_keys` order), a strided sample of UNIT_SAMPLES of its output values
                  (HyCa replays its solvers on them)
 Per-block traces and unit features are recorded only with `block_traces=True` (they cost a few passes per block).
-Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens, so their
-memory and cost stay small on large models; the MagCache ratio and x, y use every token.
+Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens (the
+stack input/output tables, means that need no more, on `RATE_TRACE_TOKENS`), so their memory and cost stay small on
+large models; the MagCache ratio and x, y use every token.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ..state import COMPUTE, CallInfo
 from . import keys
 
 MAX_TRACE_TOKENS = 1024
+RATE_TRACE_TOKENS = 256  # input_pairs / output_pairs: two more histories per branch, kept a quarter as large
 UNIT_SAMPLES = 512  # values sampled per unit and step: a few MB per trajectory on large models
 UNIT_FEATURES = keys.UNIT_FEATURES
 
@@ -60,11 +66,11 @@ def unit_sample(output: Any) -> torch.Tensor | None:
     return torch.nn.functional.pad(sample, (0, UNIT_SAMPLES - sample.numel()))
 
 
-def token_subset(x: torch.Tensor) -> torch.Tensor:
-    """An evenly strided subset of at most MAX_TRACE_TOKENS tokens of a (batch, tokens, channels) tensor."""
-    if x.dim() < 3 or x.shape[1] <= MAX_TRACE_TOKENS:
+def token_subset(x: torch.Tensor, limit: int = MAX_TRACE_TOKENS) -> torch.Tensor:
+    """An evenly strided subset of at most `limit` tokens of a (batch, tokens, channels) tensor."""
+    if x.dim() < 3 or x.shape[1] <= limit:
         return x.detach()
-    stride = -(-x.shape[1] // MAX_TRACE_TOKENS)
+    stride = -(-x.shape[1] // limit)
     return x.detach()[:, ::stride].contiguous()
 
 
@@ -89,6 +95,9 @@ class _Trace:
     previous: dict[str, Any] = field(default_factory=dict)
     front_history: torch.Tensor | None = None  # (steps so far, *token subset shape)
     residual_history: torch.Tensor | None = None
+    input_history: torch.Tensor | None = None
+    output_history: torch.Tensor | None = None
+    model_output_history: torch.Tensor | None = None
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -149,9 +158,14 @@ class RecorderPolicy(Policy):
             self._append_change(state, record, keys.BLOCK_RESIDUAL_CHANGE, f"res{i}", sub_res)
         if i == 0:
             record[keys.FB_PAIRS], state.front_history = _pairs(sub_res, state.front_history)
+            rate_in = token_subset(hidden_in, RATE_TRACE_TOKENS)
+            record[keys.INPUT_PAIRS], state.input_history = _pairs(rate_in, state.input_history, absolute=True)
         if i == self.last_block:
             residual = (hidden_out - call.record.stack_input[0]).detach()
             record[keys.RES_PAIRS], state.residual_history = _pairs(token_subset(residual), state.residual_history)
+            record[keys.OUTPUT_PAIRS], state.output_history = _pairs(
+                token_subset(hidden_out, RATE_TRACE_TOKENS), state.output_history, absolute=True
+            )
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:
                 record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
@@ -178,19 +192,43 @@ class RecorderPolicy(Policy):
     def finish(self, call: CallInfo, state: _Trace, output: Any) -> Any:
         tensor = model_output_tensor(output)
         if tensor is not None:
-            self._change(state, state.steps[call.step], "y", "output", tensor.detach())
+            record = state.steps[call.step]
+            self._change(state, record, "y", "output", tensor.detach())
+            record[keys.OUTPUT_GRAM], state.model_output_history = _gram(
+                token_subset(tensor), state.model_output_history
+            )
         return output
 
 
-def _pairs(current: torch.Tensor, history: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """[sum|current - h|, sum|h|] for every earlier step's h (one batched pass), and the history with `current`."""
+def _pairs(
+    current: torch.Tensor, history: torch.Tensor | None, *, absolute: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """[sum|current - h|, sum|h|] for every earlier step's h (one batched pass), and the history with `current`.
+    absolute=True: [sum|current - h|, n] for every earlier h, then [sum|current|, n] (means once divided, the
+    diagonal included)."""
     current = current.unsqueeze(0)
-    if history is None:
+    if history is None and not absolute:
         return None, current
+    history = current if history is None else torch.cat((history, current))
     dims = tuple(range(1, history.dim()))
-    num = (history.float() - current.float()).abs().sum(dim=dims)
-    den = history.float().abs().sum(dim=dims)
-    return torch.stack((num, den), dim=1), torch.cat((history, current))
+    if absolute:
+        num = (history.float() - current.float()).abs().sum(dim=dims)
+        num[-1] = current.float().abs().sum()
+        return torch.stack((num, torch.full_like(num, float(current.numel()))), dim=1), history
+    earlier = history[:-1].float()
+    num = (earlier - current.float()).abs().sum(dim=dims)
+    den = earlier.abs().sum(dim=dims)
+    return torch.stack((num, den), dim=1), history
+
+
+def _gram(current: torch.Tensor, history: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[sum(current * h), n] for every earlier step's h and for current itself (means once divided), and the
+    history with `current`."""
+    current = current.detach().unsqueeze(0)
+    history = current if history is None else torch.cat((history, current))
+    dims = tuple(range(1, history.dim()))
+    num = (history.float() * current.float()).sum(dim=dims)
+    return torch.stack((num, torch.full_like(num, float(current.numel()))), dim=1), history
 
 
 def _ratio(num: float, den: float) -> float:

@@ -11,6 +11,15 @@ Rectification: a residual reused at step i from step c is scaled by the closed-f
 the profile's per-step residual-norm ratios (MagCache's mag_ratio): the linear correction that matches the reused
 residual's magnitude to the one the trajectory reaches at step i.
 
+Timestep adjustment (`adjust_timestep=True`): a flow-matching Euler step x_(i+1) = x_i + (sigma_(i+1) - sigma_i) v_i
+taken with a reused output v^ is corrected by a step size d~_i = s_i (sigma_(i+1) - sigma_i) instead of the
+scheduler's. dit_cache does not drive the sampler, but for this update a step size s d is exactly an output s v^, so
+the policy scales the transformer's output of a reused step by s_i. s_i is the least-squares step size that brings
+the reused step's update closest to the reference one, fitted offline: with v^ = v_c (the output of the step c the
+schedule reuses from) s_i = <v_c, v_i> / <v_c, v_c>, from the profile's `output_gram` (mean products of the recorded
+outputs), pooled over the calibration prompts and CFG branches (one s per step: the guided output is then scaled by
+the same s, still an exact step size). Refused where the calling pipeline's scheduler is not an ODE Euler one.
+
 speedup= searches the threshold whose schedule computes 1 / speedup of the steps, on the same table.
 """
 
@@ -20,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..calibration import ProfileError, keys, resolve_profile
+from ..calibration.recorder import model_output_tensor
 from ..calibration.resample import resample_matrix
 from ..config import (
     PolicyConfig,
@@ -31,11 +42,13 @@ from ..config import (
 )
 from ..schedulers.budget import search_threshold
 from ..schedulers.targets import check_reached
-from ..state import COMPUTE, REUSE, CallInfo
+from ..state import COMPUTE, REUSE, CallInfo, calling_pipeline
 from .base import ModelContext, register_policy
 from .step import SegmentPolicy, SegmentState
 
 DEFAULT_THRESHOLD = 0.1
+# schedulers whose step is x + (sigma_next - sigma) * output: a step size change is exactly a scale on the output
+EULER_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,10 @@ class ERTACache(PolicyConfig):
     block-stack residual at step i, averaged over the calibration prompts and CFG branches; the schedule (one for
     every branch) computes step 0 and reuses every later step i while that error against the last computed step c
     stays under `threshold` (at most `max_skip` in a row). A reused residual is rectified by the closed-form gain prod(ratio_k, c < k <= i) of the profile's
-    residual-norm ratios (`rectify=False`: reused as is).
+    residual-norm ratios (`rectify=False`: reused as is). `adjust_timestep=True`: the transformer's output of a
+    reused step is scaled by the least-squares step size s_i = <v_c, v_i> / <v_c, v_c> of the profile's recorded
+    outputs (v_c the reused step's, v_i the reference's), which for a flow-matching Euler scheduler is exactly the
+    step size s_i (sigma_(i+1) - sigma_i) in place of the scheduler's.
 
     threshold: error bound (None: 0.1, or the one that gives `speedup`, searched on the profile).
     """
@@ -55,12 +71,14 @@ class ERTACache(PolicyConfig):
     rectify: bool = True
     profile: Any = None
     speedup: float | None = None
+    adjust_timestep: bool = False
 
     def __post_init__(self):
         _check_number("ertacache", "threshold", self.threshold)
         _check_int("ertacache", "max_skip", self.max_skip, low=0)
-        if not isinstance(self.rectify, bool):
-            raise ValueError(f"ertacache: rectify must be True or False, got {self.rectify!r}")
+        for name in ("rectify", "adjust_timestep"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ertacache: {name} must be True or False, got {getattr(self, name)!r}")
         _check_speedup("ertacache", self.speedup)
         if self.speedup is not None and self.threshold is not None:
             raise ValueError("ertacache: give threshold or speedup, not both (speedup picks the threshold)")
@@ -94,6 +112,14 @@ class ERTACachePolicy(SegmentPolicy):
                 f"ertacache: profile {self.profile.name!r} has no residual-norm ratios to rectify with; recalibrate "
                 "it, or pass rectify=False"
             )
+        if config.adjust_timestep:
+            if not self.profile.has_array(keys.OUTPUT_GRAM, records=False):
+                raise ProfileError(
+                    f"ertacache: profile {self.profile.name!r} has no output products (output_gram) to fit the "
+                    "timestep adjustment on; recalibrate it with `dit-cache calibrate` (this version records them), "
+                    "or pass adjust_timestep=False"
+                )
+            check_euler(self.profile.sampler.get("scheduler"), f"profile {self.profile.name!r} was calibrated with")
 
     # ------------------------------------------------------------------------------------------------ schedule
     def errors(self, num_steps: int, sigmas: list[float] | None) -> np.ndarray:
@@ -136,6 +162,10 @@ class ERTACachePolicy(SegmentPolicy):
 
     def forced(self, call: CallInfo, state: SegmentState) -> bool:
         self.steps_for_call(call)  # an unreachable target fails on the first call, before anything is cached
+        if self.config.adjust_timestep and call.step == 0:
+            scheduler = getattr(calling_pipeline(self.model.transformer), "scheduler", None)
+            if scheduler is not None:  # a transformer driven outside a pipeline: not detectable
+                check_euler(type(scheduler).__name__, "the calling pipeline runs", scheduler)
         return super().forced(call, state) or call.step == 0
 
     def rule(self, call: CallInfo, state: SegmentState) -> str:
@@ -150,3 +180,58 @@ class ERTACachePolicy(SegmentPolicy):
             self._tuned[key] = self.profile.per_step(call.branch, keys.MAG_RATIO, call.num_steps, call.sigmas)
         ratios = self._tuned[key]
         return float(np.prod(ratios[state.last_computed + 1 : call.step + 1]))
+
+    # ------------------------------------------------------------------------------------------------ timestep
+    def step_sizes(self, call: CallInfo) -> np.ndarray:
+        """Per step of the call's grid, the factor on its scheduler step size (1 on computed steps): on a step i
+        reused from c, sum <v_c, v_i> / sum <v_c, v_c> over the recorded branches (mean products, symmetric)."""
+        key = ("ertacache-steps", call.num_steps, tuple(call.sigmas) if call.sigmas else None)
+        if key not in self._tuned:
+            dst = self.profile.call_grid(call.num_steps, call.sigmas)
+            gram = np.zeros((call.num_steps, call.num_steps))
+            for branch, data in self.profile.branches.items():
+                table = self.profile.arrays.get(keys.branch_array(branch, keys.OUTPUT_GRAM))
+                grid = data.get(keys.GRID)
+                if table is not None and grid is not None and len(grid) == table.shape[0]:
+                    lower = np.tril(table.double().numpy())
+                    gram += resample_matrix(lower + np.tril(lower, -1).T, grid, dst)
+            computed = self.steps_for_call(call)
+            sizes, source = np.ones(call.num_steps), 0
+            for i in range(call.num_steps):
+                if i in computed:
+                    source = i
+                elif gram[source, source] > 0:
+                    sizes[i] = gram[i, source] / gram[source, source]
+            self._tuned[key] = sizes
+        return self._tuned[key]
+
+    def finish(self, call: CallInfo, state: SegmentState, output: Any) -> Any:
+        if not self.config.adjust_timestep or call.record.decision == COMPUTE:
+            return output
+        return scaled_output(output, float(self.step_sizes(call)[call.step]))
+
+
+def check_euler(scheduler: str | None, where: str, instance: Any = None) -> None:
+    """Refuse the timestep adjustment on a scheduler whose step is not x + (sigma_next - sigma) * output."""
+    stochastic = bool((getattr(instance, "config", None) or {}).get("stochastic_sampling", False))
+    if scheduler is None or (scheduler in EULER_SCHEDULERS and not stochastic):
+        return
+    what = f"{scheduler} with stochastic_sampling" if stochastic else scheduler
+    raise ValueError(
+        f"ertacache: adjust_timestep=True is exact only for an ODE Euler step ({', '.join(EULER_SCHEDULERS)}), and "
+        f"{where} {what}; use that scheduler, or pass adjust_timestep=False"
+    )
+
+
+def scaled_output(output: Any, factor: float) -> Any:
+    """The transformer's output with its prediction (the tensor, the first of a tuple, or `.sample`) times factor."""
+    if factor == 1.0:
+        return output
+    if isinstance(output, torch.Tensor):
+        return output * factor
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (output[0] * factor, *output[1:])
+    sample = model_output_tensor(output)
+    if isinstance(output, dict) and sample is not None:  # diffusers' BaseOutput is a dict too
+        return type(output)(**{**output, "sample": sample * factor})
+    raise TypeError(f"ertacache: cannot scale a transformer output of type {type(output).__name__}")

@@ -43,6 +43,9 @@ DEFAULT_CANDIDATES = (
     "fora:forecast=1",
     "taylorseer:exact=True",
     "taylorseer:exact=True,order=2",
+    "taylorseer:searched=True",  # where the profile has searched schedules (--search-schedules), else not run
+    "taylorseer:searched=True,coordinate=sigma",
+    "taylorseer:searched=True,coordinate=sigma,corrector=0.25",  # FoCa's correction, light: best of 0-1 on video
 )
 DEFAULT_TARGETS = (1.5, 2.0, 2.5, 3.0, 4.0)
 FRACTION_SLACK = 0.02  # an interval policy's calibrated fraction may exceed 1 / X by this much (rounding of steps)

@@ -179,6 +179,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         from .auto import candidate_list
 
         candidate_list(args.candidates)
+    search = None
+    if args.search_schedules:
+        from .calibration.schedule_search import ScheduleSearch
+
+        search = ScheduleSearch(tuple(args.search_schedules), args.search_order, args.search_coordinate,
+                                args.search_prompts, args.search_budget)  # fmt: skip
     rank, world, state = _distributed()
     pipe = load_pipeline(args.model, args.pipeline, device=args.device or _device(state))
     check_call_kwargs(pipe, settings.call_kwargs)
@@ -194,7 +200,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         candidates = dict(candidates=args.candidates, candidate_targets=args.candidate_targets or DEFAULT_TARGETS,
                           candidate_prompts=args.candidate_prompts)  # fmt: skip
     profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=shard, world_size=shards,
-                        transformer=args.transformer, progress=not args.no_progress, **candidates)  # fmt: skip
+                        transformer=args.transformer, progress=not args.no_progress, search=search,
+                        **candidates)  # fmt: skip
     if world > 1:
         state.wait_for_everyone()
     if shards > 1 and rank == 0:
@@ -284,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="speedups to run them at (default 1.5 2 2.5 3 4)",
     )
     auto.add_argument("--candidate-prompts", type=int, default=4, help="first N jobs to run them on (default 4)")
+    found = cal.add_argument_group("searched schedules (taylorseer:searched=True,speedup=X reads them)")
+    found.add_argument(
+        "--search-schedules", type=float, nargs="+", metavar="SPEEDUP",
+        help="search TaylorSeer's computed steps for these speedups on the calibration prompts (e.g. 2 3)",
+    )  # fmt: skip
+    found.add_argument("--search-order", type=int, default=1, help="TaylorSeer order they are searched for")
+    found.add_argument("--search-coordinate", default="step", choices=("step", "sigma"), help="forecast axis")
+    found.add_argument("--search-prompts", type=int, default=4, help="first N jobs to score them on (default 4)")
+    found.add_argument("--search-budget", type=float, default=1800, help="seconds of search per speedup")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     cal.add_argument("--device", help="move the pipeline to this device")
     cal.add_argument(

@@ -20,7 +20,7 @@ from .sections import AutoSection
 logger = logging.getLogger(__name__)
 
 
-def _final_latents(pipe: Any, kwargs: dict) -> Any:
+def final_output(pipe: Any, kwargs: dict) -> Any:
     out = pipe(**kwargs)
     for attr in ("images", "frames"):
         if hasattr(out, attr):
@@ -66,7 +66,7 @@ def measure_candidates(
     try:
         for index, prompt, seed in todo:
             started = time.perf_counter()
-            reference = _final_latents(pipe, call_kwargs(prompt, seed))
+            reference = final_output(pipe, call_kwargs(prompt, seed))
             runs: dict[str, Any] = dict(section["runs"].get(str(index), {}))
             for spec in specs:
                 for target in targets:
@@ -75,12 +75,12 @@ def measure_candidates(
                         continue
                     try:
                         config = candidate_config(spec, target, profile)
-                    except ValueError as e:  # no setting reaches it (FORA at 1.5x, CFG reuse at 3x)
-                        runs[key] = str(e)
+                        apply(transformer, config, scheduler=pipe.scheduler)
+                    except ValueError as e:  # no setting reaches it (FORA at 1.5x, CFG reuse at 3x, no schedule
+                        runs[key] = str(e)  # searched for that speedup)
                         continue
-                    apply(transformer, config, scheduler=pipe.scheduler)
                     try:
-                        cached = _final_latents(pipe, call_kwargs(prompt, seed))
+                        cached = final_output(pipe, call_kwargs(prompt, seed))
                         fraction = stats(transformer).compute_fraction
                     finally:
                         remove(transformer)

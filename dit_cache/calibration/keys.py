@@ -34,6 +34,7 @@ TEACACHE = "teacache"
 MAGCACHE = "magcache"
 LEMICA = "lemica"
 AUTO = "auto"
+TAYLORSEER = "taylorseer"  # searched forecast schedules (calibration/schedule_search.py)
 CALIBRATION = "calibration"  # the CalibrationSettings of the run
 CALIBRATION_PROMPTS = "calibration_prompts"
 PARALLEL_LAYOUT = "parallel_layout"

@@ -26,6 +26,7 @@ from .fit import build_profile, merge_profiles, split_record
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder
 from .replay import Replay
+from .schedule_search import ScheduleSearch, search_schedules
 from .sections import LeMiCaSection, PromptList
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def calibrate(
     candidates: str | Sequence[str] | None = None,
     candidate_targets: Sequence[float] = DEFAULT_TARGETS,
     candidate_prompts: int = 4,
+    search: ScheduleSearch | None = None,
 ) -> Profile:
     """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
 
@@ -200,6 +202,8 @@ def calibrate(
     candidates: also run these `auto` candidates ("default", "all" or specs) at `candidate_targets` on the first
     `candidate_prompts` jobs (see dit_cache/auto.py); a sharded run records none (merge, then resume the merged
     profile with candidates).
+    search: also search TaylorSeer schedules on the first `search.prompts` jobs (calibration/schedule_search.py),
+    before the candidate runs, so that `taylorseer:searched=True` can be a candidate.
 
     Under diffusers' context parallelism every rank of the group runs every job of this (data-parallel) `rank` on
     its shard of the tokens; the statistics are reduced over the group and the group's rank 0 alone writes `out`.
@@ -215,6 +219,11 @@ def calibrate(
             )
         if isinstance(candidate_prompts, bool) or not isinstance(candidate_prompts, int) or candidate_prompts < 1:
             raise ValueError(f"--candidate-prompts must be at least 1, got {candidate_prompts!r}")
+    if search is not None and world_size > 1:
+        raise ValueError(
+            "a schedule search needs the whole profile: calibrate the shards without it, merge them, then run "
+            "`dit-cache calibrate ... --resume --out MERGED.json --search-schedules ...` on one process"
+        )
     if not isinstance(getattr(pipe, transformer, None), torch.nn.Module):
         raise ValueError(
             f"calibration needs a diffusers pipeline with a {transformer!r} component, got {type(pipe).__name__}"
@@ -226,7 +235,7 @@ def calibrate(
     kept = prompt_list(prompts)
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
-    previous_auto = None
+    kept_sections: dict = {}  # results computed after the recording pass (auto's runs, searched schedules)
     path = check_writable(out) if out is not None else None
     layout = parallel_layout(transformer)
     writes = path is not None and context_parallel_rank(transformer) == 0
@@ -245,7 +254,7 @@ def calibrate(
             raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
         _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
-        previous_auto = previous.policies.get(keys.AUTO)
+        kept_sections = {k: previous.policies[k] for k in (keys.AUTO, keys.TAYLORSEER) if k in previous.policies}
         arrays = {k: v for k, v in previous.arrays.items() if k.startswith(keys.RECORDS)}
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
@@ -277,10 +286,16 @@ def calibrate(
             bar.close()
     logger.info("calibrated %d jobs in %.1fs", len(todo), time.perf_counter() - started)
     profile = _assemble(fingerprint, sampler, records, arrays, settings, kept, layout)
-    if previous_auto is not None:
-        profile.policies[keys.AUTO] = previous_auto
+    profile.policies.update(kept_sections)
     if writes:
         profile.save(path)
+    if search is not None:
+        device = transformer.device
+        search_schedules(
+            pipe, profile, jobs_of(prompts, settings.seeds)[: search.prompts],
+            lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device), settings.steps, search,
+            path if writes else None, progress, transformer,
+        )  # fmt: skip
     if candidates is not None:
         jobs = jobs_of(prompts, settings.seeds)[:candidate_prompts]
         device = transformer.device

@@ -176,6 +176,68 @@ class AutoSection(Section):
     seconds: float | None = checked(_optional(finite), "a number of seconds")
 
 
+def searched_key(order: int, coordinate: str) -> str:
+    """The key of the schedules searched for TaylorSeer at `order` forecasting along `coordinate`."""
+    return f"order={order},coordinate={coordinate}"
+
+
+def _searched(schedules: Any) -> bool:
+    """{searched_key: {count: {steps, score, converged, tried, seconds}}}, each schedule `count` increasing steps
+    from 0."""
+    if not isinstance(schedules, dict):
+        return False
+    for by_count in schedules.values():
+        if not isinstance(by_count, dict):
+            return False
+        for count, found in by_count.items():
+            steps = found.get("steps") if isinstance(found, dict) else None
+            if not (
+                str(count).isdigit()
+                and isinstance(steps, list)
+                and len(steps) == int(count)
+                and all(integer(s) for s in steps)
+                and steps == sorted(set(steps))
+                and steps[:1] == [0]
+                and finite(found.get("score"))
+                and isinstance(found.get("converged"), bool)
+            ):
+                return False
+    return True
+
+
+@dataclass(frozen=True)
+class SearchedSchedules(Section):
+    """TaylorSeer's searched schedules (`dit-cache calibrate --search-schedules`): per (order, coordinate), per count
+    of computed steps, the steps found on the calibration jobs `jobs`, their score (mean latent PSNR against the
+    uncached run), whether the local search converged, how many schedules it scored and its seconds."""
+
+    NAME: ClassVar[str] = keys.TAYLORSEER
+    REQUIRED: ClassVar[dict[str, str]] = {"num_steps": "the step count the schedules were searched at"}
+
+    num_steps: int | None = checked(lambda v: integer(v) and v >= 2, "an integer >= 2 (the searched step count)")
+    jobs: list | None = checked(
+        _optional(lambda v: isinstance(v, list) and all(integer(j) for j in v)), "a list of job indices"
+    )
+    schedules: dict | None = checked(
+        _optional(_searched),
+        "a dict of 'order=K,coordinate=C' -> {count: {steps: [count increasing steps from 0], score, converged, "
+        "tried, seconds}}",
+    )
+
+    def check_together(self, where: str) -> None:
+        for key, by_count in (self.schedules or {}).items():
+            for count, found in by_count.items():
+                if found["steps"][-1] >= self.num_steps:
+                    raise SchemaError(
+                        f"{where}.schedules[{key!r}][{count!r}] computes step {found['steps'][-1]}, out of range for "
+                        f"num_steps={self.num_steps}"
+                    )
+
+    def schedule(self, order: int, coordinate: str, count: int) -> list[int] | None:
+        found = (self.schedules or {}).get(searched_key(order, coordinate), {}).get(str(count))
+        return None if found is None else list(found["steps"])
+
+
 @dataclass(frozen=True)
 class PromptList(Section):
     """The calibration's prompt list (a resumed run must use the same one)."""

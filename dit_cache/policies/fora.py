@@ -16,7 +16,7 @@ from ..config import (
 from ..engine import BlockSlot
 from ..state import COMPUTE, FORECAST, REUSE, CallInfo
 from .base import Policy, register_policy
-from .taylor import TaylorHistory, flatten, unflatten
+from .taylor import TaylorHistory, flatten, forecast_position, unflatten
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class FORAPolicy(Policy):
 
     corrector = 0.0
 
+    @property
+    def coordinate(self) -> str:
+        """The axis forecasts extrapolate along (`forecast_position`); TaylorSeer's `coordinate` option."""
+        return getattr(self.config, "coordinate", "step")
+
     def new_state(self) -> FORAState:
         return FORAState()
 
@@ -73,21 +78,22 @@ class FORAPolicy(Policy):
             if stand_in is not None:  # neither kept nor forecast: the consumer's output is
                 state.empty[key] = stand_in
             elif self.order:
-                self._remember(state, key, output, call.step)
+                self._remember(state, key, output, forecast_position(call, self.coordinate))
             else:
                 state.outputs[key] = output
             return output
         call.record.skipped_units += 1
         if key in state.histories:
             histories, layout = state.histories[key]
-            return unflatten([h.forecast(call.step) for h in histories], layout)
+            position = forecast_position(call, self.coordinate)
+            return unflatten([h.forecast(position) for h in histories], layout)
         return state.outputs[key]
 
     def unit_order(self, state: FORAState, key: tuple[int, str]) -> int:
         """The forecast order of one unit (HyCa gives each its own)."""
         return self.order
 
-    def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: int) -> None:
+    def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: float) -> None:
         tensors, layout = flatten(output)
         entry = state.histories.get(key)
         if entry is None or len(entry[0]) != len(tensors):

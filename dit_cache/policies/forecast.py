@@ -7,6 +7,7 @@ lives with the segment mechanism in step.py and uses the same history."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import (
     PolicyConfig,
@@ -19,6 +20,7 @@ from ..state import COMPUTE, FORECAST, CallInfo
 from .base import ModelContext, register_policy
 from .fora import FORAPolicy, FORAState
 from .schedule import check_steps, map_steps
+from .taylor import COORDINATES
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class TaylorSeer(PolicyConfig):
         interval, speedup or warm-up: a schedule found on calibration prompts (benchmarks/video_schedule_search.py).
         num_steps: the step count `steps` was written for; a call with another count maps each step to the same
         position of the trajectory (as the `schedule` policy does). None: `steps` index the call as they are.
+    coordinate: the axis the forecast extrapolates along: "step" (the step index, as TaylorSeer) or "sigma" (the
+        scheduler's noise level; gaps follow the sigma schedule, which a flow-matching shift makes uneven).
+    searched: with speedup, run the schedule of round(steps / speedup) computed steps that `dit-cache calibrate
+        --search-schedules` searched for this order and coordinate on the calibration prompts (from `profile`: a
+        path, a Profile, or None for the one saved with the model), mapped to the call's step count.
     """
 
     interval: int | None = None
@@ -46,9 +53,16 @@ class TaylorSeer(PolicyConfig):
     exact: bool = False
     steps: tuple[int, ...] | None = None
     num_steps: int | None = None
+    coordinate: str = "step"
+    searched: bool = False
+    profile: Any = None
 
     def __post_init__(self):
         _check_int("taylorseer", "interval", self.interval, low=1)
+        if self.coordinate not in COORDINATES:
+            raise ValueError(
+                f"taylorseer: coordinate must be one of {', '.join(map(repr, COORDINATES))}, got {self.coordinate!r}"
+            )
         _check_order("taylorseer", "order", self.order)
         _check_int("taylorseer", "warmup", self.warmup, low=0, allow_none=False)
         if (
@@ -62,6 +76,12 @@ class TaylorSeer(PolicyConfig):
             raise ValueError("taylorseer: give interval or speedup, not both (speedup picks the interval)")
         if not isinstance(self.exact, bool):
             raise ValueError(f"taylorseer: exact must be True or False, got {self.exact!r}")
+        if not isinstance(self.searched, bool):
+            raise ValueError(f"taylorseer: searched must be True or False, got {self.searched!r}")
+        if self.searched and (self.speedup is None or self.exact):
+            raise ValueError(
+                "taylorseer: searched=True needs speedup= (the count of computed steps it looks up) and not exact=True"
+            )
         if self.exact and self.speedup is None:
             raise ValueError("taylorseer: exact=True needs speedup= (it sets how many steps are computed)")
         if self.steps is not None:
@@ -139,6 +159,34 @@ class TaylorSeerPolicy(FORAPolicy):
         self.corrector = float(config.corrector)
         self._plans: dict[int, tuple[int, frozenset[int] | None]] = {}
         self.check_ceiling_at_apply()
+        self.searched = self._searched_schedule() if getattr(config, "searched", False) else None
+
+    def _searched_schedule(self) -> tuple[tuple[int, ...], int]:
+        """(the steps, the step count they were searched at) of the profile's schedule for this speedup."""
+        from ..calibration import ProfileError, resolve_profile
+        from ..calibration.sections import SearchedSchedules, searched_key
+
+        config = self.config
+        profile = resolve_profile(config.profile, self.model.transformer, "taylorseer", required=True)
+        section = profile.section(SearchedSchedules)
+        key = searched_key(config.order, config.coordinate)
+        command = (
+            f"dit-cache calibrate ... --resume --search-schedules {config.speedup:g} --search-order {config.order} "
+            f"--search-coordinate {config.coordinate}"
+        )
+        if section is None:
+            raise ProfileError(
+                f"taylorseer: profile {profile.name!r} has no searched schedules; record them with `{command}`"
+            )
+        count = max(1, round(section.num_steps / config.speedup))
+        steps = section.schedule(config.order, config.coordinate, count)
+        if steps is None:
+            have = {k: sorted(int(c) for c in v) for k, v in (section.schedules or {}).items()}
+            raise ProfileError(
+                f"taylorseer: profile {profile.name!r} has no schedule of {count} of {section.num_steps} steps "
+                f"searched for {key} (speedup {config.speedup:g}); it has {have or 'none'}. Record it with `{command}`"
+            )
+        return tuple(steps), int(section.num_steps)
 
     @property
     def order(self) -> int:
@@ -151,9 +199,13 @@ class TaylorSeerPolicy(FORAPolicy):
     def plan(self, num_steps: int) -> tuple[int, frozenset[int] | None]:
         """(interval, None) for a fixed interval, or (0, the computed steps) for a spread budget."""
         config = self.config
-        if getattr(config, "steps", None) is not None:  # HyCa has no `steps`
+        listed = getattr(config, "steps", None)  # HyCa has no `steps`
+        written_for = getattr(config, "num_steps", None)
+        if self.searched is not None:
+            listed, written_for = self.searched
+        if listed is not None:
             if num_steps not in self._plans:
-                self._plans[num_steps] = (0, map_steps(config.steps, config.num_steps, num_steps, "taylorseer"))
+                self._plans[num_steps] = (0, map_steps(listed, written_for, num_steps, "taylorseer"))
             return self._plans[num_steps]
         if config.speedup is None:
             return (config.interval if config.interval is not None else 4), None
@@ -187,7 +239,7 @@ class TaylorSeerPolicy(FORAPolicy):
 
     def decide(self, call: CallInfo, state: FORAState, values: list[float]) -> str:
         interval, steps = self.plan(call.num_steps)
-        if getattr(self.config, "steps", None) is not None:  # exactly the listed steps: no warm-up of its own
+        if getattr(self.config, "steps", None) is not None or self.searched is not None:  # no warm-up of its own
             due = call.step in steps
             if due or state.last_computed is None:
                 state.last_computed = call.step

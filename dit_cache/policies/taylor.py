@@ -98,6 +98,24 @@ class TaylorHistory:
         return result
 
 
+COORDINATES = ("step", "sigma")
+
+
+def forecast_position(call, coordinate: str) -> float:
+    """Where a call lies on the axis a forecast extrapolates along: its step index ("step", TaylorSeer's), or its
+    noise level ("sigma": -sigma, increasing along the trajectory; the scheduler's sigma, or timestep / 1000 where
+    it has none). Forecasts are invariant to affine maps of the axis, so no scale is needed. With a flow-matching
+    shift the sigma gaps between steps differ up to tenfold: the features move smoothly in sigma, not in steps."""
+    if coordinate == "step":
+        return call.step
+    if call.sigma is None:
+        raise ValueError(
+            "forecast coordinate='sigma' needs each call's sigma, which this pipeline's scheduler does not give; "
+            "use coordinate='step'"
+        )
+    return -float(call.sigma)
+
+
 _SLOT = object()
 
 

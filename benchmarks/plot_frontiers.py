@@ -2,7 +2,10 @@
 PSNR against compute fraction with each method's Pareto frontier, from the committed out-of-sample sweep
 (benchmarks/results/zoo_MODEL.json, written by zoo_benchmarks.py), and the wall speedup, with its run-to-run spread,
 of the settings timed apart (every benchmarks/results/zoo_MODEL_timed*.jsonl, results files of `dit-cache eval`; the
-sweeps ran with `--runs 0`). A setting timed in several of them gets the run pairs of all.
+sweeps ran with `--runs 0`). A setting timed in several of them gets the run pairs of all. Quality rows scored apart
+on the sweep's samples (every benchmarks/results/zoo_MODEL_quality*.jsonl, checked to score the same prompts and
+steps) are added; a method in one of them replaces the sweep's rows of that method (`auto` rerun on a re-recorded
+profile).
 
     python benchmarks/plot_frontiers.py [--models shapes-image shapes-video shapes-pixart] [--out docs/images]
 
@@ -58,6 +61,12 @@ def _span(counts) -> str:
 def plot(model: str, out: Path) -> Path:
     sweep = json.loads((RESULTS / f"zoo_{model}.json").read_text())
     rows = complete_rows(sweep["rows"])
+    for path in sorted(RESULTS.glob(f"zoo_{model}_quality*.jsonl")):
+        header, extra = read_rows(path)
+        if (header["prompts_sha"], header["steps"]) != (sweep["header"]["prompts_sha"], sweep["header"]["steps"]):
+            raise SystemExit(f"{path} scores other prompts or steps than the sweep of {model}: not comparable")
+        scored = {r["method"] for r in extra if r["method"] != "uncached"}
+        rows = [r for r in rows if r["method"] not in scored] + [r for r in extra if r["method"] in scored]
     samples = len({r["sample"] for r in rows if r["method"] == "uncached"})
     timed_files = sorted(RESULTS.glob(f"zoo_{model}_timed*.jsonl"))
     timed_rows = [row for path in timed_files for row in read_rows(path)[1]]

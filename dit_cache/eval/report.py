@@ -306,7 +306,11 @@ def pareto_figure(lines: list[dict], title: str, speed_lines: list[dict] | None 
     columns = max(1, min(6, len(labels), int(11.5 / (0.075 * (max(map(len, labels), default=1) + 6)))))
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=10, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.045 * math.ceil(len(labels) / columns) + 0.01, 1, 1))
+    legend = (
+        0.25 * math.ceil(len(labels) / columns) + 0.1
+    )  # inches below the panels: the figure grows, they do not shrink
+    fig.set_size_inches(12, 5.4 + legend)
+    fig.tight_layout(rect=(0, legend / (5.4 + legend), 1, 1))
     return fig
 
 

@@ -1,7 +1,7 @@
 """Issue 13: do the zoo models' denoising trajectories look like real models'? Compares the per-step MagCache
 residual-norm ratios ||r_t|| / ||r_(t-1)|| recorded in each shipped zoo profile with the published MagCache ratios of
 real models (the built-in profiles, read by `dit_cache.calibration.builtin`), on a common grid: position 0..1 along
-the steps, every curve resampled to NUM_STEPS steps with `resample_ratios` (cumulative log-ratio interpolated, so a
+the steps, every curve resampled to `--steps` steps (50) with `resample_ratios` (cumulative log-ratio interpolated, so a
 span's product of ratios, what MagCache accumulates, does not depend on the step count). Reads profiles only.
 
     OMP_NUM_THREADS=1 python benchmarks/trajectory_likeness.py [--steps 50] [--out benchmarks/results/trajectory_likeness.json]

@@ -24,6 +24,7 @@ from common import machine, table, write_json  # noqa: E402
 from speedup_accuracy import model_and_prompts  # noqa: E402
 
 from dit_cache.calibration.runner import calibrate  # noqa: E402
+from dit_cache.calibration.schedule_search import ScheduleSearch  # noqa: E402
 
 
 def interleaved(first, second, repeats: int) -> tuple[float, float]:
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--candidates", default="default", help="auto's candidates for the candidate-run row")
     parser.add_argument("--candidate-prompts", type=int, default=1, help="jobs the candidates run on")
+    parser.add_argument("--search", type=float, default=3.0, help="speedup of the schedule-search row (0: no row)")
+    parser.add_argument("--search-budget", type=float, default=900, help="seconds the search row may take")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="runs/calibration_cost.json")
     args = parser.parse_args()
@@ -89,6 +92,14 @@ def main() -> None:
     rows.append({"calibration": f"+ auto candidates ({args.candidates}, 5 targets)", "prompts": len(subset),
                  "generation_s": plain_subset, "calibration_s": with_candidates,
                  "ratio": with_candidates / plain_subset, "target": "extra cost, reported"})  # fmt: skip
+    if args.search:
+        search = ScheduleSearch((args.search,), coordinate="sigma", prompts=len(subset), budget=args.search_budget)
+        plain_subset, with_search = interleaved(
+            lambda: generate(subset), lambda: calibrate(pipe, subset, settings, progress=False, search=search), 1
+        )
+        rows.append({"calibration": f"+ schedule search ({args.search:g}x, sigma, budget {args.search_budget:g} s)",
+                     "prompts": len(subset), "generation_s": plain_subset, "calibration_s": with_search,
+                     "ratio": with_search / plain_subset, "target": "extra cost, reported"})  # fmt: skip
     print(f"\n{args.model}, {settings.steps} steps; {machine()}\n")
     print(table(rows, list(rows[0])))
     write_json(args.out, {"model": args.model, "steps": settings.steps, "rows": rows})

@@ -33,6 +33,7 @@ TEACACHE = "teacache"
 MAGCACHE = "magcache"
 LEMICA = "lemica"
 AUTO = "auto"
+HYCA = "hyca"  # HyCa's per-unit solver assignments, searched on the final output
 CALIBRATION = "calibration"  # the CalibrationSettings of the run
 CALIBRATION_PROMPTS = "calibration_prompts"
 PARALLEL_LAYOUT = "parallel_layout"

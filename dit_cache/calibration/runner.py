@@ -23,6 +23,7 @@ from ..distributed import context_parallel_rank, parallel_layout
 from . import keys
 from .candidates import measure_candidates
 from .fit import build_profile, merge_profiles, split_record
+from .hyca_search import search_hyca
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder
 from .replay import Replay
@@ -186,6 +187,9 @@ def calibrate(
     candidates: str | Sequence[str] | None = None,
     candidate_targets: Sequence[float] = DEFAULT_TARGETS,
     candidate_prompts: int = 4,
+    hyca_targets: Sequence[float] | None = None,
+    hyca_prompts: int = 2,
+    hyca_sweeps: int = 1,
 ) -> Profile:
     """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
 
@@ -200,6 +204,8 @@ def calibrate(
     candidates: also run these `auto` candidates ("default", "all" or specs) at `candidate_targets` on the first
     `candidate_prompts` jobs (see dit_cache/auto.py); a sharded run records none (merge, then resume the merged
     profile with candidates).
+    hyca_targets: also search HyCa's solver per unit on the final output of the first `hyca_prompts` jobs at these
+    speedups (`hyca_sweeps` coordinate-descent passes; calibration/hyca_search.py); not in a sharded run either.
 
     Under diffusers' context parallelism every rank of the group runs every job of this (data-parallel) `rank` on
     its shard of the tokens; the statistics are reduced over the group and the group's rank 0 alone writes `out`.
@@ -215,6 +221,14 @@ def calibrate(
             )
         if isinstance(candidate_prompts, bool) or not isinstance(candidate_prompts, int) or candidate_prompts < 1:
             raise ValueError(f"--candidate-prompts must be at least 1, got {candidate_prompts!r}")
+    if hyca_targets is not None:
+        if world_size > 1:
+            raise ValueError(
+                "the HyCa search needs the whole profile: calibrate the shards without --hyca-targets, merge them, "
+                "then run `dit-cache calibrate ... --resume --out MERGED.json --hyca-targets ...` on one process"
+            )
+        if isinstance(hyca_prompts, bool) or not isinstance(hyca_prompts, int) or hyca_prompts < 1:
+            raise ValueError(f"--hyca-prompts must be at least 1, got {hyca_prompts!r}")
     if not isinstance(getattr(pipe, transformer, None), torch.nn.Module):
         raise ValueError(
             f"calibration needs a diffusers pipeline with a {transformer!r} component, got {type(pipe).__name__}"
@@ -226,7 +240,7 @@ def calibrate(
     kept = prompt_list(prompts)
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
-    previous_auto = None
+    previous_auto = previous_hyca = None
     path = check_writable(out) if out is not None else None
     layout = parallel_layout(transformer)
     writes = path is not None and context_parallel_rank(transformer) == 0
@@ -246,6 +260,7 @@ def calibrate(
         _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
         previous_auto = previous.policies.get(keys.AUTO)
+        previous_hyca = previous.policies.get(keys.HYCA)
         arrays = {k: v for k, v in previous.arrays.items() if k.startswith(keys.RECORDS)}
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
@@ -279,6 +294,8 @@ def calibrate(
     profile = _assemble(fingerprint, sampler, records, arrays, settings, kept, layout)
     if previous_auto is not None:
         profile.policies[keys.AUTO] = previous_auto
+    if previous_hyca is not None:
+        profile.policies[keys.HYCA] = previous_hyca
     if writes:
         profile.save(path)
     if candidates is not None:
@@ -287,6 +304,13 @@ def calibrate(
         measure_candidates(
             pipe, profile, jobs, lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device),
             candidates, candidate_targets, path if writes else None, progress, transformer,
+        )  # fmt: skip
+    if hyca_targets is not None:
+        jobs = jobs_of(prompts, settings.seeds)[:hyca_prompts]
+        device = transformer.device
+        search_hyca(
+            pipe, profile, jobs, lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device), hyca_targets,
+            hyca_sweeps, path if writes else None, transformer,
         )  # fmt: skip
     return profile
 

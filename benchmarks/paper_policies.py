@@ -133,9 +133,9 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None,
                     try:
                         out = generate(pipe, name, prompt, seed)
                         fractions.append(dit_cache.stats(pipe).compute_fraction)
-                        policy = dit_cache.cache_engine(pipe).policy
-                        sources |= set(getattr(policy, "sources", {}).values())
-                        for choice in getattr(policy, "_solvers", {}).values():
+                        running = dit_cache.cache_engine(pipe).policy
+                        sources |= set(getattr(running, "sources", {}).values())
+                        for choice in getattr(running, "_solvers", {}).values():
                             for order in choice.values():
                                 solvers[order] = solvers.get(order, 0) + 1
                     finally:

@@ -112,7 +112,7 @@ STEPS = 8
 def searched():
     pipe = tiny_text_flux()
     settings = CalibrationSettings(steps=STEPS, call_kwargs=TINY_TEXT_CALL, seeds=(0,))
-    profile = calibrate(pipe, PROMPTS, settings, progress=False, hyca_targets=[2.0], hyca_prompts=1)
+    profile = calibrate(pipe, PROMPTS[:1], settings, progress=False, hyca_targets=[2.0], hyca_prompts=1)
     return pipe, settings, profile
 
 

@@ -2,6 +2,8 @@
 the one given), the search's coordinate descent keeps exactly the changes that lower the error, and through a tiny
 real pipeline the stored assignment reproduces its stored error bitwise and never scores below a uniform one."""
 
+import json
+
 import pytest
 from dummy import DummyDiT, FakeScheduler, drive
 from test_paper_policies import _hyca_profile
@@ -110,7 +112,7 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def searched():
-    pipe = tiny_text_flux()
+    pipe = tiny_text_flux(num_layers=1, num_single_layers=1)  # 6 units: a pass is 12 runs
     settings = CalibrationSettings(steps=STEPS, call_kwargs=TINY_TEXT_CALL, seeds=(0,))
     profile = calibrate(pipe, PROMPTS[:1], settings, progress=False, hyca_targets=[2.0], hyca_prompts=1)
     return pipe, settings, profile
@@ -157,3 +159,26 @@ def test_search_bad_input(searched):
     bare = Profile(fingerprint=profile.fingerprint)
     with pytest.raises(ProfileError, match="--hyca-targets"):
         dit_cache.apply(pipe, "hyca", speedup=2.0, profile=bare)
+
+
+def test_cli_hyca_targets(tmp_path, monkeypatch, capsys):
+    """`--hyca-sweeps 0`: the best uniform order only (3 runs), saved in the profile and printed."""
+    from dit_cache.cli import main
+
+    (tmp_path / "tiny_factory.py").write_text(
+        "from dit_cache.testing import tiny_text_flux\n\ndef make():\n    return tiny_text_flux(num_layers=1, num_single_layers=1)\n"
+    )
+    (tmp_path / "prompts.txt").write_text(PROMPTS[0] + "\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["calibrate", "--pipeline", "tiny_factory:make", "--prompts", "prompts.txt", "--steps", str(STEPS),
+         "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--out", "p.json", "--hyca-targets", "2", "--hyca-prompts", "1",
+         "--hyca-sweeps", "0", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    section = Profile.load(tmp_path / "p.json").section(HyCaSection)
+    (found,) = section.assignments.values()
+    best = min(range(3), key=lambda s: (found["uniform"][s], s))
+    assert found["evaluations"] == 3 and found["solvers"] == [best] * len(section.units)
+    assert found["error"] == found["uniform"][best]
+    assert "hyca 2x: units by solver" in capsys.readouterr().out

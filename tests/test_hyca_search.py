@@ -10,7 +10,7 @@ from test_paper_policies import _hyca_profile
 
 import dit_cache
 from dit_cache.calibration import Profile, ProfileError, hyca_search, keys
-from dit_cache.calibration.hyca_search import output_error, search_hyca, search_one
+from dit_cache.calibration.hyca_search import output_errors, search_hyca, search_one
 from dit_cache.calibration.runner import CalibrationSettings, calibrate, jobs_of
 from dit_cache.calibration.sections import HyCaSection, hyca_schedule_key
 from dit_cache.testing import TINY_TEXT_CALL, tiny_text_flux
@@ -93,9 +93,9 @@ def test_coordinate_descent_keeps_exactly_the_changes_that_lower_the_error(monke
 
     def fake(pipe, transformer, jobs, references, call_kwargs, config):
         seen.append(config.unit_solvers)
-        return sum(cost[u][s] for u, s in enumerate(config.unit_solvers))
+        return [sum(cost[u][s] for u, s in enumerate(config.unit_solvers))]
 
-    monkeypatch.setattr(hyca_search, "output_error", fake)
+    monkeypatch.setattr(hyca_search, "output_errors", fake)
     found = search_one(None, None, [], [], None, 2.0, units=3, sweeps=2)
     assert found["uniform"] == pytest.approx([3.3, 3.0, 3.5])
     assert found["solvers"] == [0, 1, 2] and found["error"] == pytest.approx(1.1)
@@ -103,6 +103,17 @@ def test_coordinate_descent_keeps_exactly_the_changes_that_lower_the_error(monke
                         (0, 1, 2)]  # fmt: skip
     assert found["evaluations"] == len(seen) == 9 + 6  # the second pass changes nothing and ends the search
     assert search_one(None, None, [], [], None, 2.0, units=3, sweeps=0)["solvers"] == [1, 1, 1]
+
+
+def test_coordinate_descent_takes_no_change_that_raises_a_jobs_error(monkeypatch):
+    """Two jobs: unit 0 at order 0 lowers the mean (0.5 + 2.0 < 1.5 + 1.5) but raises job 2's error: not kept;
+    unit 1 at order 2 lowers both: kept."""
+    errors = {(1, 1): [1.5, 1.5], (0, 1): [0.5, 2.0], (2, 1): [2.0, 2.0], (1, 0): [3.0, 3.0], (1, 2): [1.0, 1.4]}
+    errors |= {(0, 0): [9.0, 9.0], (2, 2): [9.0, 9.0]}
+    monkeypatch.setattr(hyca_search, "output_errors", lambda *args: errors[args[-1].unit_solvers])
+    found = search_one(None, None, [], [], None, 2.0, units=2, sweeps=1)
+    assert found["solvers"] == [1, 2] and found["job_errors"] == [1.0, 1.4]
+    assert found["error"] == pytest.approx(1.2) and found["uniform"] == pytest.approx([9.0, 1.5, 9.0])
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
@@ -135,7 +146,7 @@ def test_search_through_a_pipeline(searched, tmp_path):
     kwargs = lambda prompt, seed: settings.pipeline_kwargs(prompt, seed)  # noqa: E731
     references = [pipe(**kwargs(prompt, seed)).images for _, prompt, seed in jobs]
     config = dit_cache.HyCa(speedup=2.0, profile=profile)
-    assert output_error(pipe, pipe.transformer, jobs, references, kwargs, config) == found["error"]
+    assert output_errors(pipe, pipe.transformer, jobs, references, kwargs, config) == [found["error"]]
     with dit_cache.cached(pipe, config):
         pipe(**kwargs(PROMPTS[0], 0))
         policy = dit_cache.cache_engine(pipe).policy

@@ -5,7 +5,9 @@ with HyCa at that speedup and a given solver per unit (`HyCa(unit_solvers=...)`)
 jobs of the relative error of its final latents (`auto.relative_error`, as auto's candidate runs are). The search
 starts from the best of orders 0, 1 and 2 applied to every unit (so it never scores below any of them on these
 jobs), then sweeps the units in order, trying each unit's other solvers and keeping a change only when it lowers the
-error (coordinate descent; `sweeps` passes at most, fewer when a pass changes nothing). A pass costs
+mean error and raises no job's error (coordinate descent; `sweeps` passes at most, fewer when a pass changes
+nothing). Keeping every change that lowers the mean fitted the calibration prompts (+3 to +4 dB over the best uniform
+order there) and lost 1-5 dB to uniform order 2 on other prompts of the zoo models. A pass costs
 2 x units runs of every job. The result is stored per schedule (step count and computed steps) in the profile's
 `policies.hyca` section (sections.HyCaSection), which `apply(pipe, "hyca", speedup=X, profile=P)` reads.
 """
@@ -78,18 +80,19 @@ def search_hyca(
     return section
 
 
-def output_error(
+def output_errors(
     pipe: Any, transformer: Any, jobs: Sequence, references: list, call_kwargs: Callable, config: HyCa
-) -> float:
-    """Mean over the jobs of the relative error of the final latents under `config` (inf if not finite)."""
-    total = 0.0
+) -> list[float]:
+    """Per job, the relative error of the final latents under `config` (inf where not finite)."""
+    errors = []
     for (_, prompt, seed), reference in zip(jobs, references):
         apply(transformer, config, scheduler=pipe.scheduler)
         try:
-            total += relative_error(_final_latents(pipe, call_kwargs(prompt, seed)), reference)
+            error = relative_error(_final_latents(pipe, call_kwargs(prompt, seed)), reference)
         finally:
             remove(transformer)
-    return total / len(jobs) if math.isfinite(total) else math.inf
+        errors.append(error if math.isfinite(error) else math.inf)
+    return errors
 
 
 def search_one(
@@ -102,29 +105,42 @@ def search_one(
     units: int,
     sweeps: int,
 ) -> dict:
-    """The assignment of least output error at `target`: the best uniform one, then coordinate descent."""
+    """The assignment of least output error at `target`: the best uniform one, then coordinate descent in which a
+    change is kept only if it lowers the mean error over the jobs and raises no job's error."""
     evaluations = 0
 
-    def score(solvers: list[int]) -> float:
+    def score(solvers: list[int]) -> list[float]:
         nonlocal evaluations
         evaluations += 1
         config = HyCa(speedup=target, unit_solvers=tuple(solvers))
-        return output_error(pipe, transformer, jobs, references, call_kwargs, config)
+        return output_errors(pipe, transformer, jobs, references, call_kwargs, config)
+
+    def mean(errors: list[float]) -> float:
+        return sum(errors) / len(errors)
 
     uniform = [score([order] * units) for order in HYCA_SOLVERS]
-    start = min(range(len(HYCA_SOLVERS)), key=lambda s: (uniform[s], s))  # ties: the lower order
-    best, error = [HYCA_SOLVERS[start]] * units, uniform[start]
+    start = min(range(len(HYCA_SOLVERS)), key=lambda s: (mean(uniform[s]), s))  # ties: the lower order
+    best, errors = [HYCA_SOLVERS[start]] * units, uniform[start]
     for _ in range(sweeps):
         changed = False
         for unit in range(units):
             for order in [s for s in HYCA_SOLVERS if s != best[unit]]:  # the others than the unit's at its turn
                 trial = [*best[:unit], order, *best[unit + 1 :]]
-                trial_error = score(trial)
-                if trial_error < error * (1 - 1e-9):
-                    best, error, changed = trial, trial_error, True
+                found = score(trial)
+                # every job no worse: a change that helps some prompts at another's cost is an error cancellation
+                # specific to those prompts, and did not carry over to others on the zoo models
+                if mean(found) < mean(errors) * (1 - 1e-9) and all(f <= e for f, e in zip(found, errors)):
+                    best, errors, changed = trial, found, True
         if not changed:
             break
-    return {"speedup": target, "solvers": best, "error": error, "uniform": uniform, "evaluations": evaluations}
+    return {
+        "speedup": target,
+        "solvers": best,
+        "error": mean(errors),
+        "uniform": [mean(u) for u in uniform],
+        "job_errors": errors,
+        "evaluations": evaluations,
+    }
 
 
 def _units(transformer: Any, pipe: Any) -> list[tuple[int, str]]:

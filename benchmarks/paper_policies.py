@@ -2,7 +2,7 @@
 reuse settings, PSNR of the final output against the uncached one at compute fractions near 0.5 and 0.33.
 
     OMP_NUM_THREADS=1 python benchmarks/paper_policies.py [--models shapes-image shapes-video] [--samples 4]
-        [--calibration 4] [--methods hyca taylorseer:order=2 ...] [--hyca-prompts 4]
+        [--calibration 4] [--calibration-seeds 100] [--methods hyca taylorseer:order=2 ...] [--hyca-prompts 4]
         [--out benchmarks/results/paper_policies.json]
 
 Out of sample: the profile every calibrated method uses (MagCache ratios, ERTACache's residual-error table, HyCa's
@@ -91,7 +91,9 @@ def interpolate(points: list[tuple[float, float]], fraction: float) -> float | N
     return None
 
 
-def run_model(name: str, samples: int, calibration: int, only: list[str] | None, hyca_prompts: int) -> dict:
+def run_model(
+    name: str, samples: int, calibration: int, only: list[str] | None, hyca_prompts: int, seeds: tuple[int, ...]
+) -> dict:
     pipe = zoo.load(name)
     pipe.set_progress_bar_config(disable=True)
     settings = zoo.settings(name)
@@ -100,7 +102,7 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None,
     calib = calibration_prompts(name, calibration)
     search = only is None or any(m.startswith("hyca") for m in only)
     profile = calibrate(
-        pipe, calib, CalibrationSettings(steps=steps, call_kwargs=settings, seeds=(100,), block_traces=True),
+        pipe, calib, CalibrationSettings(steps=steps, call_kwargs=settings, seeds=seeds, block_traces=True),
         progress=False, **(dict(hyca_targets=HYCA_SPEEDUPS, hyca_prompts=hyca_prompts) if search else {}),
     )  # fmt: skip
     calibration_s = time.perf_counter() - started
@@ -159,7 +161,7 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None,
         summary[method] = {"at_0.5": interpolate(points, 0.5), "at_0.333": interpolate(points, 1 / 3)}
     return dict(
         model=name, steps=steps, scored=[f"{p} (seed {s})" for p, s in scored],
-        calibration_prompts=calib, calibration_seed=100, calibration_s=calibration_s, rows=rows, summary=summary,
+        calibration_prompts=calib, calibration_seeds=list(seeds), calibration_s=calibration_s, rows=rows, summary=summary,
         hyca_search=hyca,
     )  # fmt: skip
 
@@ -170,13 +172,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--calibration", type=int, default=4)
     parser.add_argument("--methods", nargs="+", help="run only these methods (default: all)")
+    parser.add_argument(
+        "--calibration-seeds", type=int, nargs="+", default=[100], help="each calibration prompt runs once per seed"
+    )
     parser.add_argument("--hyca-prompts", type=int, default=4, help="calibration jobs HyCa's search scores on")
     parser.add_argument("--out", default="benchmarks/results/paper_policies.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {"machine": machine(), "command": " ".join(sys.argv), "models": []}
     for name in args.models:
-        results["models"].append(run_model(name, args.samples, args.calibration, args.methods, args.hyca_prompts))
+        results["models"].append(
+            run_model(
+                name, args.samples, args.calibration, args.methods, args.hyca_prompts, tuple(args.calibration_seeds)
+            )
+        )
         write_json(args.out, results)
     for model in results["models"]:
         print(f"\n{model['model']}: PSNR (dB) at compute fraction 0.5 / 0.333")

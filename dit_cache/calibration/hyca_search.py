@@ -6,8 +6,8 @@ jobs of the relative error of its final latents (`auto.relative_error`, as auto'
 starts from the best of orders 0, 1 and 2 applied to every unit (so it never scores below any of them on these
 jobs), then sweeps the units in order, trying each unit's other solvers and keeping a change only when it lowers the
 mean error and raises no job's error (coordinate descent; `sweeps` passes at most, fewer when a pass changes
-nothing). Keeping every change that lowers the mean fitted the calibration prompts (+3 to +4 dB over the best uniform
-order there) and lost 1-5 dB to uniform order 2 on other prompts of the zoo models. A pass costs
+nothing). Keeping every change that lowers the mean fitted the calibration prompts (up to +4.2 dB over the best
+uniform order there) and lost up to 4.8 dB to uniform order 2 on other prompts of the zoo models. A pass costs
 2 x units runs of every job. The result is stored per schedule (step count and computed steps) in the profile's
 `policies.hyca` section (sections.HyCaSection), which `apply(pipe, "hyca", speedup=X, profile=P)` reads.
 """

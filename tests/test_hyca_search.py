@@ -193,3 +193,20 @@ def test_cli_hyca_targets(tmp_path, monkeypatch, capsys):
     assert found["evaluations"] == 3 and found["solvers"] == [best] * len(section.units)
     assert found["error"] == found["uniform"][best]
     assert "hyca 2x: units by solver" in capsys.readouterr().out
+
+
+def test_resumed_calibration_keeps_the_searched_assignments(searched, tmp_path, monkeypatch):
+    """A resumed run keeps the schedules already searched and searches only the new targets."""
+    pipe, settings, _ = searched
+    out = tmp_path / "p.json"
+    first = calibrate(pipe, PROMPTS[:1], settings, out, progress=False, hyca_targets=[2.0], hyca_sweeps=0)
+    kept = dict(first.policies[keys.HYCA]["assignments"])
+    runs = []
+    real = hyca_search.output_errors
+    monkeypatch.setattr(hyca_search, "output_errors", lambda *args: runs.append(args[-1].speedup) or real(*args))
+    again = calibrate(pipe, PROMPTS[:1], settings, out, resume=True, progress=False, hyca_targets=[2.0, 3.0],
+                      hyca_sweeps=0)  # fmt: skip
+    assignments = Profile.load(out).policies[keys.HYCA]["assignments"]
+    assert runs == [3.0] * 3 and len(assignments) == 2
+    assert all(assignments[key] == found for key, found in kept.items())
+    assert again.policies[keys.HYCA]["assignments"] == assignments

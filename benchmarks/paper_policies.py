@@ -2,11 +2,14 @@
 reuse settings, PSNR of the final output against the uncached one at compute fractions near 0.5 and 0.33.
 
     OMP_NUM_THREADS=1 python benchmarks/paper_policies.py [--models shapes-image shapes-video] [--samples 4]
-        [--calibration 4] [--methods easycache ertacache ...] [--out benchmarks/results/paper_policies.json]
+        [--calibration 4] [--calibration-seeds 100] [--methods easycache hyca taylorseer:order=2 ...]
+        [--hyca-prompts 4] [--out benchmarks/results/paper_policies.json]
 
 Out of sample: the profile every calibrated method uses (MagCache ratios, ERTACache's residual-error table, HyCa's
-unit trajectories: `--block-traces`) is recorded here on prompts and seeds disjoint from the scored ones (the zoo's
-first `--samples` evaluation prompts, seeds 0..). Each method runs at a few settings; its compute fraction is the
+unit trajectories: `--block-traces`; HyCa's solver per unit searched on the final output at its speedups:
+`--hyca-targets`, on the first `--hyca-prompts` calibration jobs) is recorded here on prompts and seeds disjoint from
+the scored ones (the zoo's first `--samples` evaluation prompts, seeds 0..). `--methods` runs only the named methods
+(names as in the JSON's summary); the HyCa search runs only when a `hyca` method does. Each method runs at a few settings; its compute fraction is the
 one `stats()` reports (block linear work actually run). `at_0.5` / `at_0.333` interpolate each method's PSNR
 linearly along its settings' (fraction, mean PSNR) points sorted by fraction (None outside the range it reached).
 PSNR is the mean over samples of the per-sample PSNR of the decoded output (pixels in [0, 1]); a setting under which
@@ -39,6 +42,8 @@ from dit_cache.calibration.runner import CalibrationSettings, calibrate  # noqa:
 from dit_cache.eval import zoo  # noqa: E402
 from dit_cache.eval.metrics import psnr, to_frames  # noqa: E402
 
+HYCA_SPEEDUPS = (2.0, 3.0, 3.5)
+
 
 def methods(profile, steps: int) -> dict[str, list[dict]]:
     """Method name -> its settings (apply() options)."""
@@ -53,7 +58,8 @@ def methods(profile, steps: int) -> dict[str, list[dict]]:
         "ertacache:rectify=False": [dict(speedup=s, rectify=False, profile=profile) for s in (2.0, 3.0)],
         "ertacache:adjust_timestep=True": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
         "ertacache:rectify=False,adjust_timestep=True": [dict(speedup=s, profile=profile) for s in (2.0, 3.0)],
-        "hyca": [dict(speedup=s, profile=profile) for s in (2.0, 3.0, 3.5)],
+        "hyca": [dict(speedup=s, profile=profile) for s in HYCA_SPEEDUPS],
+        "hyca:choose=trajectories": [dict(speedup=s, profile=profile) for s in HYCA_SPEEDUPS],
         "taylorseer:order=1": [dict(speedup=s, order=1) for s in (2.0, 3.0, 3.5)],
         "taylorseer:order=2": [dict(speedup=s, order=2) for s in (2.0, 3.0, 3.5)],
         "fora:forecast=1": [dict(interval=k, forecast=1) for k in (2, 3)],
@@ -91,18 +97,22 @@ def interpolate(points: list[tuple[float, float]], fraction: float) -> float | N
     return None
 
 
-def run_model(name: str, samples: int, calibration: int, only: list[str] | None = None) -> dict:
+def run_model(
+    name: str, samples: int, calibration: int, only: list[str] | None, hyca_prompts: int, seeds: tuple[int, ...]
+) -> dict:
     pipe = zoo.load(name)
     pipe.set_progress_bar_config(disable=True)
     settings = zoo.settings(name)
     steps = settings.pop("num_inference_steps")
     started = time.perf_counter()
     calib = calibration_prompts(name, calibration)
+    search = only is None or any(m.startswith("hyca") for m in only)
     profile = calibrate(
-        pipe, calib, CalibrationSettings(steps=steps, call_kwargs=settings, seeds=(100,), block_traces=True),
-        progress=False,
+        pipe, calib, CalibrationSettings(steps=steps, call_kwargs=settings, seeds=seeds, block_traces=True),
+        progress=False, **(dict(hyca_targets=HYCA_SPEEDUPS, hyca_prompts=hyca_prompts) if search else {}),
     )  # fmt: skip
     calibration_s = time.perf_counter() - started
+    hyca = profile.policies.get("hyca", {})
     scored = [(p, i) for i, p in enumerate(zoo.prompts(name)[:samples])]
     references = [generate(pipe, name, p, s) for p, s in scored]
     rows, summary = [], {}
@@ -118,7 +128,7 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
             config = options.pop("__policy__", None)
             label = {k: v for k, v in options.items() if k != "profile"}
             try:
-                values, fractions, solvers, step_sizes = [], [], {}, None
+                values, fractions, solvers, sources, step_sizes = [], [], {}, set(), None
                 for (prompt, seed), reference in zip(scored, references):
                     if config is not None:
                         dit_cache.apply(pipe, config)
@@ -127,11 +137,11 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
                     try:
                         out = generate(pipe, name, prompt, seed)
                         fractions.append(dit_cache.stats(pipe).compute_fraction)
-                        policy_obj = dit_cache.cache_engine(pipe).policy
-                        chosen = getattr(policy_obj, "_solvers", {})
-                        tuned = getattr(policy_obj, "_tuned", {})
+                        running = dit_cache.cache_engine(pipe).policy
+                        sources |= set(getattr(running, "sources", {}).values())
+                        tuned = getattr(running, "_tuned", {})
                         step_sizes = next((v for k, v in tuned.items() if k[0] == "ertacache-steps"), step_sizes)
-                        for choice in chosen.values():
+                        for choice in getattr(running, "_solvers", {}).values():
                             for order in choice.values():
                                 solvers[order] = solvers.get(order, 0) + 1
                     finally:
@@ -149,6 +159,7 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
                     row["step_sizes"] = [round(float(v), 5) for v in step_sizes]
                 if solvers:
                     row["solver_counts"] = {f"order {k}": v // len(scored) for k, v in sorted(solvers.items())}
+                    row["solvers_from"] = sorted(sources)
                 if not row["identical_samples"]:  # a mean over fewer samples is not a point of the frontier
                     points.append((row["compute_fraction"], row["psnr"]))
             except Exception as e:  # a setting out of reach is a row with its error
@@ -159,7 +170,8 @@ def run_model(name: str, samples: int, calibration: int, only: list[str] | None 
         summary[method] = {"at_0.5": interpolate(points, 0.5), "at_0.333": interpolate(points, 1 / 3)}
     return dict(
         model=name, steps=steps, scored=[f"{p} (seed {s})" for p, s in scored],
-        calibration_prompts=calib, calibration_seed=100, calibration_s=calibration_s, rows=rows, summary=summary,
+        calibration_prompts=calib, calibration_seeds=list(seeds), calibration_s=calibration_s, rows=rows, summary=summary,
+        hyca_search=hyca,
     )  # fmt: skip
 
 
@@ -169,6 +181,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--calibration", type=int, default=4)
     parser.add_argument("--methods", nargs="+", help="only these methods (names as in the JSON); default: all")
+    parser.add_argument(
+        "--calibration-seeds", type=int, nargs="+", default=[100], help="each calibration prompt runs once per seed"
+    )
+    parser.add_argument("--hyca-prompts", type=int, default=4, help="calibration jobs HyCa's search scores on")
     parser.add_argument("--out", default="benchmarks/results/paper_policies.json")
     args = parser.parse_args()
     known = list(methods(None, 30))
@@ -178,7 +194,11 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {"machine": machine(), "command": " ".join(sys.argv), "models": []}
     for name in args.models:
-        results["models"].append(run_model(name, args.samples, args.calibration, args.methods))
+        results["models"].append(
+            run_model(
+                name, args.samples, args.calibration, args.methods, args.hyca_prompts, tuple(args.calibration_seeds)
+            )
+        )
         write_json(args.out, results)
     for model in results["models"]:
         print(f"\n{model['model']}: PSNR (dB) at compute fraction 0.5 / 0.333")

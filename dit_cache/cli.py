@@ -151,7 +151,7 @@ def _calibration_set(model: str | None) -> tuple[list[str], list[int]]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibration.runner import CalibrationSettings, calibrate, check_writable, merge_shards, read_prompts
-    from .calibration.sections import AutoSection, TeaCacheFit
+    from .calibration.sections import AutoSection, HyCaSection, TeaCacheFit
 
     steps, call_kwargs, _ = model_settings(args.model, args.steps, json_kwargs(args.call_kwargs))
     prompts, seeds = _calibration_set(args.model)
@@ -199,6 +199,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         candidates = dict(candidates=args.candidates, candidate_targets=args.candidate_targets or DEFAULT_TARGETS,
                           candidate_prompts=args.candidate_prompts)  # fmt: skip
+    if args.hyca_targets:
+        candidates.update(hyca_targets=args.hyca_targets, hyca_prompts=args.hyca_prompts, hyca_sweeps=args.hyca_sweeps)
     profile = calibrate(pipe, prompts, settings, target, resume=args.resume, rank=shard, world_size=shards,
                         transformer=args.transformer, progress=not args.no_progress, search=search,
                         **candidates)  # fmt: skip
@@ -212,6 +214,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         if section is not None:
             print(f"auto: {len(section.candidates)} candidates x {len(section.targets)} targets on "
                   f"{len(section.runs)} jobs ({section.seconds or 0:.0f} s)")  # fmt: skip
+        searched = profile.section(HyCaSection)
+        for found in (searched.assignments or {}).values() if searched else []:
+            counts = {order: found["solvers"].count(order) for order in (0, 1, 2)}
+            print(f"hyca {found['speedup']:g}x: units by solver {counts}, output error {found['error']:.3g} "
+                  f"(uniform orders 0/1/2: {', '.join(f'{e:.3g}' for e in found['uniform'])})")  # fmt: skip
         fit = profile.section(TeaCacheFit)
         if fit:
             print(f"TeaCache polynomial {fit.coefficients} (R^2 {fit.r2:.3f}, {fit.points} points)")
@@ -300,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--search-coordinate", default="step", choices=("step", "sigma"), help="forecast axis")
     found.add_argument("--search-prompts", type=int, default=4, help="first N jobs to score them on (default 4)")
     found.add_argument("--search-budget", type=float, default=1800, help="seconds of search per speedup")
+    hyca = cal.add_argument_group("hyca (solver per unit searched on the final output)")
+    hyca.add_argument("--hyca-targets", type=float, nargs="+", help="speedups to search HyCa's solvers at (e.g. 2 3)")
+    hyca.add_argument("--hyca-prompts", type=int, default=2, help="first N jobs the search scores on (default 2)")
+    hyca.add_argument("--hyca-sweeps", type=int, default=1, help="coordinate-descent passes over the units (default 1)")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     cal.add_argument("--device", help="move the pipeline to this device")
     cal.add_argument(

@@ -265,6 +265,7 @@ def test_hyca_restricted_solvers_and_missing_traces():
         (dit_cache.EasyCache, dict(tolerance=0.1, speedup=2.0), "easycache: give tolerance or speedup, not both"),
         (dit_cache.HyCa, dict(solvers=(0, 3)), "hyca: solvers must name distinct solvers among (0, 1, 2)"),
         (dit_cache.HyCa, dict(interval=2, speedup=2.0), "hyca: give interval or speedup, not both"),
+        (dit_cache.HyCa, dict(choose="best"), "hyca: choose must be 'output' or 'trajectories', got 'best'"),
     ],
 )
 def test_bad_options(cls, options, message):

@@ -35,6 +35,7 @@ MAGCACHE = "magcache"
 LEMICA = "lemica"
 AUTO = "auto"
 TAYLORSEER = "taylorseer"  # searched forecast schedules (calibration/schedule_search.py)
+HYCA = "hyca"  # HyCa's per-unit solver assignments, searched on the final output
 CALIBRATION = "calibration"  # the CalibrationSettings of the run
 CALIBRATION_PROMPTS = "calibration_prompts"
 PARALLEL_LAYOUT = "parallel_layout"

@@ -23,6 +23,7 @@ from ..distributed import context_parallel_rank, parallel_layout
 from . import keys
 from .candidates import measure_candidates
 from .fit import build_profile, merge_profiles, split_record
+from .hyca_search import search_hyca
 from .profile import Profile, ProfileError, model_fingerprint
 from .recorder import Recorder
 from .replay import Replay
@@ -188,6 +189,9 @@ def calibrate(
     candidate_targets: Sequence[float] = DEFAULT_TARGETS,
     candidate_prompts: int = 4,
     search: ScheduleSearch | None = None,
+    hyca_targets: Sequence[float] | None = None,
+    hyca_prompts: int = 2,
+    hyca_sweeps: int = 1,
 ) -> Profile:
     """Record `pipe`'s transformer on every (prompt, seed) job of this rank and return (and save) the profile.
 
@@ -203,7 +207,9 @@ def calibrate(
     `candidate_prompts` jobs (see dit_cache/auto.py); a sharded run records none (merge, then resume the merged
     profile with candidates).
     search: also search TaylorSeer schedules on the first `search.prompts` jobs (calibration/schedule_search.py),
-    before the candidate runs, so that `taylorseer:searched=True` can be a candidate.
+    before the candidate runs (as the HyCa search), so that `taylorseer:searched=True` can be a candidate.
+    hyca_targets: also search HyCa's solver per unit on the final output of the first `hyca_prompts` jobs at these
+    speedups (`hyca_sweeps` coordinate-descent passes; calibration/hyca_search.py); not in a sharded run either.
 
     Under diffusers' context parallelism every rank of the group runs every job of this (data-parallel) `rank` on
     its shard of the tokens; the statistics are reduced over the group and the group's rank 0 alone writes `out`.
@@ -224,6 +230,14 @@ def calibrate(
             "a schedule search needs the whole profile: calibrate the shards without it, merge them, then run "
             "`dit-cache calibrate ... --resume --out MERGED.json --search-schedules ...` on one process"
         )
+    if hyca_targets is not None:
+        if world_size > 1:
+            raise ValueError(
+                "the HyCa search needs the whole profile: calibrate the shards without --hyca-targets, merge them, "
+                "then run `dit-cache calibrate ... --resume --out MERGED.json --hyca-targets ...` on one process"
+            )
+        if isinstance(hyca_prompts, bool) or not isinstance(hyca_prompts, int) or hyca_prompts < 1:
+            raise ValueError(f"--hyca-prompts must be at least 1, got {hyca_prompts!r}")
     if not isinstance(getattr(pipe, transformer, None), torch.nn.Module):
         raise ValueError(
             f"calibration needs a diffusers pipeline with a {transformer!r} component, got {type(pipe).__name__}"
@@ -235,7 +249,7 @@ def calibrate(
     kept = prompt_list(prompts)
     records: list[dict] = []
     arrays: dict[str, torch.Tensor] = {}
-    kept_sections: dict = {}  # results computed after the recording pass (auto's runs, searched schedules)
+    kept_sections: dict = {}  # results computed after the recording pass (auto's runs, searched schedules, HyCa's)
     path = check_writable(out) if out is not None else None
     layout = parallel_layout(transformer)
     writes = path is not None and context_parallel_rank(transformer) == 0
@@ -254,7 +268,9 @@ def calibrate(
             raise ProfileError(f"cannot resume {path}: its calibration settings differ from this run's")
         _check_same_prompts(path, previous, prompts, len(settings.seeds))
         records = list(previous.records)
-        kept_sections = {k: previous.policies[k] for k in (keys.AUTO, keys.TAYLORSEER) if k in previous.policies}
+        kept_sections = {
+            k: previous.policies[k] for k in (keys.AUTO, keys.TAYLORSEER, keys.HYCA) if k in previous.policies
+        }
         arrays = {k: v for k, v in previous.arrays.items() if k.startswith(keys.RECORDS)}
     done = {r["index"] for r in records}
     todo = [job for job in jobs_of(prompts, settings.seeds) if job[0] % world_size == rank and job[0] not in done]
@@ -295,6 +311,13 @@ def calibrate(
             pipe, profile, jobs_of(prompts, settings.seeds)[: search.prompts],
             lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device), settings.steps, search,
             path if writes else None, progress, transformer,
+        )  # fmt: skip
+    if hyca_targets is not None:
+        jobs = jobs_of(prompts, settings.seeds)[:hyca_prompts]
+        device = transformer.device
+        search_hyca(
+            pipe, profile, jobs, lambda prompt, seed: settings.pipeline_kwargs(prompt, seed, device), hyca_targets,
+            hyca_sweeps, path if writes else None, transformer,
         )  # fmt: skip
     if candidates is not None:
         jobs = jobs_of(prompts, settings.seeds)[:candidate_prompts]

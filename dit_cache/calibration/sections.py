@@ -10,7 +10,7 @@ beside the policy that reads it) and, if it brings arrays, their names in `keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -236,6 +236,47 @@ class SearchedSchedules(Section):
     def schedule(self, order: int, coordinate: str, count: int) -> list[int] | None:
         found = (self.schedules or {}).get(searched_key(order, coordinate), {}).get(str(count))
         return None if found is None else list(found["steps"])
+
+
+def _assignment(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("solvers"), list)
+        and all(integer(s) and 0 <= s <= 2 for s in v["solvers"])
+        and (v.get("error") is None or finite(v["error"]))
+    )
+
+
+@dataclass(frozen=True)
+class HyCaSection(Section):
+    """HyCa's solver per unit, searched on the final output of the calibration jobs: per schedule key
+    (`hyca_schedule_key`: step count and computed steps), {"solvers": one order per unit in `units` order, "error":
+    mean relative error of the final latents, "uniform": the same error of orders 0, 1, 2 everywhere, "speedup"}."""
+
+    NAME: ClassVar[str] = keys.HYCA
+
+    units: list | None = checked(
+        _optional(lambda v: isinstance(v, list) and all(isinstance(u, str) for u in v)),
+        "a list of unit labels (block.submodule)",
+    )
+    prompts: int | None = checked(_optional(lambda v: integer(v) and v >= 1), "an integer >= 1 (jobs searched on)")
+    assignments: dict | None = checked(
+        _optional(lambda v: isinstance(v, dict) and all(isinstance(k, str) and _assignment(a) for k, a in v.items())),
+        'a dict of schedule key -> {"solvers": [0, 1 or 2 per unit], "error": number}',
+    )
+    seconds: float | None = checked(_optional(finite), "a number of seconds")
+
+    def check_together(self, where: str) -> None:
+        for key, found in (self.assignments or {}).items():
+            if self.units is not None and len(found["solvers"]) != len(self.units):
+                raise SchemaError(
+                    f"{where}.assignments[{key!r}] has {len(found['solvers'])} solvers for {len(self.units)} units"
+                )
+
+
+def hyca_schedule_key(num_steps: int, computed: Sequence[int]) -> str:
+    """The key of a HyCa assignment: the step count and the steps the schedule computes ("30:0,1,3,5")."""
+    return f"{num_steps}:" + ",".join(str(int(s)) for s in sorted(computed))
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class TaylorSeerPolicy(FORAPolicy):
         self.corrector = float(config.corrector)
         self._plans: dict[int, tuple[int, frozenset[int] | None]] = {}
         self.check_ceiling_at_apply()
-        self.searched = self._searched_schedule() if getattr(config, "searched", False) else None
+        self.searched_schedule = self._searched_schedule() if getattr(config, "searched", False) else None
 
     def _searched_schedule(self) -> tuple[tuple[int, ...], int]:
         """(the steps, the step count they were searched at) of the profile's schedule for this speedup."""
@@ -201,8 +201,8 @@ class TaylorSeerPolicy(FORAPolicy):
         config = self.config
         listed = getattr(config, "steps", None)  # HyCa has no `steps`
         written_for = getattr(config, "num_steps", None)
-        if self.searched is not None:
-            listed, written_for = self.searched
+        if self.searched_schedule is not None:
+            listed, written_for = self.searched_schedule
         if listed is not None:
             if num_steps not in self._plans:
                 self._plans[num_steps] = (0, map_steps(listed, written_for, num_steps, "taylorseer"))
@@ -239,7 +239,9 @@ class TaylorSeerPolicy(FORAPolicy):
 
     def decide(self, call: CallInfo, state: FORAState, values: list[float]) -> str:
         interval, steps = self.plan(call.num_steps)
-        if getattr(self.config, "steps", None) is not None or self.searched is not None:  # no warm-up of its own
+        if (
+            getattr(self.config, "steps", None) is not None or self.searched_schedule is not None
+        ):  # no warm-up of its own
             due = call.step in steps
             if due or state.last_computed is None:
                 state.last_computed = call.step

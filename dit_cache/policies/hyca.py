@@ -1,12 +1,20 @@
 """HyCa-style hybrid caching (Zheng et al. 2025): TaylorSeer's schedule, with a solver per unit.
 
 Every unit (each block's attention and MLP output, the places FORA and TaylorSeer cache) is forecast on the steps
-between computations by its own solver: reuse (order 0), or a first- or second-order Taylor forecast. The choice is
-the solver whose forecasts made the least error on the profile's recorded unit trajectories (`unit_features`,
-recorded by `dit-cache calibrate --block-traces`: a strided sample of each unit's output per step) when replayed
-under the very schedule of the call (its step count, interval or spread steps, warm-up), with the forecasting
-history the run uses (`TaylorHistory`). Error: sum |forecast - recorded| / sum |recorded| over the forecast steps,
-summed over the calibration trajectories of the call's branch. A tie goes to the lower order (less memory).
+between computations by its own solver: reuse (order 0), or a first- or second-order Taylor forecast. Which one, in
+this order of precedence:
+
+1. `unit_solvers=` given: those.
+2. The profile holds an assignment searched for this very schedule (its step count and computed steps) on the final
+   output (`dit-cache calibrate --hyca-targets`, calibration/hyca_search.py: starting from the best of orders 0, 1, 2
+   applied uniformly, a coordinate descent over the units, each trial a real run of the calibration jobs scored by
+   the relative error of its final latents): that assignment, if it uses only solvers among `solvers`.
+3. Else the unit-trajectory rule: the solver whose forecasts made the least error on the profile's recorded unit
+   trajectories (`unit_features`, recorded by `dit-cache calibrate --block-traces`: a strided sample of each unit's
+   output per step) when replayed under the call's schedule with the run's forecasting history (`TaylorHistory`).
+   Error: sum |forecast - recorded| / sum |recorded| over the forecast steps, summed over the calibration
+   trajectories of the call's branch. A tie goes to the lower order (less memory). This rule sees a unit's own error,
+   not the error it causes in the output, and scores below uniform order 2 on the zoo models (docs/policies.md).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 
 from ..calibration import ProfileError, resolve_profile
 from ..calibration.recorder import UNIT_FEATURES, unit_keys
+from ..calibration.sections import HyCaSection, hyca_schedule_key
 from ..config import (
     PolicyConfig,
     _check_int,
@@ -42,10 +51,15 @@ class HyCa(PolicyConfig):
     """HyCa-style hybrid caching (Zheng et al. 2025): TaylorSeer's schedule (the first `warmup` steps and every
     `interval`-th step compute), but each unit (each block's attention and MLP output) gets its own solver on the
     steps in between: reuse (0), first- (1) or second-order (2) Taylor forecast, the one of `solvers` that made
-    the least error on the profile's calibration trajectories under this very schedule (recorded with
-    `dit-cache calibrate --block-traces`).
+    the least error in the final output of the calibration jobs under this very schedule (searched by
+    `dit-cache calibrate --hyca-targets`), else the least error on the units' own recorded trajectories (recorded
+    with `dit-cache calibrate --block-traces`).
 
     speedup: picks the interval, as TaylorSeer's.
+    unit_solvers: one solver per unit (in `unit_keys` order: block, then submodule name) instead of the profile's
+        choice; no profile is needed then.
+    choose: "output" (the assignment searched on the output for this schedule, else the unit-trajectory rule) or
+        "trajectories" (always the unit-trajectory rule, HyCa's own per-feature criterion).
     """
 
     interval: int | None = None
@@ -53,6 +67,8 @@ class HyCa(PolicyConfig):
     solvers: tuple[int, ...] = HYCA_SOLVERS
     profile: Any = None
     speedup: float | None = None
+    unit_solvers: tuple[int, ...] | None = None
+    choose: str = "output"
 
     corrector: ClassVar[float] = 0.0  # TaylorSeer's schedule without FoCa calibration
 
@@ -66,6 +82,16 @@ class HyCa(PolicyConfig):
                 f"hyca: solvers must name distinct solvers among {HYCA_SOLVERS} (0: reuse, 1 and 2: Taylor forecast "
                 f"of that order), got {self.solvers!r}"
             )
+        if self.unit_solvers is not None:
+            given = tuple(self.unit_solvers) if isinstance(self.unit_solvers, (list, tuple)) else None
+            if not given or any(isinstance(s, bool) or s not in solvers for s in given):
+                raise ValueError(
+                    f"hyca: unit_solvers must be a non-empty list of one solver per unit, each among solvers={solvers}, "
+                    f"got {self.unit_solvers!r}"
+                )
+            object.__setattr__(self, "unit_solvers", given)
+        if self.choose not in ("output", "trajectories"):
+            raise ValueError(f"hyca: choose must be 'output' or 'trajectories', got {self.choose!r}")
         _check_speedup("hyca", self.speedup)
         if self.speedup is not None and self.interval is not None:
             raise ValueError("hyca: give interval or speedup, not both (speedup picks the interval)")
@@ -122,13 +148,23 @@ class HyCaPolicy(TaylorSeerPolicy):
     def __init__(self, config: HyCa, model: ModelContext) -> None:
         super().__init__(config, model)
         self.units = unit_keys(model.slots)
-        self.profile = resolve_profile(config.profile, model.transformer, "hyca", required=True)
-        if not self.profile.has_array(UNIT_FEATURES):
+        given = config.unit_solvers
+        if given is not None and len(given) != len(self.units):
+            raise ValueError(
+                f"hyca: unit_solvers has {len(given)} solvers, this model has {len(self.units)} attention/MLP units "
+                f"({', '.join(f'{b}.{n}' for b, n in self.units)}): give one per unit, in that order"
+            )
+        self.profile = resolve_profile(config.profile, model.transformer, "hyca", required=given is None)
+        by_output = self.profile is not None and config.choose == "output"
+        self.searched = self.profile.section(HyCaSection) if by_output else None
+        if given is None and self.searched is None and not self.profile.has_array(UNIT_FEATURES):
             raise ProfileError(
-                f"hyca: profile {self.profile.name!r} has no per-unit trajectories to choose solvers on; record one "
-                "with `dit-cache calibrate --block-traces ...` and pass profile=PATH (see docs/calibration.md)"
+                f"hyca: profile {self.profile.name!r} has neither solver assignments searched on the output nor "
+                "per-unit trajectories to choose solvers on; record one with `dit-cache calibrate --block-traces "
+                "--hyca-targets 2 3 ...` and pass profile=PATH (see docs/calibration.md)"
             )
         self._solvers: dict[tuple, dict[tuple[int, str], int]] = {}
+        self.sources: dict[tuple, str] = {}  # per call key: "given", "output search" or "unit trajectories"
 
     def new_state(self) -> HyCaState:
         return HyCaState()
@@ -140,22 +176,53 @@ class HyCaPolicy(TaylorSeerPolicy):
     def unit_order(self, state: HyCaState, key: tuple[int, str]) -> int:
         return state.orders.get(key, self.order)
 
+    def computed(self, num_steps: int) -> list[int]:
+        """The steps this schedule computes in a call of `num_steps` steps."""
+        interval, steps = self.plan(num_steps)
+        return sorted(steps) if steps is not None else computed_steps(num_steps, interval, self.config.warmup)
+
     def solvers_for(self, call: CallInfo) -> dict[tuple[int, str], int]:
         key = (call.branch, call.num_steps, tuple(call.sigmas) if call.sigmas else None)
         if key not in self._solvers:
-            n = call.num_steps
-            interval, steps = self.plan(n)
-            computed = set(steps) if steps is not None else set(computed_steps(n, interval, self.config.warmup))
-            solvers = tuple(sorted(self.config.solvers))
-            dst = self.profile.call_grid(n, call.sigmas)
-            sums = None
-            for features, grid in self.trajectories(call.branch):
-                part = solver_errors(resample_steps(features.float(), grid, dst), computed, solvers)
-                sums = part if sums is None else sums + part
-            picks = pick_solvers(sums, solvers)
+            computed = self.computed(call.num_steps)
+            picks, source = self.config.unit_solvers, "given"
+            if picks is None:
+                picks, source = self.searched_solvers(call.num_steps, computed), "output search"
+            if picks is None:
+                picks, source = self.trajectory_solvers(call, set(computed)), "unit trajectories"
             self._solvers[key] = dict(zip(self.units, picks))
-            logger.debug("hyca solvers for %s: %s", key, self._solvers[key])
+            self.sources[key] = source
+            logger.debug("hyca solvers for %s (%s): %s", key, source, self._solvers[key])
         return self._solvers[key]
+
+    def searched_solvers(self, num_steps: int, computed: list[int]) -> list[int] | None:
+        """The assignment searched on the output for this schedule, if the profile has one this call may use."""
+        if self.searched is None:
+            return None
+        found = (self.searched.assignments or {}).get(hyca_schedule_key(num_steps, computed))
+        labels = [f"{b}.{n}" for b, n in self.units]
+        if found is None or (self.searched.units is not None and self.searched.units != labels):
+            return None
+        if not set(found["solvers"]) <= set(self.config.solvers):
+            return None
+        return list(found["solvers"])
+
+    def trajectory_solvers(self, call: CallInfo, computed: set[int]) -> list[int]:
+        """Per unit, the solver of least error on its own recorded trajectories (rule 3 of the module doc)."""
+        if not self.profile.has_array(UNIT_FEATURES):
+            raise ProfileError(
+                f"hyca: profile {self.profile.name!r} has no solver assignment searched for this schedule "
+                f"({hyca_schedule_key(call.num_steps, sorted(computed))}: searched "
+                f"{sorted((self.searched.assignments or {}) if self.searched else [])}) and no per-unit trajectories; "
+                "calibrate with --hyca-targets at this speedup and step count, or with --block-traces"
+            )
+        solvers = tuple(sorted(self.config.solvers))
+        dst = self.profile.call_grid(call.num_steps, call.sigmas)
+        sums = None
+        for features, grid in self.trajectories(call.branch):
+            part = solver_errors(resample_steps(features.float(), grid, dst), computed, solvers)
+            sums = part if sums is None else sums + part
+        return pick_solvers(sums, solvers)
 
     def trajectories(self, branch: str) -> list[tuple[torch.Tensor, list[float]]]:
         """(steps, units, samples) recorded unit features and their grid, of `branch` if recorded, else of all."""

@@ -22,16 +22,14 @@ from common import machine, table, write_json  # noqa: E402
 
 import dit_cache  # noqa: E402
 from dit_cache.calibration.runner import CalibrationSettings, calibrate  # noqa: E402
-from dit_cache.cli import load_pipeline  # noqa: E402
+from dit_cache.cli import load_pipeline, model_settings  # noqa: E402
 
 POLICIES = ("teacache", "magcache", "fbcache", "bwcache", "mix", "lemica")  # the threshold policies and LeMiCa
 TARGETS = (1.5, 2.0, 3.0)
 
 
 def model_and_prompts(model: str, count: int, steps: int | None, block_traces: bool = False):
-    from dit_cache.eval.cli import _model_settings
-
-    name, default_steps, call, prompts = _model_settings(model, steps, None)
+    default_steps, call, prompts = model_settings(model, steps, {})
     pipe = load_pipeline(model, None)
     return pipe, prompts[:count], CalibrationSettings(steps=default_steps, call_kwargs=call, block_traces=block_traces)
 

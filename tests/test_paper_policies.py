@@ -72,7 +72,7 @@ def _linear_inputs(steps: int) -> list[torch.Tensor]:
 def _recorded_profile(steps: int, hidden: list[torch.Tensor] | None = None) -> tuple[DummyDiT, Profile]:
     """A calibration of one block h -> 2h on `hidden` (one job), as `dit-cache calibrate` assembles it."""
     model, sched = DummyDiT(num_blocks=1), FakeScheduler(steps)
-    dit_cache.apply(model, Recorder(), scheduler=sched)
+    dit_cache.apply(model, Recorder(block_traces=True), scheduler=sched)
     drive(model, sched, [1.0] * steps, hidden=hidden or _linear_inputs(steps))
     traces = dit_cache.recorded_traces(model)
     dit_cache.remove(model)

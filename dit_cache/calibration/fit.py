@@ -62,7 +62,8 @@ def split_record(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     for branch, data in record["branches"].items():
         small["branches"][branch] = {k: data[k] for k in keys.RECORD_LISTS}
         for key in keys.PAIR_KINDS:
-            arrays[keys.record_array(index, branch, key)] = pairs_matrix(data[key])
+            if any(data.get(key) or ()):  # the stack tables are recorded with block traces only
+                arrays[keys.record_array(index, branch, key)] = pairs_matrix(data[key])
         if data.get(keys.UNIT_FEATURES) is not None:  # HyCa replays its solvers on these, per record
             features = torch.as_tensor(data[keys.UNIT_FEATURES], dtype=torch.float32)
             arrays[keys.record_array(index, branch, keys.UNIT_FEATURES)] = features

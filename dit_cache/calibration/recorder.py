@@ -13,7 +13,8 @@ Per (branch, step) it records, as device scalars read once per pipeline call:
   block_input_change / block_residual_change   per block, rel-L1 change since the previous step
   unit_features  per attention/MLP unit (`unit_keys` order), a strided sample of UNIT_SAMPLES of its output values
                  (HyCa replays its solvers on them)
-Per-block traces and unit features are recorded only with `block_traces=True` (they cost a few passes per block).
+Per-block traces, unit features and the stack input/output and output tables (EasyCache's and ERTACache's options)
+are recorded only with `block_traces=True` (they cost a few passes per block or call: calibration_cost.py).
 Pairwise and per-block traces are measured on an evenly strided subset of at most `MAX_TRACE_TOKENS` tokens (the
 stack input/output tables, means that need no more, on `RATE_TRACE_TOKENS`), so their memory and cost stay small on
 large models; the MagCache ratio and x, y use every token.
@@ -93,11 +94,11 @@ class Recorder(PolicyConfig):
 @dataclass
 class _Trace:
     previous: dict[str, Any] = field(default_factory=dict)
-    front_history: torch.Tensor | None = None  # (steps so far, *token subset shape)
-    residual_history: torch.Tensor | None = None
-    input_history: torch.Tensor | None = None
-    output_history: torch.Tensor | None = None
-    model_output_history: torch.Tensor | None = None
+    front_history: _History = field(default_factory=lambda: _History())  # (steps so far, *token subset shape)
+    residual_history: _History = field(default_factory=lambda: _History())
+    input_history: _History = field(default_factory=lambda: _History())
+    output_history: _History = field(default_factory=lambda: _History())
+    model_output_history: _History = field(default_factory=lambda: _History())
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -157,15 +158,17 @@ class RecorderPolicy(Policy):
             self._append_change(state, record, keys.BLOCK_INPUT_CHANGE, f"in{i}", sub_in)
             self._append_change(state, record, keys.BLOCK_RESIDUAL_CHANGE, f"res{i}", sub_res)
         if i == 0:
-            record[keys.FB_PAIRS], state.front_history = _pairs(sub_res, state.front_history)
-            rate_in = token_subset(hidden_in, RATE_TRACE_TOKENS)
-            record[keys.INPUT_PAIRS], state.input_history = _pairs(rate_in, state.input_history, absolute=True)
+            record[keys.FB_PAIRS] = _pairs(sub_res, state.front_history)
+            if self.config.block_traces:
+                rate_in = token_subset(hidden_in, RATE_TRACE_TOKENS)
+                record[keys.INPUT_PAIRS] = _pairs(rate_in, state.input_history, absolute=True)
         if i == self.last_block:
             residual = (hidden_out - call.record.stack_input[0]).detach()
-            record[keys.RES_PAIRS], state.residual_history = _pairs(token_subset(residual), state.residual_history)
-            record[keys.OUTPUT_PAIRS], state.output_history = _pairs(
-                token_subset(hidden_out, RATE_TRACE_TOKENS), state.output_history, absolute=True
-            )
+            record[keys.RES_PAIRS] = _pairs(token_subset(residual), state.residual_history)
+            if self.config.block_traces:
+                record[keys.OUTPUT_PAIRS] = _pairs(
+                    token_subset(hidden_out, RATE_TRACE_TOKENS), state.output_history, absolute=True
+                )
             previous = state.previous.get("residual")
             if previous is not None and previous.shape == residual.shape:
                 record["mag_ratio"] = kernels.magnitude_ratio(residual, previous)
@@ -194,41 +197,67 @@ class RecorderPolicy(Policy):
         if tensor is not None:
             record = state.steps[call.step]
             self._change(state, record, "y", "output", tensor.detach())
-            record[keys.OUTPUT_GRAM], state.model_output_history = _gram(
-                token_subset(tensor), state.model_output_history
-            )
+            if self.config.block_traces:
+                record[keys.OUTPUT_GRAM] = _gram(token_subset(tensor), state.model_output_history)
         return output
 
 
-def _pairs(
-    current: torch.Tensor, history: torch.Tensor | None, *, absolute: bool = False
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """[sum|current - h|, sum|h|] for every earlier step's h (one batched pass), and the history with `current`.
+class _History:
+    """Earlier steps' token subsets, as one float32 (steps, ...) buffer written in place and grown by doubling: a
+    step costs one row's copy, not a copy of every earlier row (a concatenation per step is quadratic in the steps),
+    and the sums of |row| are kept per row."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.count = 0
+        self.abs_sums: torch.Tensor | None = None
+
+    def push(self, current: torch.Tensor) -> torch.Tensor:
+        """Append `current`; return the filled rows, `current` last."""
+        current = current.detach()
+        if self.buffer is None or self.buffer.shape[1:] != current.shape:
+            if self.buffer is not None:
+                raise ValueError(
+                    f"calibration trace changed shape: {tuple(self.buffer.shape[1:])} -> {tuple(current.shape)}"
+                )
+            self.buffer = current.new_empty((8, *current.shape), dtype=torch.float32)
+            self.abs_sums = self.buffer.new_empty(8)
+        if self.count == len(self.buffer):
+            grown = self.buffer.new_empty((2 * self.count, *current.shape))
+            grown[: self.count] = self.buffer
+            sums = self.abs_sums.new_empty(2 * self.count)
+            sums[: self.count] = self.abs_sums
+            self.buffer, self.abs_sums = grown, sums
+        row = self.buffer[self.count]
+        row.copy_(current)
+        self.abs_sums[self.count] = row.abs().sum()
+        self.count += 1
+        return self.buffer[: self.count]
+
+
+def _pairs(current: torch.Tensor, history: _History, *, absolute: bool = False) -> torch.Tensor | None:
+    """[sum|current - h|, sum|h|] for every earlier step's h (one batched pass), `current` appended to `history`.
     absolute=True: [sum|current - h|, n] for every earlier h, then [sum|current|, n] (means once divided, the
     diagonal included)."""
-    current = current.unsqueeze(0)
-    if history is None and not absolute:
-        return None, current
-    history = current if history is None else torch.cat((history, current))
-    dims = tuple(range(1, history.dim()))
+    filled = history.push(current)
+    count = history.count
+    if count == 1 and not absolute:
+        return None
+    dims = tuple(range(1, filled.dim()))
+    num = (filled[: count - 1] - filled[count - 1]).abs().sum(dim=dims)
     if absolute:
-        num = (history.float() - current.float()).abs().sum(dim=dims)
-        num[-1] = current.float().abs().sum()
-        return torch.stack((num, torch.full_like(num, float(current.numel()))), dim=1), history
-    earlier = history[:-1].float()
-    num = (earlier - current.float()).abs().sum(dim=dims)
-    den = earlier.abs().sum(dim=dims)
-    return torch.stack((num, den), dim=1), history
+        num = torch.cat((num, history.abs_sums[count - 1 : count]))
+        return torch.stack((num, torch.full_like(num, float(filled[0].numel()))), dim=1)
+    return torch.stack((num, history.abs_sums[: count - 1].clone()), dim=1)
 
 
-def _gram(current: torch.Tensor, history: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[sum(current * h), n] for every earlier step's h and for current itself (means once divided), and the
-    history with `current`."""
-    current = current.detach().unsqueeze(0)
-    history = current if history is None else torch.cat((history, current))
-    dims = tuple(range(1, history.dim()))
-    num = (history.float() * current.float()).sum(dim=dims)
-    return torch.stack((num, torch.full_like(num, float(current.numel()))), dim=1), history
+def _gram(current: torch.Tensor, history: _History) -> torch.Tensor:
+    """[sum(current * h), n] for every earlier step's h and for current itself (means once divided), `current`
+    appended to `history`."""
+    filled = history.push(current)
+    dims = tuple(range(1, filled.dim()))
+    num = (filled * filled[-1]).sum(dim=dims)
+    return torch.stack((num, torch.full_like(num, float(filled[0].numel()))), dim=1)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -114,7 +114,7 @@ class EasyCachePolicy(SegmentPolicy):
             if not all(self.profile.has_array(kind, records=True) for kind in (keys.INPUT_PAIRS, keys.OUTPUT_PAIRS)):
                 raise ProfileError(
                     f"easycache: profile {self.profile.name!r} has no stack input/output tables (input_pairs, "
-                    "output_pairs) to replay speedup= on; recalibrate it with `dit-cache calibrate` (this version "
+                    "output_pairs) to replay speedup= on; recalibrate it with `dit-cache calibrate --block-traces` (this version "
                     "records them), or pass tolerance= instead of speedup="
                 )
             self.check_ceiling_at_apply(

@@ -116,7 +116,7 @@ class ERTACachePolicy(SegmentPolicy):
             if not self.profile.has_array(keys.OUTPUT_GRAM, records=False):
                 raise ProfileError(
                     f"ertacache: profile {self.profile.name!r} has no output products (output_gram) to fit the "
-                    "timestep adjustment on; recalibrate it with `dit-cache calibrate` (this version records them), "
+                    "timestep adjustment on; recalibrate it with `dit-cache calibrate --block-traces` (this version records them), "
                     "or pass adjust_timestep=False"
                 )
             check_euler(self.profile.sampler.get("scheduler"), f"profile {self.profile.name!r} was calibrated with")

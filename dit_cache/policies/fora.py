@@ -93,14 +93,14 @@ class FORAPolicy(Policy):
         """The forecast order of one unit (HyCa gives each its own)."""
         return self.order
 
-    def _remember(self, state: FORAState, key: tuple[int, str], output: Any, step: float) -> None:
+    def _remember(self, state: FORAState, key: tuple[int, str], output: Any, position: float) -> None:
         tensors, layout = flatten(output)
         entry = state.histories.get(key)
         if entry is None or len(entry[0]) != len(tensors):
             order = self.unit_order(state, key)
             entry = state.histories[key] = ([TaylorHistory(order, self.corrector) for _ in tensors], layout)
         for history, tensor in zip(entry[0], tensors):
-            history.update(tensor, step)
+            history.update(tensor, position)
 
 
 def _kept(state: FORAState, key: tuple[int, str]) -> bool:

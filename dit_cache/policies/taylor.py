@@ -28,7 +28,8 @@ from .. import kernels
 class TaylorHistory:
     """The forecasting history of one feature (one tensor of one place).
 
-    update(feature, step) on computed steps; forecast(step) on the others (any step after the newest node).
+    update(feature, step) on computed steps; forecast(step) on the others (any step after the newest node). A "step"
+    is a position on the forecast axis: the step index, or -sigma (`forecast_position`).
     """
 
     def __init__(self, order: int, corrector: float = 0.0) -> None:

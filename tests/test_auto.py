@@ -209,14 +209,11 @@ def test_bad_candidate_options_fail_before_any_generation(pipe, tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
-def test_cli_candidates(pipe, tmp_path, monkeypatch):
-    (tmp_path / "tiny_factory.py").write_text(
-        "from dit_cache.testing import tiny_text_flux\n\ndef make():\n    return tiny_text_flux()\n"
-    )
+def test_cli_candidates(pipe, tmp_path, factory_module):
+    pipeline = factory_module()
     (tmp_path / "prompts.txt").write_text(PROMPTS[0] + "\n")
-    monkeypatch.chdir(tmp_path)
     code = main(
-        ["calibrate", "--pipeline", "tiny_factory:make", "--prompts", "prompts.txt", "--steps", "8",
+        ["calibrate", "--pipeline", pipeline, "--prompts", "prompts.txt", "--steps", "8",
          "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--out", "p.json", "--candidates", "magcache,fora",
          "--candidate-targets", "2", "--no-progress"]
     )  # fmt: skip

@@ -35,14 +35,11 @@ def _same(a: Profile, b: Profile) -> None:
         torch.testing.assert_close(a.arrays[key], b.arrays[key], rtol=0, atol=0, equal_nan=True, msg=key)
 
 
-def test_cli_calibrates_a_factory_pipeline_and_the_profile_drives_policies(tmp_path, monkeypatch, pipe):
-    (tmp_path / "tiny_factory.py").write_text(
-        "from dit_cache.testing import tiny_text_flux\n\ndef make():\n    return tiny_text_flux()\n"
-    )
+def test_cli_calibrates_a_factory_pipeline_and_the_profile_drives_policies(tmp_path, factory_module, pipe):
+    pipeline = factory_module()
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    monkeypatch.chdir(tmp_path)
     code = main(
-        ["calibrate", "--pipeline", "tiny_factory:make", "--prompts", "prompts.txt", "--steps", "8",
+        ["calibrate", "--pipeline", pipeline, "--prompts", "prompts.txt", "--steps", "8",
          "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--out", "out/profile.json"]
     )  # fmt: skip
     assert code == 0

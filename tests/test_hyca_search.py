@@ -165,24 +165,21 @@ def test_search_bad_input(searched):
         search_hyca(pipe, profile, jobs, settings.pipeline_kwargs, [1.0])
     with pytest.raises(ValueError, match="--hyca-sweeps must be 0 or more, got -1"):
         search_hyca(pipe, profile, jobs, settings.pipeline_kwargs, [2.0], sweeps=-1)
-    with pytest.raises(ValueError, match="the HyCa search needs the whole profile"):
+    with pytest.raises(ValueError, match="--hyca-targets needs the whole profile"):
         calibrate(pipe, PROMPTS, settings, progress=False, world_size=2, hyca_targets=[2.0])
     bare = Profile(fingerprint=profile.fingerprint)
     with pytest.raises(ProfileError, match="--hyca-targets"):
         dit_cache.apply(pipe, "hyca", speedup=2.0, profile=bare)
 
 
-def test_cli_hyca_targets(tmp_path, monkeypatch, capsys):
+def test_cli_hyca_targets(tmp_path, factory_module, capsys):
     """`--hyca-sweeps 0`: the best uniform order only (3 runs), saved in the profile and printed."""
     from dit_cache.cli import main
 
-    (tmp_path / "tiny_hyca_factory.py").write_text(
-        "from dit_cache.testing import tiny_text_flux\n\ndef make():\n    return tiny_text_flux(num_layers=1, num_single_layers=1)\n"
-    )
+    pipeline = factory_module("tiny_text_flux(num_layers=1, num_single_layers=1)")
     (tmp_path / "prompts.txt").write_text(PROMPTS[0] + "\n")
-    monkeypatch.chdir(tmp_path)
     code = main(
-        ["calibrate", "--pipeline", "tiny_hyca_factory:make", "--prompts", "prompts.txt", "--steps", str(STEPS),
+        ["calibrate", "--pipeline", pipeline, "--prompts", "prompts.txt", "--steps", str(STEPS),
          "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--out", "p.json", "--hyca-targets", "2", "--hyca-prompts", "1",
          "--hyca-sweeps", "0", "--no-progress"]
     )  # fmt: skip

@@ -46,6 +46,12 @@ def test_search_options_are_checked():
         ScheduleSearch((2.0,), prompts=0)
 
 
+def test_a_sharded_calibration_refuses_the_search(pipe, tmp_path):
+    with pytest.raises(ValueError, match="--search-schedules needs the whole profile"):
+        calibrate(pipe, PROMPTS, SETTINGS, tmp_path / "p.json", world_size=2, search=ScheduleSearch((2.0,)))
+    assert not (tmp_path / "p.json").exists()
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_text_flux()
@@ -126,14 +132,11 @@ def test_an_interrupted_search_resumes_from_its_best_schedule(pipe, profile, tmp
     assert again.policies["taylorseer"] == resumed.policies["taylorseer"]  # converged: not searched again
 
 
-def test_cli_search_and_a_damaged_section(pipe, tmp_path, monkeypatch):
-    (tmp_path / "tiny_factory.py").write_text(
-        "from dit_cache.testing import tiny_text_flux\n\ndef make():\n    return tiny_text_flux()\n"
-    )
+def test_cli_search_and_a_damaged_section(pipe, tmp_path, factory_module):
+    pipeline = factory_module()
     (tmp_path / "prompts.txt").write_text(PROMPTS[0] + "\n")
-    monkeypatch.chdir(tmp_path)
     code = main(
-        ["calibrate", "--pipeline", "tiny_factory:make", "--prompts", "prompts.txt", "--steps", "8",
+        ["calibrate", "--pipeline", pipeline, "--prompts", "prompts.txt", "--steps", "8",
          "--call-kwargs", json.dumps(TINY_TEXT_CALL), "--out", "p.json", "--search-schedules", "4",
          "--search-coordinate", "sigma", "--search-budget", "30", "--no-progress"]
     )  # fmt: skip

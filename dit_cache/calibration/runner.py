@@ -218,26 +218,11 @@ def calibrate(
         raise ValueError("calibration needs at least one prompt")
     if candidates is not None:
         candidate_list(candidates)  # a typo fails now, not after the recording pass
-        if world_size > 1:
-            raise ValueError(
-                "candidate runs need the whole profile: calibrate the shards without --candidates, merge them, then "
-                "run `dit-cache calibrate ... --resume --out MERGED.json --candidates ...` on one process"
-            )
-        if isinstance(candidate_prompts, bool) or not isinstance(candidate_prompts, int) or candidate_prompts < 1:
-            raise ValueError(f"--candidate-prompts must be at least 1, got {candidate_prompts!r}")
-    if search is not None and world_size > 1:
-        raise ValueError(
-            "a schedule search needs the whole profile: calibrate the shards without it, merge them, then run "
-            "`dit-cache calibrate ... --resume --out MERGED.json --search-schedules ...` on one process"
-        )
+        _check_whole_profile_step("--candidates", world_size, candidate_prompts, "--candidate-prompts")
+    if search is not None:
+        _check_whole_profile_step("--search-schedules", world_size)  # its options checked by ScheduleSearch
     if hyca_targets is not None:
-        if world_size > 1:
-            raise ValueError(
-                "the HyCa search needs the whole profile: calibrate the shards without --hyca-targets, merge them, "
-                "then run `dit-cache calibrate ... --resume --out MERGED.json --hyca-targets ...` on one process"
-            )
-        if isinstance(hyca_prompts, bool) or not isinstance(hyca_prompts, int) or hyca_prompts < 1:
-            raise ValueError(f"--hyca-prompts must be at least 1, got {hyca_prompts!r}")
+        _check_whole_profile_step("--hyca-targets", world_size, hyca_prompts, "--hyca-prompts")
     if not isinstance(getattr(pipe, transformer, None), torch.nn.Module):
         raise ValueError(
             f"calibration needs a diffusers pipeline with a {transformer!r} component, got {type(pipe).__name__}"
@@ -327,6 +312,18 @@ def calibrate(
             candidates, candidate_targets, path if writes else None, progress, transformer,
         )  # fmt: skip
     return profile
+
+
+def _check_whole_profile_step(flag: str, world_size: int, prompts: int | None = None, prompts_flag: str = "") -> None:
+    """A step run after the recording on the whole profile (auto's candidates, the schedule and HyCa searches):
+    refused in a sharded run, with the recipe; its count of prompts checked."""
+    if world_size > 1:
+        raise ValueError(
+            f"{flag} needs the whole profile: calibrate the shards without {flag}, merge them, then run "
+            f"`dit-cache calibrate ... --resume --out MERGED.json {flag} ...` on one process"
+        )
+    if prompts_flag and (isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1):
+        raise ValueError(f"{prompts_flag} must be at least 1, got {prompts!r}")
 
 
 def drop_unit_features(record: dict, settings: CalibrationSettings) -> None:
